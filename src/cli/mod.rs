@@ -1,0 +1,119 @@
+//! The `hookrelay` subcommands (DESIGN §6). Each prints records as text, or as one JSON document
+//! on stdout with `--json`; logs go to stderr.
+
+mod publish;
+mod webhooks;
+
+use crate::config::Settings;
+use crate::event::EventType;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "hookrelay", version, about = "Webhook delivery from RabbitMQ events")]
+pub struct Cli {
+    /// Configuration file (TOML); also HOOKRELAY_CONFIG. Environment HOOKRELAY__SECTION__KEY wins.
+    #[arg(long, global = true, env = "HOOKRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume events and deliver them (run as many replicas as needed).
+    Worker,
+    /// Declare the exchanges and queues (idempotent; workers also do it at start-up).
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// List the 27 event types with their descriptions.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish one event with publisher confirms; prints its id.
+    Publish(publish::PublishArgs),
+    /// Manage webhook subscriptions in Redis.
+    Webhooks {
+        #[command(subcommand)]
+        action: webhooks::WebhooksAction,
+    },
+    /// Run a local receiver that verifies and prints deliveries.
+    Listen(publish::ListenArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopologyAction {
+    /// Declare everything of DESIGN §4 for the configured prefix and schedule.
+    Declare,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    crate::telemetry::init(settings.log.format);
+    match cli.command {
+        Command::Worker => {
+            let shutdown = crate::shutdown::on_signal();
+            let worker = crate::worker::start(settings, shutdown).await?;
+            worker.wait().await
+        }
+        Command::Topology {
+            action: TopologyAction::Declare,
+        } => declare_topology(&settings).await,
+        Command::Events { json } => {
+            print_events(json);
+            Ok(())
+        }
+        Command::Publish(args) => publish::publish(&settings, args).await,
+        Command::Webhooks { action } => webhooks::run(&settings, action).await,
+        Command::Listen(args) => publish::listen(&settings, args).await,
+    }
+}
+
+async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
+    let topology = crate::broker::topology::Topology::new(
+        &settings.amqp.prefix,
+        &settings.delivery.retry_schedule,
+        settings.amqp.delivery_limit,
+    );
+    let conn = crate::broker::connect(&settings.amqp.url, "hookrelay topology")
+        .await
+        .context("connecting to RabbitMQ (amqp.url)")?;
+    let channel = conn.create_channel().await?;
+    topology
+        .declare(&channel)
+        .await
+        .context("declaring (a queue that exists with other arguments is refused by RabbitMQ)")?;
+    println!("exchange {} (topic)", topology.events_exchange());
+    for q in topology.all_queues() {
+        println!("queue {q} (quorum)");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+fn print_events(json: bool) {
+    if json {
+        let types: Vec<_> = EventType::ALL
+            .iter()
+            .map(|t| serde_json::json!({"label": t.label(), "description": t.description()}))
+            .collect();
+        println!("{}", serde_json::json!({ "event_types": types }));
+    } else {
+        for t in EventType::ALL {
+            println!("{:<36} {}", t.label(), t.description());
+        }
+    }
+}
+
+/// Prints a JSON document on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}

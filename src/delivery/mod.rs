@@ -1,0 +1,192 @@
+//! Making one delivery attempt: the shared HTTP client (one connection pool, keep-alive, no
+//! proxy, no redirects, the SSRF [`guard`]), the wire [`format`]s and [`signing`], and the pure
+//! retry [`policy`] that judges the result.
+
+pub mod format;
+pub mod guard;
+pub mod policy;
+pub mod signing;
+
+use crate::config::DeliverySettings;
+use crate::subscription::{Format, Webhook};
+use chrono::Utc;
+use format::PreparedEvent;
+use policy::Verdict;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How much of a response body is kept for the attempt log and the dead letter.
+pub const EXCERPT_BYTES: usize = 1024;
+
+pub const USER_AGENT_VALUE: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
+
+/// What happened on one attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub verdict: AttemptVerdict,
+    pub duration: Duration,
+    pub response_excerpt: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptVerdict {
+    Judged(Verdict),
+    /// No request was made: the target is not public.
+    Refused,
+}
+
+/// Sends deliveries; cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct Deliverer {
+    client: reqwest::Client,
+    allow_private_targets: bool,
+}
+
+impl Deliverer {
+    pub fn new(settings: &DeliverySettings) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .user_agent(USER_AGENT_VALUE);
+        if !settings.allow_private_targets {
+            builder = builder.dns_resolver(Arc::new(guard::PublicOnlyResolver));
+        }
+        Ok(Deliverer {
+            client: builder.build()?,
+            allow_private_targets: settings.allow_private_targets,
+        })
+    }
+
+    /// One attempt of `event` to `webhook`, signed now with the webhook's current secrets.
+    pub async fn attempt(&self, webhook: &Webhook, event: &PreparedEvent) -> AttemptReport {
+        let started = Instant::now();
+        if !self.allow_private_targets && literal_is_private(webhook.url.as_url()) {
+            return refused(webhook, started);
+        }
+        let request = self.request(webhook, event);
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| policy::parse_retry_after(v, Utc::now()));
+                let excerpt = excerpt(response).await;
+                AttemptReport {
+                    status: Some(status),
+                    error: None,
+                    verdict: AttemptVerdict::Judged(policy::classify(status, retry_after)),
+                    duration: started.elapsed(),
+                    response_excerpt: excerpt,
+                }
+            }
+            Err(e) if guard::is_refusal(&e) => refused(webhook, started),
+            Err(e) => AttemptReport {
+                status: None,
+                error: Some(describe(&e)),
+                verdict: AttemptVerdict::Judged(Verdict::Retry { at_least: None }),
+                duration: started.elapsed(),
+                response_excerpt: String::new(),
+            },
+        }
+    }
+
+    fn request(&self, webhook: &Webhook, event: &PreparedEvent) -> reqwest::RequestBuilder {
+        let now = Utc::now();
+        let msg_id = event.event.id.as_str();
+        let timestamp = now.timestamp();
+        let mut headers = HeaderMap::with_capacity(5);
+        let body = match webhook.format {
+            Format::Standard => {
+                let body = event.standard_body();
+                let signature =
+                    signing::standard_header(&webhook.signing_secrets(now), msg_id, timestamp, &body);
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert("webhook-signature", header_value(&signature));
+                body
+            }
+            Format::Inplayer => {
+                let body = event.inplayer_body();
+                let signature = signing::inplayer_signature(&webhook.secret, &body);
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+                headers.insert("x-inplayer-signature", header_value(&signature));
+                body
+            }
+        };
+        headers.insert("webhook-id", header_value(msg_id));
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        self.client
+            .post(webhook.url.as_url().clone())
+            .headers(headers)
+            .body(body)
+    }
+}
+
+/// Header values here are ids, base64 and hex: always visible ASCII.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("ids and signatures are visible ASCII")
+}
+
+fn refused(webhook: &Webhook, started: Instant) -> AttemptReport {
+    AttemptReport {
+        status: None,
+        error: Some(format!(
+            "target {} is not a public address",
+            webhook.url.as_url().host_str().unwrap_or("")
+        )),
+        verdict: AttemptVerdict::Refused,
+        duration: started.elapsed(),
+        response_excerpt: String::new(),
+    }
+}
+
+/// IP-literal hosts bypass the resolver, so they are checked here.
+fn literal_is_private(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => !guard::is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => !guard::is_public(ip.into()),
+        _ => false,
+    }
+}
+
+/// The first [`EXCERPT_BYTES`] of the body; the rest is not read.
+async fn excerpt(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    kept.truncate(EXCERPT_BYTES);
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// A one-line cause for the attempt log: timeout, connect error, or the innermost cause.
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    format!("{kind}: {inner}")
+}

@@ -1,0 +1,189 @@
+//! Webhook secrets and signatures (DESIGN §3): Standard Webhooks `v1,<base64>` and the InPlayer
+//! legacy `sha256=<hex>`. Pure functions, checked against the published vectors below.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const SECRET_PREFIX: &str = "whsec_";
+
+/// A webhook secret `whsec_<base64>` whose key is 24 to 64 bytes. The string form is kept too:
+/// the InPlayer signature is keyed with the whole string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    text: String,
+    key: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    #[error("a secret starts with `whsec_`")]
+    MissingPrefix,
+    #[error("the part after `whsec_` is not base64")]
+    NotBase64,
+    #[error("the key is {0} bytes; 24 to 64 are accepted")]
+    BadLength(usize),
+}
+
+impl Secret {
+    pub fn parse(text: &str) -> Result<Secret, SecretError> {
+        let encoded = text
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(SecretError::MissingPrefix)?;
+        let key = B64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(SecretError::BadLength(key.len()));
+        }
+        Ok(Secret {
+            text: text.to_owned(),
+            key,
+        })
+    }
+
+    /// 32 fresh random bytes.
+    pub fn generate() -> Secret {
+        let key: [u8; 32] = rand::random();
+        Secret {
+            text: format!("{SECRET_PREFIX}{}", B64.encode(key)),
+            key: key.to_vec(),
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
+pub fn standard_signature(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(&secret.key).expect("HMAC takes a key of any length");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// The `webhook-signature` header: the current secret's signature, then during a rotation the
+/// previous one's, space separated.
+pub fn standard_header(
+    secrets: &[&Secret],
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    secrets
+        .iter()
+        .map(|s| standard_signature(s, msg_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks a `webhook-signature` header: any `v1,` entry matching any of `secrets`.
+pub fn verify_standard(
+    secrets: &[Secret],
+    header: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> bool {
+    secrets.iter().any(|secret| {
+        let expected = standard_signature(secret, msg_id, timestamp, body);
+        header
+            .split(' ')
+            .any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()))
+    })
+}
+
+/// `sha256=<lowercase hex HMAC-SHA256 of the body keyed with the whole secret string>`.
+pub fn inplayer_signature(secret: &Secret, body: &[u8]) -> String {
+    let mut mac =
+        HmacSha256::new_from_slice(secret.text.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn verify_inplayer(secrets: &[Secret], header: &str, body: &[u8]) -> bool {
+    secrets.iter().any(|secret| {
+        constant_time_eq(
+            inplayer_signature(secret, body).as_bytes(),
+            header.as_bytes(),
+        )
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_webhooks_vectors_reproduce_exactly() {
+        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            standard_signature(
+                &secret,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let secret = Secret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(
+            standard_signature(
+                &secret,
+                "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                1649367553,
+                br#"{"email":"test@example.com","username":"test_user"}"#
+            ),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn inplayer_vector_reproduces_exactly() {
+        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = b"id=evt_1&created=1795745061&type=payment.card.success&resource%5Bamount%5D=10.00&resource%5Bcurrency_iso%5D=EUR";
+        assert_eq!(
+            inplayer_signature(&secret, body),
+            "sha256=400325bb5e914e54a0b2d082c4ed396aec9d920b84f7169da1e6afb458a1b3fc"
+        );
+    }
+
+    #[test]
+    fn secrets_of_24_to_64_bytes_are_accepted_and_others_refused() {
+        assert!(Secret::parse(&format!("whsec_{}", B64.encode([1u8; 24]))).is_ok());
+        assert!(Secret::parse(&format!("whsec_{}", B64.encode([1u8; 64]))).is_ok());
+        assert_eq!(
+            Secret::parse(&format!("whsec_{}", B64.encode([1u8; 23]))),
+            Err(SecretError::BadLength(23))
+        );
+        assert_eq!(Secret::parse("abc"), Err(SecretError::MissingPrefix));
+        assert_eq!(Secret::parse("whsec_!!"), Err(SecretError::NotBase64));
+        assert_eq!(Secret::generate().key.len(), 32);
+    }
+
+    #[test]
+    fn a_rotation_header_verifies_with_either_secret() {
+        let (old, new) = (Secret::generate(), Secret::generate());
+        let header = standard_header(&[&new, &old], "evt_1", 10, b"{}");
+        assert!(verify_standard(&[old], &header, "evt_1", 10, b"{}"));
+        assert!(verify_standard(&[new.clone()], &header, "evt_1", 10, b"{}"));
+        assert!(!verify_standard(&[new], &header, "evt_1", 11, b"{}"));
+    }
+}

@@ -1,0 +1,411 @@
+//! The event envelope upstream services publish (DESIGN §2): the 27 event types, and parsing a
+//! message body into an [`Event`] or a [`Poison`] reason, never anything in between.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares the 27 labels once: the enum, its wire label and the dashboard's description.
+macro_rules! event_types {
+    ($($variant:ident => $label:literal, $description:literal;)+) => {
+        /// One of the 27 event labels of the InPlayer merchant panel.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType { $($variant),+ }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),+];
+
+            pub fn label(self) -> &'static str {
+                match self { $(EventType::$variant => $label),+ }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self { $(EventType::$variant => $description),+ }
+            }
+        }
+    };
+}
+
+event_types! {
+    FreemiumGrantSuccess => "freemium.grant.success", "Freemium access granted";
+    FreemiumGrantFailed => "freemium.grant.failed", "Freemium access grant failed";
+    PaymentCardSuccess => "payment.card.success", "Payment sale with card succeeded";
+    PaymentCardFailed => "payment.card.failed", "Payment sale with card failed";
+    PaymentRefundSuccess => "payment.refund.success", "Payment refund succeeded";
+    PaymentRefundFailed => "payment.refund.failed", "Payment refund failed";
+    SubscribeSuccess => "subscribe.success", "Subscription succeeded";
+    SubscribeCancelledSuccess => "subscribe.cancelled.success", "Subscription cancellation succeeded";
+    SubscribeFailed => "subscribe.failed", "Subscription failed";
+    SubscribeCancelledFailed => "subscribe.cancelled.failed", "Subscription cancellation failed";
+    SubscribeUpdated => "subscribe.updated", "Subscription updated";
+    SubscribeExpired => "subscribe.expired", "Subscription expired";
+    ExternalPaymentSuccess => "external.payment.success", "External payment succeeded";
+    ExternalPaymentFailed => "external.payment.failed", "External payment failed";
+    ExternalSubscribeSuccess => "external.subscribe.success", "External subscription succeeded";
+    ExternalSubscribeFailed => "external.subscribe.failed", "External subscription failed";
+    ExternalSubscribeUpdateSuccess => "external.subscribe.update.success", "External subscription update succeeded";
+    ExternalSubscribeUpdateFailed => "external.subscribe.update.failed", "External subscription update failed";
+    ExternalSubscribeCancelSuccess => "external.subscribe.cancel.success", "External subscription cancellation succeeded";
+    ExternalSubscribeCancelFailed => "external.subscribe.cancel.failed", "External subscription cancellation failed";
+    ExternalPaymentRefundSuccess => "external.payment.refund.success", "External payment refund succeeded";
+    ExternalPaymentRefundFailed => "external.payment.refund.failed", "External payment refund failed";
+    AssetAccessGranted => "asset.access.granted", "Access to an asset granted";
+    AssetAccessRevoked => "asset.access.revoked", "Access to an asset revoked";
+    CustomerRegistered => "customer.registered", "Customer registered";
+    CustomerUpdated => "customer.updated", "Customer details updated";
+    CustomerPasswordUpdated => "customer.password.updated", "Customer password updated";
+}
+
+impl EventType {
+    /// Position in [`EventType::ALL`]: 27 labels fit a `u32` bit set (see `EventFilter`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown event type {0:?}")]
+pub struct UnknownEventType(pub String);
+
+impl FromStr for EventType {
+    type Err = UnknownEventType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.label() == s)
+            .ok_or_else(|| UnknownEventType(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why an envelope cannot be processed at all; the `hookrelay-reason` of `<prefix>.dlq.events`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoisonReason {
+    TooLarge,
+    InvalidJson,
+    MissingField,
+    InvalidField,
+    UnknownType,
+    RoutingKeyMismatch,
+}
+
+impl PoisonReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoisonReason::TooLarge => "too_large",
+            PoisonReason::InvalidJson => "invalid_json",
+            PoisonReason::MissingField => "missing_field",
+            PoisonReason::InvalidField => "invalid_field",
+            PoisonReason::UnknownType => "unknown_type",
+            PoisonReason::RoutingKeyMismatch => "routing_key_mismatch",
+        }
+    }
+}
+
+/// A poison envelope: the reason plus a sentence for the on-call engineer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Poison {
+    pub reason: PoisonReason,
+    pub detail: String,
+}
+
+impl Poison {
+    fn new(reason: PoisonReason, detail: impl Into<String>) -> Self {
+        Poison {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// An event id: 1..128 of `[A-Za-z0-9_-]`; it becomes the `webhook-id` header.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventId(String);
+
+/// An account id: 1..128 of `[A-Za-z0-9_.:-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+fn valid_token(s: &str, extra: &[u8]) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
+impl EventId {
+    pub fn parse(s: &str) -> Option<Self> {
+        valid_token(s, b"_-").then(|| EventId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A fresh random id (`evt_` + 20 alphanumerics) for events published without one.
+    pub fn generate() -> Self {
+        EventId(format!("evt_{}", crate::random_token(20)))
+    }
+}
+
+impl AccountId {
+    pub fn parse(s: &str) -> Option<Self> {
+        valid_token(s, b"_.:-").then(|| AccountId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for AccountId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AccountId::parse(s)
+            .ok_or_else(|| format!("invalid account id {s:?}: use 1 to 128 of A-Z a-z 0-9 _ . : -"))
+    }
+}
+
+/// A valid event. `data` keeps the published bytes exactly (`10.00` stays `10.00`).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: EventId,
+    pub event_type: EventType,
+    pub account_id: AccountId,
+    pub created_at: DateTime<Utc>,
+    pub data: Box<RawValue>,
+}
+
+/// The envelope as it may arrive: every field optional so that a missing one is told apart from
+/// one of the wrong shape. Borrowed raw values keep `data` byte for byte.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    account_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn required<'a>(field: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue, Poison> {
+    match field {
+        Some(raw) if raw.get() != "null" => Ok(raw),
+        _ => Err(Poison::new(
+            PoisonReason::MissingField,
+            format!("field `{name}` is missing"),
+        )),
+    }
+}
+
+fn string_field(raw: &RawValue, name: &str) -> Result<String, Poison> {
+    serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        Poison::new(
+            PoisonReason::InvalidField,
+            format!("field `{name}` must be a string"),
+        )
+    })
+}
+
+impl Event {
+    /// Parses a message body published with `routing_key`, in the order DESIGN §6 fixes: size
+    /// first, then JSON, then each field, then the type and its agreement with the routing key.
+    pub fn parse(body: &[u8], routing_key: &str, max_bytes: usize) -> Result<Event, Poison> {
+        if body.len() > max_bytes {
+            return Err(Poison::new(
+                PoisonReason::TooLarge,
+                format!("body is {} bytes, the limit is {max_bytes}", body.len()),
+            ));
+        }
+        let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| {
+            Poison::new(
+                PoisonReason::InvalidJson,
+                format!("not a JSON object: {e}"),
+            )
+        })?;
+
+        let id = required(raw.id, "id")?;
+        let event_type = required(raw.event_type, "type")?;
+        let account_id = required(raw.account_id, "account_id")?;
+        let created_at = required(raw.created_at, "created_at")?;
+        let data = required(raw.data, "data")?;
+
+        let id = string_field(id, "id")?;
+        let id = EventId::parse(&id).ok_or_else(|| {
+            Poison::new(
+                PoisonReason::InvalidField,
+                "field `id` must be 1 to 128 of A-Z a-z 0-9 _ -",
+            )
+        })?;
+        let account_id = string_field(account_id, "account_id")?;
+        let account_id = AccountId::parse(&account_id).ok_or_else(|| {
+            Poison::new(
+                PoisonReason::InvalidField,
+                "field `account_id` must be 1 to 128 of A-Z a-z 0-9 _ . : -",
+            )
+        })?;
+        let created_at = string_field(created_at, "created_at")?;
+        let created_at = DateTime::parse_from_rfc3339(&created_at)
+            .map_err(|e| {
+                Poison::new(
+                    PoisonReason::InvalidField,
+                    format!("field `created_at` is not an RFC 3339 time: {e}"),
+                )
+            })?
+            .with_timezone(&Utc);
+        if !data.get().starts_with('{') {
+            return Err(Poison::new(
+                PoisonReason::InvalidField,
+                "field `data` must be a JSON object",
+            ));
+        }
+        let type_label = string_field(event_type, "type")?;
+        let event_type: EventType = type_label
+            .parse()
+            .map_err(|e: UnknownEventType| Poison::new(PoisonReason::UnknownType, e.to_string()))?;
+        if event_type.label() != routing_key {
+            return Err(Poison::new(
+                PoisonReason::RoutingKeyMismatch,
+                format!("type is {type_label:?} but the routing key is {routing_key:?}"),
+            ));
+        }
+        Ok(Event {
+            id,
+            event_type,
+            account_id,
+            created_at,
+            data: data.to_owned(),
+        })
+    }
+
+    /// The envelope as upstream publishes it (DESIGN §2), `data` untouched.
+    pub fn to_envelope_json(&self) -> String {
+        format!(
+            r#"{{"id":{},"type":"{}","account_id":{},"created_at":{},"data":{}}}"#,
+            json_string(self.id.as_str()),
+            self.event_type.label(),
+            json_string(self.account_id.as_str()),
+            json_string(&self.created_at_rfc3339()),
+            self.data.get()
+        )
+    }
+
+    /// `created_at` in UTC, whole seconds, `Z` suffix.
+    pub fn created_at_rfc3339(&self) -> String {
+        self.created_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+}
+
+/// Serializes a string as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    // A `str` always serializes; the `expect` cannot fire.
+    serde_json::to_string(s).expect("a string serializes to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 262_144;
+
+    fn envelope(fields: &str) -> String {
+        format!("{{{fields}}}")
+    }
+
+    fn valid() -> String {
+        envelope(
+            r#""id":"evt_1","type":"payment.card.success","account_id":"68","created_at":"2026-11-27T02:04:21Z","data":{"amount":10.00,"currency_iso":"EUR"}"#,
+        )
+    }
+
+    fn reason(body: &str, key: &str) -> PoisonReason {
+        Event::parse(body.as_bytes(), key, MAX).unwrap_err().reason
+    }
+
+    #[test]
+    fn there_are_27_labels_each_parsing_back_to_itself() {
+        assert_eq!(EventType::ALL.len(), 27);
+        for t in EventType::ALL {
+            assert_eq!(t.label().parse::<EventType>().unwrap(), *t);
+            assert!(!t.description().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_valid_envelope_keeps_data_byte_for_byte() {
+        let event = Event::parse(valid().as_bytes(), "payment.card.success", MAX).unwrap();
+        assert_eq!(event.data.get(), r#"{"amount":10.00,"currency_iso":"EUR"}"#);
+        assert_eq!(event.created_at.timestamp(), 1_795_745_061);
+        assert_eq!(event.account_id.as_str(), "68");
+    }
+
+    #[test]
+    fn size_is_checked_before_anything_else() {
+        let body = "x".repeat(MAX + 1);
+        assert_eq!(reason(&body, "payment.card.success"), PoisonReason::TooLarge);
+    }
+
+    #[test]
+    fn each_kind_of_poison_gets_its_reason() {
+        let key = "payment.card.success";
+        assert_eq!(reason("not json", key), PoisonReason::InvalidJson);
+        assert_eq!(reason("[1,2]", key), PoisonReason::InvalidJson);
+        assert_eq!(
+            reason(&valid().replace(r#""id":"evt_1","#, ""), key),
+            PoisonReason::MissingField
+        );
+        assert_eq!(
+            reason(&valid().replace(r#""id":"evt_1""#, r#""id":7"#), key),
+            PoisonReason::InvalidField
+        );
+        assert_eq!(
+            reason(&valid().replace("evt_1", "evt 1"), key),
+            PoisonReason::InvalidField
+        );
+        assert_eq!(
+            reason(&valid().replace("2026-11-27T02:04:21Z", "yesterday"), key),
+            PoisonReason::InvalidField
+        );
+        assert_eq!(
+            reason(
+                &valid().replace(r#"{"amount":10.00,"currency_iso":"EUR"}"#, "[1]"),
+                key
+            ),
+            PoisonReason::InvalidField
+        );
+        assert_eq!(
+            reason(&valid().replace(key, "payment.bitcoin"), "payment.bitcoin"),
+            PoisonReason::UnknownType
+        );
+        assert_eq!(
+            reason(&valid(), "payment.card.failed"),
+            PoisonReason::RoutingKeyMismatch
+        );
+    }
+}

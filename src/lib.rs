@@ -1,0 +1,37 @@
+//! hookrelay delivers platform events from RabbitMQ to merchants' webhook URLs.
+//!
+//! Upstream services publish an envelope ([`event`]) to the `<prefix>.events` topic exchange.
+//! Stateless workers ([`worker`]) consume it, look up the account's webhooks ([`subscription`],
+//! kept in Redis and cached in each worker), sign and POST the event to each matching URL
+//! ([`delivery`]), wait out failures in the broker's delay queues, and park what finally fails in
+//! dead-letter queues ([`broker::topology`]). The public contract is DESIGN.md.
+//!
+//! # Layout
+//! - [`config`]: one typed settings tree: defaults → file → environment, validated once.
+//! - [`event`]: the envelope and the 27 event types; parsing into an event or a poison reason.
+//! - [`subscription`]: webhooks, the Redis store (atomic rules via Lua) and the worker's cache.
+//! - [`broker`]: the queue topology and the confirmed publisher (also the library API
+//!   [`broker::publisher::EventPublisher`] for upstream Rust services).
+//! - [`delivery`]: the HTTP client, wire formats, signing, SSRF guard and retry policy.
+//! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
+//! - [`listen`]: a local receiver that verifies and prints deliveries.
+//! - [`ops`], [`telemetry`], [`shutdown`]: health/metrics endpoints, logs, signals.
+//! - [`cli`]: the subcommands of the `hookrelay` binary.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod listen;
+pub mod ops;
+pub mod shutdown;
+pub mod subscription;
+pub mod telemetry;
+pub mod worker;
+
+/// `len` random characters of `[A-Za-z0-9]`, for ids.
+pub fn random_token(len: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}

@@ -1,0 +1,528 @@
+//! The Redis subscription store. Every key of an account carries the account as a hash tag
+//! (`<prefix>:{<account>}:…`), so each write is one Lua script on one slot, atomic and valid on
+//! Redis Cluster:
+//! - `<prefix>:{A}:webhooks`  hash webhook id → webhook JSON
+//! - `<prefix>:{A}:urls`      hash url → webhook id (no duplicate URL in an account)
+//! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
+//! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
+
+use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
+use super::{MAX_WEBHOOKS_PER_ACCOUNT as LIMIT, UrlError};
+use crate::delivery::signing::Secret;
+use crate::event::AccountId;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("account {0} already has {LIMIT} webhooks, the most an account may have")]
+    LimitReached(AccountId),
+    #[error("account {account} already has a webhook for {url} ({existing})")]
+    DuplicateUrl {
+        account: AccountId,
+        url: String,
+        existing: String,
+    },
+    #[error("no webhook {0}")]
+    NotFound(WebhookId),
+    #[error("invalid webhook: {0}")]
+    Invalid(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("stored webhook is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+impl From<UrlError> for StoreError {
+    fn from(e: UrlError) -> Self {
+        StoreError::Invalid(e.to_string())
+    }
+}
+
+/// What a merchant asks for when adding a webhook.
+#[derive(Clone, Debug)]
+pub struct NewWebhook {
+    pub url: WebhookUrl,
+    pub events: EventFilter,
+    pub format: Format,
+    pub description: String,
+}
+
+/// A change to a webhook; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookPatch {
+    pub url: Option<WebhookUrl>,
+    pub events: Option<EventFilter>,
+    pub format: Option<Format>,
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+}
+
+/// The stored form; the secret is kept because workers sign with it.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    id: WebhookId,
+    account_id: String,
+    url: WebhookUrl,
+    events: EventFilter,
+    secret: String,
+    #[serde(default)]
+    previous_secret: Option<String>,
+    #[serde(default)]
+    previous_secret_until: Option<DateTime<Utc>>,
+    format: Format,
+    enabled: bool,
+    description: String,
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    disabled_reason: Option<String>,
+}
+
+impl Stored {
+    fn from_webhook(w: &Webhook) -> Stored {
+        Stored {
+            id: w.id.clone(),
+            account_id: w.account_id.as_str().to_owned(),
+            url: w.url.clone(),
+            events: w.events,
+            secret: w.secret.expose().to_owned(),
+            previous_secret: w
+                .previous_secret
+                .as_ref()
+                .map(|p| p.secret.expose().to_owned()),
+            previous_secret_until: w.previous_secret.as_ref().map(|p| p.until),
+            format: w.format,
+            enabled: w.enabled,
+            description: w.description.clone(),
+            created_at: w.created_at,
+            disabled_reason: w.disabled_reason.clone(),
+        }
+    }
+
+    fn into_webhook(self) -> Result<Webhook, StoreError> {
+        let corrupt = |what: &str| StoreError::Invalid(format!("stored {what} is invalid"));
+        let previous_secret = match (self.previous_secret, self.previous_secret_until) {
+            (Some(s), Some(until)) => Some(PreviousSecret {
+                secret: Secret::parse(&s).map_err(|_| corrupt("previous secret"))?,
+                until,
+            }),
+            _ => None,
+        };
+        Ok(Webhook {
+            id: self.id,
+            account_id: AccountId::parse(&self.account_id).ok_or_else(|| corrupt("account"))?,
+            url: self.url,
+            events: self.events,
+            secret: Secret::parse(&self.secret).map_err(|_| corrupt("secret"))?,
+            previous_secret,
+            format: self.format,
+            enabled: self.enabled,
+            description: self.description,
+            created_at: self.created_at,
+            disabled_reason: self.disabled_reason,
+        })
+    }
+}
+
+fn encode(w: &Webhook) -> String {
+    // Plain data with string keys: serialization cannot fail.
+    serde_json::to_string(&Stored::from_webhook(w)).expect("webhook serializes")
+}
+
+fn decode(json: &str) -> Result<Webhook, StoreError> {
+    serde_json::from_str::<Stored>(json)?.into_webhook()
+}
+
+// Results below zero are refusals; otherwise the account's new version.
+const LIMIT_REACHED: i64 = -1;
+const DUPLICATE_URL: i64 = -2;
+const NOT_FOUND: i64 = -3;
+const CONFLICT: i64 = -4;
+
+/// KEYS: webhooks, urls, version. ARGV: id, url, json, limit, channel, account.
+const CREATE: &str = r#"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, ''} end
+local owner = redis.call('HGET', KEYS[2], ARGV[2])
+if owner then return {-2, owner} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. v)
+return {v, ''}
+"#;
+
+/// Compare-and-set of one webhook. ARGV: id, expected json, new json, old url, new url, channel,
+/// account.
+const UPDATE: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {-3, ''} end
+if cur ~= ARGV[2] then return {-4, ''} end
+if ARGV[4] ~= ARGV[5] then
+  local owner = redis.call('HGET', KEYS[2], ARGV[5])
+  if owner and owner ~= ARGV[1] then return {-2, owner} end
+  redis.call('HDEL', KEYS[2], ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[6], ARGV[7] .. ' ' .. v)
+return {v, ''}
+"#;
+
+/// ARGV: id, channel, account.
+const DELETE: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {-3, ''} end
+redis.call('HDEL', KEYS[2], cjson.decode(cur)['url'])
+redis.call('HDEL', KEYS[1], ARGV[1])
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. v)
+return {v, ''}
+"#;
+
+/// An account's webhooks as of one version.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Store {
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = tokio::time::timeout(
+            timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+        Ok(Store {
+            conn,
+            prefix: prefix.to_owned(),
+            timeout,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The pub/sub channel on which every write announces "<account> <version>".
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    fn keys(&self, account: &AccountId) -> [String; 3] {
+        let base = format!("{}:{{{}}}", self.prefix, account);
+        [
+            format!("{base}:webhooks"),
+            format!("{base}:urls"),
+            format!("{base}:version"),
+        ]
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}:webhook-accounts", self.prefix)
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// All webhooks of an account and the version they are at, read atomically.
+    pub async fn snapshot(&self, account: &AccountId) -> Result<Snapshot, StoreError> {
+        let [webhooks, _, version] = self.keys(account);
+        let mut conn = self.conn.clone();
+        let (version, values): (Option<u64>, Vec<String>) = self
+            .timed(
+                redis::pipe()
+                    .atomic()
+                    .get(&version)
+                    .hvals(&webhooks)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut webhooks = values
+            .iter()
+            .map(|j| decode(j))
+            .collect::<Result<Vec<_>, _>>()?;
+        webhooks.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        Ok(Snapshot {
+            version: version.unwrap_or(0),
+            webhooks,
+        })
+    }
+
+    pub async fn create(
+        &self,
+        account: &AccountId,
+        new: NewWebhook,
+    ) -> Result<Webhook, StoreError> {
+        let webhook = Webhook {
+            id: WebhookId::generate(),
+            account_id: account.clone(),
+            url: new.url,
+            events: new.events,
+            secret: Secret::generate(),
+            previous_secret: None,
+            format: new.format,
+            enabled: true,
+            description: new.description,
+            created_at: Utc::now(),
+            disabled_reason: None,
+        };
+        // The index goes first: a webhook findable by id but not yet created reads as not found,
+        // while the reverse order could leave a created webhook without its index.
+        self.set_index(&webhook.id, account).await?;
+        let keys = self.keys(account);
+        let (code, owner): (i64, String) = self
+            .run(
+                CREATE,
+                &keys,
+                &[
+                    webhook.id.as_str(),
+                    webhook.url.as_str(),
+                    &encode(&webhook),
+                    &LIMIT.to_string(),
+                    &self.changes_channel(),
+                    account.as_str(),
+                ],
+            )
+            .await?;
+        match code {
+            LIMIT_REACHED => {
+                self.drop_index(&webhook.id).await?;
+                Err(StoreError::LimitReached(account.clone()))
+            }
+            DUPLICATE_URL => {
+                self.drop_index(&webhook.id).await?;
+                Err(StoreError::DuplicateUrl {
+                    account: account.clone(),
+                    url: webhook.url.as_str().to_owned(),
+                    existing: owner,
+                })
+            }
+            _ => Ok(webhook),
+        }
+    }
+
+    async fn run(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[&str],
+    ) -> Result<(i64, String), StoreError> {
+        let script = redis::Script::new(script);
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        self.timed(invocation.invoke_async(&mut conn)).await
+    }
+
+    async fn set_index(&self, id: &WebhookId, account: &AccountId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(conn.hset::<_, _, _, ()>(self.index_key(), id.as_str(), account.as_str()))
+            .await
+    }
+
+    async fn drop_index(&self, id: &WebhookId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(conn.hdel::<_, _, ()>(self.index_key(), id.as_str()))
+            .await
+    }
+
+    /// The account a webhook id belongs to.
+    pub async fn account_of(&self, id: &WebhookId) -> Result<AccountId, StoreError> {
+        let mut conn = self.conn.clone();
+        let account: Option<String> = self
+            .timed(conn.hget(self.index_key(), id.as_str()))
+            .await?;
+        account
+            .and_then(|a| AccountId::parse(&a))
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    /// One webhook of an account, as stored now, with the raw JSON for compare-and-set.
+    async fn read(&self, account: &AccountId, id: &WebhookId) -> Result<(Webhook, String), StoreError> {
+        let [webhooks, _, _] = self.keys(account);
+        let mut conn = self.conn.clone();
+        let json: Option<String> = self.timed(conn.hget(&webhooks, id.as_str())).await?;
+        let json = json.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        Ok((decode(&json)?, json))
+    }
+
+    pub async fn get(&self, account: &AccountId, id: &WebhookId) -> Result<Webhook, StoreError> {
+        Ok(self.read(account, id).await?.0)
+    }
+
+    /// Finds a webhook by id alone (through the index).
+    pub async fn find(&self, id: &WebhookId) -> Result<Webhook, StoreError> {
+        let account = self.account_of(id).await?;
+        self.get(&account, id).await
+    }
+
+    /// Applies `change` to the stored webhook atomically (compare-and-set, retried on a race).
+    pub async fn modify(
+        &self,
+        account: &AccountId,
+        id: &WebhookId,
+        change: impl Fn(&mut Webhook),
+    ) -> Result<Webhook, StoreError> {
+        loop {
+            let (current, json) = self.read(account, id).await?;
+            let mut next = current.clone();
+            change(&mut next);
+            let keys = self.keys(account);
+            let (code, owner): (i64, String) = self
+                .run(
+                    UPDATE,
+                    &keys,
+                    &[
+                        id.as_str(),
+                        &json,
+                        &encode(&next),
+                        current.url.as_str(),
+                        next.url.as_str(),
+                        &self.changes_channel(),
+                        account.as_str(),
+                    ],
+                )
+                .await?;
+            match code {
+                CONFLICT => continue,
+                NOT_FOUND => return Err(StoreError::NotFound(id.clone())),
+                DUPLICATE_URL => {
+                    return Err(StoreError::DuplicateUrl {
+                        account: account.clone(),
+                        url: next.url.as_str().to_owned(),
+                        existing: owner,
+                    })
+                }
+                _ => return Ok(next),
+            }
+        }
+    }
+
+    pub async fn update(
+        &self,
+        account: &AccountId,
+        id: &WebhookId,
+        patch: WebhookPatch,
+    ) -> Result<Webhook, StoreError> {
+        self.modify(account, id, |w| {
+            if let Some(url) = &patch.url {
+                w.url = url.clone();
+            }
+            if let Some(events) = patch.events {
+                w.events = events;
+            }
+            if let Some(format) = patch.format {
+                w.format = format;
+            }
+            if let Some(description) = &patch.description {
+                w.description = description.clone();
+            }
+            if let Some(enabled) = patch.enabled {
+                w.enabled = enabled;
+                if enabled {
+                    // Enabling clears why hookrelay had disabled it (DESIGN §5).
+                    w.disabled_reason = None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Disables a webhook and records why (e.g. `gone`).
+    pub async fn disable(
+        &self,
+        account: &AccountId,
+        id: &WebhookId,
+        reason: &str,
+    ) -> Result<Webhook, StoreError> {
+        self.modify(account, id, |w| {
+            w.enabled = false;
+            w.disabled_reason = Some(reason.to_owned());
+        })
+        .await
+    }
+
+    /// A new secret; the old one keeps signing for `grace`.
+    pub async fn rotate_secret(
+        &self,
+        account: &AccountId,
+        id: &WebhookId,
+        grace: Duration,
+    ) -> Result<Webhook, StoreError> {
+        let until = Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let fresh = Secret::generate();
+        self.modify(account, id, |w| {
+            w.previous_secret = Some(PreviousSecret {
+                secret: w.secret.clone(),
+                until,
+            });
+            w.secret = fresh.clone();
+        })
+        .await
+    }
+
+    pub async fn delete(&self, account: &AccountId, id: &WebhookId) -> Result<(), StoreError> {
+        let keys = self.keys(account);
+        let (code, _): (i64, String) = self
+            .run(
+                DELETE,
+                &keys,
+                &[id.as_str(), &self.changes_channel(), account.as_str()],
+            )
+            .await?;
+        if code == NOT_FOUND {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        self.drop_index(id).await
+    }
+
+    /// Deletes every key under this store's prefix (tests and `bench` clean up with it).
+    pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(k?);
+            }
+            keys
+        };
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(500) {
+            conn.del::<_, ()>(chunk).await?;
+        }
+        Ok(keys.len() as u64)
+    }
+}

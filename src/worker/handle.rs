@@ -1,0 +1,287 @@
+//! What the worker does with one message: consume → look up → deliver → settle. Settling an
+//! attempt publishes its follow-up (a delay queue or a dead letter) with confirms; the source
+//! message is acked only after every follow-up is confirmed, otherwise it comes back.
+
+use super::job::{dead_letter_id, DeadDelivery, DeadReason, DeliveryJob, ATTEMPTS_HEADER};
+use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
+use crate::broker::topology::Topology;
+use crate::delivery::format::PreparedEvent;
+use crate::delivery::policy::{RetrySchedule, Verdict};
+use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
+use crate::event::{Event, Poison};
+use crate::subscription::cache::{SubscriptionCache, Webhooks};
+use crate::subscription::Webhook;
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Why a message was not settled; it goes back to its queue.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("publishing a follow-up failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("shutting down before the subscriptions could be read")]
+    ShuttingDown,
+}
+
+/// Everything a message handler needs; shared by all handlers of a worker.
+pub struct Ctx {
+    pub topology: Topology,
+    pub publisher: Publisher,
+    pub cache: Arc<SubscriptionCache>,
+    pub deliverer: Deliverer,
+    pub schedule: RetrySchedule,
+    pub max_event_bytes: usize,
+    pub shutdown: CancellationToken,
+    /// False while subscription lookups fail (the worker then reports not ready).
+    pub redis_ok: AtomicBool,
+}
+
+impl Ctx {
+    /// An event from `<prefix>.events`.
+    pub async fn handle_event(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        let event = match Event::parse(
+            &delivery.data,
+            delivery.routing_key.as_str(),
+            self.max_event_bytes,
+        ) {
+            Ok(event) => event,
+            Err(poison) => return self.dead_letter_event(delivery, &poison).await,
+        };
+        let span = tracing::info_span!("event", event_id = %event.id, account_id = %event.account_id);
+        async {
+            let webhooks = self.lookup(&event).await?;
+            let matching: Vec<Arc<Webhook>> = webhooks
+                .iter()
+                .filter(|w| w.enabled && w.events.matches(event.event_type))
+                .cloned()
+                .collect();
+            metrics::counter!("hookrelay_events_total").increment(1);
+            if matching.is_empty() {
+                metrics::counter!("hookrelay_events_unmatched_total").increment(1);
+                return Ok(());
+            }
+            let prepared = PreparedEvent::new(event);
+            let first_attempt_at = Utc::now();
+            let settled = join_all(
+                matching
+                    .iter()
+                    .map(|w| self.attempt_and_settle(w, &prepared, 1, first_attempt_at)),
+            )
+            .await;
+            settled.into_iter().collect()
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
+    pub async fn handle_retry(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        let attempts_made = attempts_header(delivery);
+        let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
+            Ok(job) => job,
+            Err(e) => {
+                // Only hookrelay writes this queue; an unreadable job is a bug to look at, so it
+                // is parked in the deliveries DLQ as it is rather than dropped.
+                tracing::error!(error = %e, "unreadable delivery job");
+                return self.park_unreadable_job(delivery).await;
+            }
+        };
+        let Ok(event) = job.event() else {
+            tracing::error!("delivery job carries an invalid event");
+            return self.park_unreadable_job(delivery).await;
+        };
+        let span = tracing::info_span!("delivery", event_id = %event.id, account_id = %event.account_id,
+            webhook_id = %job.webhook_id, attempt = attempts_made + 1);
+        async {
+            let webhooks = self.lookup(&event).await?;
+            let dead = |reason| {
+                DeadDelivery::new(reason, &event, &job.webhook_id, &job.url, attempts_made,
+                    Some(job.first_attempt_at), None)
+            };
+            let mut dead_letter = match webhooks.iter().find(|w| w.id == job.webhook_id) {
+                None => dead(DeadReason::WebhookDeleted),
+                Some(w) if !w.enabled => dead(DeadReason::WebhookDisabled),
+                Some(w) => {
+                    let prepared = PreparedEvent::new(event);
+                    return self
+                        .attempt_and_settle(w, &prepared, attempts_made + 1, job.first_attempt_at)
+                        .await;
+                }
+            };
+            // No attempt was made now: the facts of the last one are the job's.
+            dead_letter.last_status = job.last_status;
+            dead_letter.last_error = job.last_error.clone();
+            dead_letter.last_attempt_at = Some(job.last_attempt_at.to_rfc3339());
+            self.publish_dead_delivery(&dead_letter).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reads the account's webhooks, waiting out a Redis failure while holding the message:
+    /// unacked, it stops the broker from sending more once prefetch is full, so an outage
+    /// neither spins a requeue loop nor counts an attempt.
+    async fn lookup(&self, event: &Event) -> Result<Webhooks, HandleError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.cache.lookup(&event.account_id).await {
+                Ok(webhooks) => {
+                    self.redis_ok.store(true, Ordering::Release);
+                    return Ok(webhooks);
+                }
+                Err(e) => {
+                    self.redis_ok.store(false, Ordering::Release);
+                    tracing::warn!(error = %e, "subscription lookup failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Makes attempt number `attempt` and publishes what follows from it.
+    async fn attempt_and_settle(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        attempt: u32,
+        first_attempt_at: DateTime<Utc>,
+    ) -> Result<(), HandleError> {
+        let report = self.deliverer.attempt(webhook, event).await;
+        record_metrics(&report);
+        tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
+            error = ?report.error, "attempt");
+        let dead = |reason| {
+            DeadDelivery::new(reason, &event.event, &webhook.id, webhook.url.as_str(), attempt,
+                Some(first_attempt_at), Some(&report))
+        };
+        match &report.verdict {
+            AttemptVerdict::Judged(Verdict::Delivered) => Ok(()),
+            AttemptVerdict::Judged(Verdict::Retry { at_least }) => {
+                match self.schedule.next(attempt, *at_least, rand::random()) {
+                    Some(next) => {
+                        let job = DeliveryJob::new(&event.event, &webhook.id, webhook.url.as_str(),
+                            first_attempt_at, &report);
+                        let queue = self.topology.retry_queue(next.step);
+                        self.publisher
+                            .publish(Outgoing {
+                                exchange: "",
+                                routing_key: &queue,
+                                body: &job.to_bytes(),
+                                message_id: None,
+                                content_type: "application/json",
+                                headers: Headers::default().int(ATTEMPTS_HEADER, attempt.into()),
+                                expiration_ms: Some(next.expiration.as_millis() as u64),
+                            })
+                            .await?;
+                        Ok(())
+                    }
+                    None => self.publish_dead_delivery(&dead(DeadReason::Exhausted)).await,
+                }
+            }
+            AttemptVerdict::Judged(Verdict::Gone) => {
+                if let Err(e) = self.cache.store().disable(&webhook.account_id, &webhook.id, "gone").await {
+                    tracing::warn!(error = %e, webhook_id = %webhook.id, "could not disable a gone webhook");
+                }
+                self.publish_dead_delivery(&dead(DeadReason::Gone)).await
+            }
+            AttemptVerdict::Refused => {
+                self.publish_dead_delivery(&dead(DeadReason::TargetRefused)).await
+            }
+        }
+    }
+
+    async fn publish_dead_delivery(&self, dead: &DeadDelivery) -> Result<(), HandleError> {
+        metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => dead.reason.clone())
+            .increment(1);
+        tracing::info!(reason = %dead.reason, webhook_id = %dead.webhook_id, "delivery dead-lettered");
+        let body = serde_json::to_vec(dead).expect("a dead letter serializes");
+        let id = dead_letter_id();
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.topology.dlq_deliveries(),
+                body: &body,
+                message_id: Some(&id),
+                content_type: "application/json",
+                headers: dead.headers(),
+                expiration_ms: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter_event(&self, delivery: &Delivery, poison: &Poison) -> Result<(), HandleError> {
+        metrics::counter!("hookrelay_dead_letters_total", "queue" => "events", "reason" => poison.reason.as_str())
+            .increment(1);
+        tracing::warn!(reason = poison.reason.as_str(), detail = %poison.detail, "poison event dead-lettered");
+        let id = dead_letter_id();
+        let headers = Headers::default()
+            .text("hookrelay-reason", poison.reason.as_str())
+            .text("hookrelay-error", super::job::truncate(&poison.detail))
+            .text("hookrelay-routing-key", super::job::truncate(delivery.routing_key.as_str()));
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.topology.dlq_events(),
+                body: &delivery.data,
+                message_id: Some(&id),
+                content_type: "application/octet-stream",
+                headers,
+                expiration_ms: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn park_unreadable_job(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        let id = dead_letter_id();
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.topology.dlq_deliveries(),
+                body: &delivery.data,
+                message_id: Some(&id),
+                content_type: "application/octet-stream",
+                headers: Headers::default().text("hookrelay-reason", "invalid_job"),
+                expiration_ms: None,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn attempts_header(delivery: &Delivery) -> u32 {
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPTS_HEADER).cloned());
+    match value {
+        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, i64::from(u32::MAX)) as u32,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
+        _ => 1,
+    }
+}
+
+fn record_metrics(report: &AttemptReport) {
+    let result = match &report.verdict {
+        AttemptVerdict::Judged(Verdict::Delivered) => "delivered",
+        AttemptVerdict::Judged(Verdict::Retry { .. }) => "failed",
+        AttemptVerdict::Judged(Verdict::Gone) => "gone",
+        AttemptVerdict::Refused => "refused",
+    };
+    metrics::counter!("hookrelay_attempts_total", "result" => result).increment(1);
+    metrics::histogram!("hookrelay_attempt_duration_seconds").record(report.duration.as_secs_f64());
+}
