@@ -186,8 +186,12 @@ fn parse_prefix(key: &'static str, text: &str) -> Result<String, ConfigError> {
 }
 
 fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse()
-        .map_err(|_| invalid(key, format!("{text:?} is not an address like 127.0.0.1:9090")))
+    text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{text:?} is not an address like 127.0.0.1:9090"),
+        )
+    })
 }
 
 fn parse_url(key: &'static str, text: &str, schemes: &[&str]) -> Result<String, ConfigError> {

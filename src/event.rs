@@ -244,10 +244,7 @@ impl Event {
             ));
         }
         let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| {
-            Poison::new(
-                PoisonReason::InvalidJson,
-                format!("not a JSON object: {e}"),
-            )
+            Poison::new(PoisonReason::InvalidJson, format!("not a JSON object: {e}"))
         })?;
 
         let id = required(raw.id, "id")?;
@@ -368,7 +365,10 @@ mod tests {
     #[test]
     fn size_is_checked_before_anything_else() {
         let body = "x".repeat(MAX + 1);
-        assert_eq!(reason(&body, "payment.card.success"), PoisonReason::TooLarge);
+        assert_eq!(
+            reason(&body, "payment.card.success"),
+            PoisonReason::TooLarge
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub struct Received {
 }
 
 /// Checks a request as a receiver does; `Err` says what is wrong.
-pub fn verify(headers: &HeaderMap, body: &[u8], secrets: &[Secret]) -> Result<&'static str, String> {
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[Secret],
+) -> Result<&'static str, String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(sig) = header("x-inplayer-signature") {
         return if signing::verify_inplayer(secrets, sig, body) {
@@ -121,7 +125,7 @@ async fn receive(
     let result = verify(&headers, &body, &secrets);
     let received = Received {
         path: uri.path().to_owned(),
-        format: *result.as_ref().unwrap_or(&"unknown"),
+        format: result.as_ref().map_or("unknown", |f| *f),
         webhook_id: headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())

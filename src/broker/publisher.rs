@@ -100,7 +100,7 @@ impl Publisher {
                     props,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(pending.await?)
+            pending.await
         };
         let confirmation = tokio::time::timeout(self.timeout, confirm)
             .await
@@ -133,11 +133,10 @@ impl NewEvent {
     pub fn into_event(self) -> Event {
         let created_at = self.created_at.unwrap_or_else(Utc::now);
         // Whole seconds: that is what receivers get as `timestamp` and `created`.
-        let created_at = DateTime::parse_from_rfc3339(
-            &created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        )
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or(created_at);
+        let created_at =
+            DateTime::parse_from_rfc3339(&created_at.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(created_at);
         Event {
             id: self.id.unwrap_or_else(EventId::generate),
             event_type: self.event_type,
@@ -164,9 +163,16 @@ impl EventPublisher {
     }
 
     /// Connects its own connection and confirm channel.
-    pub async fn connect(amqp_url: &str, prefix: &str, timeout: Duration) -> Result<Self, PublishError> {
+    pub async fn connect(
+        amqp_url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
         let connection = super::connect(amqp_url, "hookrelay publisher").await?;
-        Ok(Self::new(Publisher::new(&connection, timeout).await?, prefix))
+        Ok(Self::new(
+            Publisher::new(&connection, timeout).await?,
+            prefix,
+        ))
     }
 
     /// Publishes one event and returns it as sent, once the broker confirmed it.

@@ -89,7 +89,13 @@ impl Topology {
             )
             .await?;
         let work_limit = self.delivery_limit;
-        declare_queue(channel, &self.events_queue(), work_limit, &self.dlq_events()).await?;
+        declare_queue(
+            channel,
+            &self.events_queue(),
+            work_limit,
+            &self.dlq_events(),
+        )
+        .await?;
         declare_queue(
             channel,
             &self.deliveries_queue(),
@@ -174,7 +180,12 @@ fn quorum_arguments(delivery_limit: u32, dead_letter_to: &str) -> FieldTable {
 pub fn duration_name(d: Duration) -> String {
     let mut ms = d.as_millis();
     let mut name = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= size {
             name.push_str(&format!("{}{unit}", ms / size));
             ms %= size;
@@ -192,7 +203,11 @@ mod tests {
 
     #[test]
     fn delay_queues_are_named_by_their_duration() {
-        let t = Topology::new("hr", &[Duration::from_secs(5), Duration::from_secs(300)], 20);
+        let t = Topology::new(
+            "hr",
+            &[Duration::from_secs(5), Duration::from_secs(300)],
+            20,
+        );
         assert_eq!(t.retry_queue(Duration::from_secs(5)), "hr.retry.5s");
         assert_eq!(duration_name(Duration::from_secs(300)), "5m");
         assert_eq!(duration_name(Duration::from_secs(7200)), "2h");

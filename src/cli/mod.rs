@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "hookrelay", version, about = "Webhook delivery from RabbitMQ events")]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Webhook delivery from RabbitMQ events"
+)]
 pub struct Cli {
     /// Configuration file (TOML); also HOOKRELAY_CONFIG. Environment HOOKRELAY__SECTION__KEY wins.
     #[arg(long, global = true, env = "HOOKRELAY_CONFIG")]

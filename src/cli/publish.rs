@@ -35,9 +35,7 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
         bail!("--data must be a JSON object");
     }
     let id = match args.id {
-        Some(id) => Some(
-            EventId::parse(&id).context("--id must be 1 to 128 of A-Z a-z 0-9 _ -")?,
-        ),
+        Some(id) => Some(EventId::parse(&id).context("--id must be 1 to 128 of A-Z a-z 0-9 _ -")?),
         None => None,
     };
     let publisher = EventPublisher::connect(
@@ -56,7 +54,9 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
             data,
         })
         .await
-        .context("publishing (is the topology declared? run a worker or `hookrelay topology declare`)")?;
+        .context(
+            "publishing (is the topology declared? run a worker or `hookrelay topology declare`)",
+        )?;
     if args.json {
         let envelope: serde_json::Value = serde_json::from_str(&event.to_envelope_json())?;
         super::print_json(&envelope);
@@ -88,9 +88,13 @@ pub struct ListenArgs {
 pub async fn listen(settings: &Settings, args: ListenArgs) -> anyhow::Result<()> {
     let secrets = match (&args.account, args.secrets.is_empty()) {
         (Some(account), _) => Secrets::Account(
-            Store::connect(&settings.redis.url, &settings.redis.prefix, settings.redis.lookup_timeout)
-                .await
-                .context("connecting to Redis (redis.url)")?,
+            Store::connect(
+                &settings.redis.url,
+                &settings.redis.prefix,
+                settings.redis.lookup_timeout,
+            )
+            .await
+            .context("connecting to Redis (redis.url)")?,
             account.clone(),
         ),
         (None, false) => Secrets::Fixed(
@@ -113,7 +117,12 @@ pub async fn listen(settings: &Settings, args: ListenArgs) -> anyhow::Result<()>
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else if r.verified {
-            println!("✔ verified {} {} {}", r.format, r.webhook_id.unwrap_or_default(), r.body);
+            println!(
+                "✔ verified {} {} {}",
+                r.format,
+                r.webhook_id.unwrap_or_default(),
+                r.body
+            );
         } else {
             println!("✘ rejected: {} {}", r.problem.unwrap_or_default(), r.body);
         }

@@ -70,7 +70,11 @@ pub struct UpdateArgs {
 }
 
 fn parse_events(text: &str) -> anyhow::Result<EventFilter> {
-    let labels: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let labels: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     EventFilter::parse(&labels).context("--events")
 }
 
@@ -114,7 +118,11 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
         WebhooksAction::Update(a) => {
             let account = store.account_of(&a.id).await?;
             let patch = WebhookPatch {
-                url: a.url.as_deref().map(|u| parse_url(u, settings)).transpose()?,
+                url: a
+                    .url
+                    .as_deref()
+                    .map(|u| parse_url(u, settings))
+                    .transpose()?,
                 events: a.events.as_deref().map(parse_events).transpose()?,
                 format: a.format,
                 enabled: a.enabled,

@@ -108,8 +108,12 @@ impl Deliverer {
         let body = match webhook.format {
             Format::Standard => {
                 let body = event.standard_body();
-                let signature =
-                    signing::standard_header(&webhook.signing_secrets(now), msg_id, timestamp, &body);
+                let signature = signing::standard_header(
+                    &webhook.signing_secrets(now),
+                    msg_id,
+                    timestamp,
+                    &body,
+                );
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 headers.insert("webhook-signature", header_value(&signature));
                 body

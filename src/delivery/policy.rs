@@ -9,7 +9,9 @@ use std::time::Duration;
 pub enum Verdict {
     Delivered,
     /// Try again, no sooner than `at_least` if the receiver asked (Retry-After).
-    Retry { at_least: Option<Duration> },
+    Retry {
+        at_least: Option<Duration>,
+    },
     /// 410: the receiver wants no more; the webhook is disabled.
     Gone,
 }
@@ -32,7 +34,9 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -114,7 +118,10 @@ mod tests {
         assert_eq!(classify(204, None), Verdict::Delivered);
         assert_eq!(classify(410, None), Verdict::Gone);
         assert_eq!(classify(301, None), Verdict::Retry { at_least: None });
-        assert_eq!(classify(404, Some(secs(9))), Verdict::Retry { at_least: None });
+        assert_eq!(
+            classify(404, Some(secs(9))),
+            Verdict::Retry { at_least: None }
+        );
         assert_eq!(
             classify(429, Some(secs(9))),
             Verdict::Retry {
@@ -162,9 +169,21 @@ mod tests {
     fn retry_after_replaces_the_step_capped_by_the_largest() {
         let s = schedule();
         let next = s.next(1, Some(secs(60)), 0.0).unwrap();
-        assert_eq!(next, NextAttempt { step: secs(300), expiration: secs(60) });
+        assert_eq!(
+            next,
+            NextAttempt {
+                step: secs(300),
+                expiration: secs(60)
+            }
+        );
         let next = s.next(1, Some(secs(99_999)), 0.0).unwrap();
-        assert_eq!(next, NextAttempt { step: secs(1800), expiration: secs(1800) });
+        assert_eq!(
+            next,
+            NextAttempt {
+                step: secs(1800),
+                expiration: secs(1800)
+            }
+        );
         // A Retry-After shorter than the scheduled step changes nothing.
         assert_eq!(s.next(2, Some(secs(1)), 0.0).unwrap().step, secs(300));
     }

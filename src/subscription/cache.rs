@@ -18,9 +18,14 @@ use tokio_util::sync::CancellationToken;
 pub type Webhooks = Arc<[Arc<Webhook>]>;
 
 enum Slot {
-    Fresh { version: u64, webhooks: Webhooks },
+    Fresh {
+        version: u64,
+        webhooks: Webhooks,
+    },
     /// Dropped by a change to `version`: only a snapshot at least that new may be cached.
-    Invalidated { version: u64 },
+    Invalidated {
+        version: u64,
+    },
 }
 
 pub struct SubscriptionCache {
@@ -50,6 +55,23 @@ impl SubscriptionCache {
     /// Whether changes are being received (the worker is not ready without it).
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `within` for the change channel to be followed; false if it is not yet.
+    pub async fn wait_live(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_live() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.is_live()
+    }
+
+    /// The version an account's entry is cached at, if it is cached.
+    pub fn cached_version(&self, account: &AccountId) -> Option<u64> {
+        match self.slots.lock().unwrap().get(account) {
+            Some(Slot::Fresh { version, .. }) => Some(*version),
+            _ => None,
+        }
     }
 
     /// The account's webhooks: from the cache when warm, else from Redis (with its timeout).
@@ -87,7 +109,8 @@ impl SubscriptionCache {
     /// A change to `account` at `version` was announced.
     pub fn invalidate(&self, account: AccountId, version: u64) {
         let mut slots = self.slots.lock().unwrap();
-        let keep = matches!(slots.get(&account), Some(Slot::Fresh { version: v, .. }) if *v >= version);
+        let keep =
+            matches!(slots.get(&account), Some(Slot::Fresh { version: v, .. }) if *v >= version);
         if !keep {
             slots.insert(account, Slot::Invalidated { version });
         }

@@ -286,7 +286,10 @@ mod tests {
         let f = EventFilter::parse(&["payment.card.success", "customer.registered"]).unwrap();
         assert!(f.matches(EventType::PaymentCardSuccess));
         assert!(!f.matches(EventType::PaymentCardFailed));
-        assert_eq!(f.labels(), vec!["payment.card.success", "customer.registered"]);
+        assert_eq!(
+            f.labels(),
+            vec!["payment.card.success", "customer.registered"]
+        );
         assert_eq!(EventFilter::parse::<&str>(&[]), Err(FilterError::Empty));
         assert_eq!(
             EventFilter::parse(&["*", "payment.card.success"]),

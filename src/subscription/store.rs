@@ -7,7 +7,7 @@
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
 
 use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
-use super::{MAX_WEBHOOKS_PER_ACCOUNT as LIMIT, UrlError};
+use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::delivery::signing::Secret;
 use crate::event::AccountId;
 use chrono::{DateTime, Utc};
@@ -205,12 +205,10 @@ impl Store {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let conn = tokio::time::timeout(
-            timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(timeout))??;
+        let conn =
+            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| StoreError::Timeout(timeout))??;
         Ok(Store {
             conn,
             prefix: prefix.to_owned(),
@@ -360,16 +358,18 @@ impl Store {
     /// The account a webhook id belongs to.
     pub async fn account_of(&self, id: &WebhookId) -> Result<AccountId, StoreError> {
         let mut conn = self.conn.clone();
-        let account: Option<String> = self
-            .timed(conn.hget(self.index_key(), id.as_str()))
-            .await?;
+        let account: Option<String> = self.timed(conn.hget(self.index_key(), id.as_str())).await?;
         account
             .and_then(|a| AccountId::parse(&a))
             .ok_or_else(|| StoreError::NotFound(id.clone()))
     }
 
     /// One webhook of an account, as stored now, with the raw JSON for compare-and-set.
-    async fn read(&self, account: &AccountId, id: &WebhookId) -> Result<(Webhook, String), StoreError> {
+    async fn read(
+        &self,
+        account: &AccountId,
+        id: &WebhookId,
+    ) -> Result<(Webhook, String), StoreError> {
         let [webhooks, _, _] = self.keys(account);
         let mut conn = self.conn.clone();
         let json: Option<String> = self.timed(conn.hget(&webhooks, id.as_str())).await?;

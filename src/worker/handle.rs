@@ -54,7 +54,8 @@ impl Ctx {
             Ok(event) => event,
             Err(poison) => return self.dead_letter_event(delivery, &poison).await,
         };
-        let span = tracing::info_span!("event", event_id = %event.id, account_id = %event.account_id);
+        let span =
+            tracing::info_span!("event", event_id = %event.id, account_id = %event.account_id);
         async {
             let webhooks = self.lookup(&event).await?;
             let matching: Vec<Arc<Webhook>> = webhooks
@@ -102,8 +103,15 @@ impl Ctx {
         async {
             let webhooks = self.lookup(&event).await?;
             let dead = |reason| {
-                DeadDelivery::new(reason, &event, &job.webhook_id, &job.url, attempts_made,
-                    Some(job.first_attempt_at), None)
+                DeadDelivery::new(
+                    reason,
+                    &event,
+                    &job.webhook_id,
+                    &job.url,
+                    attempts_made,
+                    Some(job.first_attempt_at),
+                    None,
+                )
             };
             let mut dead_letter = match webhooks.iter().find(|w| w.id == job.webhook_id) {
                 None => dead(DeadReason::WebhookDeleted),
@@ -162,16 +170,28 @@ impl Ctx {
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
         let dead = |reason| {
-            DeadDelivery::new(reason, &event.event, &webhook.id, webhook.url.as_str(), attempt,
-                Some(first_attempt_at), Some(&report))
+            DeadDelivery::new(
+                reason,
+                &event.event,
+                &webhook.id,
+                webhook.url.as_str(),
+                attempt,
+                Some(first_attempt_at),
+                Some(&report),
+            )
         };
         match &report.verdict {
             AttemptVerdict::Judged(Verdict::Delivered) => Ok(()),
             AttemptVerdict::Judged(Verdict::Retry { at_least }) => {
                 match self.schedule.next(attempt, *at_least, rand::random()) {
                     Some(next) => {
-                        let job = DeliveryJob::new(&event.event, &webhook.id, webhook.url.as_str(),
-                            first_attempt_at, &report);
+                        let job = DeliveryJob::new(
+                            &event.event,
+                            &webhook.id,
+                            webhook.url.as_str(),
+                            first_attempt_at,
+                            &report,
+                        );
                         let queue = self.topology.retry_queue(next.step);
                         self.publisher
                             .publish(Outgoing {
@@ -186,17 +206,26 @@ impl Ctx {
                             .await?;
                         Ok(())
                     }
-                    None => self.publish_dead_delivery(&dead(DeadReason::Exhausted)).await,
+                    None => {
+                        self.publish_dead_delivery(&dead(DeadReason::Exhausted))
+                            .await
+                    }
                 }
             }
             AttemptVerdict::Judged(Verdict::Gone) => {
-                if let Err(e) = self.cache.store().disable(&webhook.account_id, &webhook.id, "gone").await {
+                if let Err(e) = self
+                    .cache
+                    .store()
+                    .disable(&webhook.account_id, &webhook.id, "gone")
+                    .await
+                {
                     tracing::warn!(error = %e, webhook_id = %webhook.id, "could not disable a gone webhook");
                 }
                 self.publish_dead_delivery(&dead(DeadReason::Gone)).await
             }
             AttemptVerdict::Refused => {
-                self.publish_dead_delivery(&dead(DeadReason::TargetRefused)).await
+                self.publish_dead_delivery(&dead(DeadReason::TargetRefused))
+                    .await
             }
         }
     }
@@ -221,7 +250,11 @@ impl Ctx {
         Ok(())
     }
 
-    async fn dead_letter_event(&self, delivery: &Delivery, poison: &Poison) -> Result<(), HandleError> {
+    async fn dead_letter_event(
+        &self,
+        delivery: &Delivery,
+        poison: &Poison,
+    ) -> Result<(), HandleError> {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "events", "reason" => poison.reason.as_str())
             .increment(1);
         tracing::warn!(reason = poison.reason.as_str(), detail = %poison.detail, "poison event dead-lettered");
@@ -229,7 +262,10 @@ impl Ctx {
         let headers = Headers::default()
             .text("hookrelay-reason", poison.reason.as_str())
             .text("hookrelay-error", super::job::truncate(&poison.detail))
-            .text("hookrelay-routing-key", super::job::truncate(delivery.routing_key.as_str()));
+            .text(
+                "hookrelay-routing-key",
+                super::job::truncate(delivery.routing_key.as_str()),
+            );
         self.publisher
             .publish(Outgoing {
                 exchange: "",

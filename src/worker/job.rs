@@ -60,8 +60,7 @@ impl DeliveryJob {
         report: &AttemptReport,
     ) -> Self {
         DeliveryJob {
-            event: RawValue::from_string(event.to_envelope_json())
-                .expect("an envelope is JSON"),
+            event: RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON"),
             webhook_id: webhook_id.clone(),
             url: url.to_owned(),
             first_attempt_at,

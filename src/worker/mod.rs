@@ -49,17 +49,33 @@ impl RunningWorker {
 }
 
 /// Connects, declares, and starts consuming; returns once the worker is consuming.
-pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<RunningWorker> {
+pub async fn start(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningWorker> {
     let topology = Topology::new(
         &settings.amqp.prefix,
         &settings.delivery.retry_schedule,
         settings.amqp.delivery_limit,
     );
-    let store = Store::connect(&settings.redis.url, &settings.redis.prefix, settings.redis.lookup_timeout)
-        .await
-        .context("connecting to Redis (redis.url)")?;
+    let store = Store::connect(
+        &settings.redis.url,
+        &settings.redis.prefix,
+        settings.redis.lookup_timeout,
+    )
+    .await
+    .context("connecting to Redis (redis.url)")?;
     let cache = SubscriptionCache::new(store);
-    tokio::spawn(cache.clone().follow_changes(settings.redis.url.clone(), shutdown.clone()));
+    tokio::spawn(
+        cache
+            .clone()
+            .follow_changes(settings.redis.url.clone(), shutdown.clone()),
+    );
+    if !cache.wait_live(settings.redis.lookup_timeout).await {
+        tracing::warn!(
+            "not yet following subscription changes; lookups bypass the cache until then"
+        );
+    }
 
     let consume_conn = Arc::new(
         crate::broker::connect(&settings.amqp.url, "hookrelay worker (consume)")
@@ -87,9 +103,18 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         redis_ok: AtomicBool::new(true),
     });
 
-    let events = consume(&consume_conn, &topology.events_queue(), settings.amqp.prefetch).await?;
-    let deliveries =
-        consume(&consume_conn, &topology.deliveries_queue(), settings.amqp.prefetch).await?;
+    let events = consume(
+        &consume_conn,
+        &topology.events_queue(),
+        settings.amqp.prefetch,
+    )
+    .await?;
+    let deliveries = consume(
+        &consume_conn,
+        &topology.deliveries_queue(),
+        settings.amqp.prefetch,
+    )
+    .await?;
 
     let consuming = Arc::new(AtomicBool::new(true));
     let health = Health::new({
@@ -189,7 +214,10 @@ async fn handle_one(delivery: Delivery, queue: Queue, ctx: Arc<Ctx>) {
 async fn drain(tracker: &TaskTracker, grace: std::time::Duration) {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(in_flight = tracker.len(), "shutdown grace over; handing back what is in flight");
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "shutdown grace over; handing back what is in flight"
+        );
     }
 }
 

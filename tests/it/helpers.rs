@@ -1,0 +1,380 @@
+//! `spawn_app()` and a scriptable receiver: each test gets its own broker and Redis prefix
+//! (`hrt-…`), a worker running in-process against the real RabbitMQ and Redis, and cleans up its
+//! queues and keys. Leftovers of killed runs are swept by `scripts/sweep.sh`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use hookrelay::broker::publisher::{EventPublisher, NewEvent, Publisher};
+use hookrelay::broker::topology::Topology;
+use hookrelay::config::Settings;
+use hookrelay::event::{AccountId, EventType};
+use hookrelay::subscription::store::{NewWebhook, Store};
+use hookrelay::subscription::{EventFilter, Format, Webhook, WebhookUrl};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::AMQPValue;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// A fresh prefix; `hrt-` marks it as a test's for the sweeper.
+pub fn test_prefix() -> String {
+    format!("hrt-{}", hookrelay::random_token(10).to_lowercase())
+}
+
+/// Settings for a test: its own prefix, loopback http targets allowed, `schedule` as the
+/// retry schedule, plus any extra `HOOKRELAY__…` overrides.
+pub fn settings(prefix: &str, schedule: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut env: Vec<(String, String)> = vec![
+        ("HOOKRELAY__AMQP__URL".into(), AMQP_URL.into()),
+        ("HOOKRELAY__REDIS__URL".into(), REDIS_URL.into()),
+        ("HOOKRELAY__AMQP__PREFIX".into(), prefix.into()),
+        ("HOOKRELAY__REDIS__PREFIX".into(), prefix.into()),
+        ("HOOKRELAY__DELIVERY__ALLOW_HTTP".into(), "true".into()),
+        (
+            "HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS".into(),
+            "true".into(),
+        ),
+        (
+            "HOOKRELAY__DELIVERY__RETRY_SCHEDULE".into(),
+            schedule.into(),
+        ),
+        ("HOOKRELAY__DELIVERY__TIMEOUT".into(), "3s".into()),
+        ("HOOKRELAY__OPS__LISTEN".into(), "127.0.0.1:0".into()),
+        ("HOOKRELAY__WORKER__SHUTDOWN_GRACE".into(), "2s".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_with_env(None, env).expect("test settings are valid")
+}
+
+/// What the receiver answers on a path.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Status(u16),
+    /// Answers `status` to the first `times` requests, then 200.
+    FailTimes {
+        times: usize,
+        status: u16,
+    },
+    /// Never answers (until the client gives up).
+    Hang,
+}
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: std::time::Instant,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    behaviours: Mutex<HashMap<String, Behaviour>>,
+    hits: Mutex<Vec<Hit>>,
+}
+
+/// A local HTTP receiver standing in for merchants: records every request and answers as told.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start(shutdown: CancellationToken) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        Receiver { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn behave(&self, path: &str, behaviour: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), behaviour);
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    pub fn hits_on(&self, path: &str) -> Vec<Hit> {
+        self.hits().into_iter().filter(|h| h.path == path).collect()
+    }
+
+    /// Waits until `path` got `n` requests; panics after `within`.
+    pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Hit> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let hits = self.hits_on(path);
+            if hits.len() >= n {
+                return hits;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} got {} of {n} requests within {within:?}",
+                hits.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = uri.path().to_owned();
+    let earlier = {
+        let mut hits = state.hits.lock().unwrap();
+        let earlier = hits.iter().filter(|h| h.path == path).count();
+        hits.push(Hit {
+            path: path.clone(),
+            headers,
+            body,
+            at: std::time::Instant::now(),
+        });
+        earlier
+    };
+    let behaviour = state.behaviours.lock().unwrap().get(&path).cloned();
+    let status = match behaviour {
+        None => 200,
+        Some(Behaviour::Status(s)) => s,
+        Some(Behaviour::FailTimes { times, status }) if earlier < times => status,
+        Some(Behaviour::FailTimes { .. }) => 200,
+        Some(Behaviour::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            200
+        }
+    };
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// A worker, its receiver, a store and a publisher, all on one test's prefix.
+pub struct TestApp {
+    pub prefix: String,
+    pub settings: Settings,
+    pub store: Store,
+    pub publisher: EventPublisher,
+    pub receiver: Receiver,
+    pub ops_addr: SocketAddr,
+    amqp: lapin::Connection,
+    shutdown: CancellationToken,
+    worker: Option<hookrelay::worker::RunningWorker>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("200ms,200ms", &[]).await
+}
+
+pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
+    let prefix = test_prefix();
+    let settings = settings(&prefix, schedule, extra);
+    let shutdown = CancellationToken::new();
+    let worker = hookrelay::worker::start(settings.clone(), shutdown.clone())
+        .await
+        .expect("worker starts");
+    let amqp = hookrelay::broker::connect(AMQP_URL, "hookrelay test")
+        .await
+        .unwrap();
+    let publisher = EventPublisher::new(
+        Publisher::new(&amqp, Duration::from_secs(5)).await.unwrap(),
+        &prefix,
+    );
+    let store = Store::connect(REDIS_URL, &prefix, Duration::from_secs(2))
+        .await
+        .unwrap();
+    TestApp {
+        prefix,
+        store,
+        publisher,
+        receiver: Receiver::start(shutdown.clone()).await,
+        ops_addr: worker.ops_addr,
+        amqp,
+        shutdown,
+        worker: Some(worker),
+        settings,
+    }
+}
+
+impl TestApp {
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.prefix,
+            &self.settings.delivery.retry_schedule,
+            self.settings.amqp.delivery_limit,
+        )
+    }
+
+    /// Adds a webhook to `account` pointing at the receiver's `path`.
+    pub async fn add_webhook(
+        &self,
+        account: &str,
+        path: &str,
+        events: &[&str],
+        format: Format,
+    ) -> Webhook {
+        self.store
+            .create(
+                &account.parse().unwrap(),
+                NewWebhook {
+                    url: WebhookUrl::parse(&self.receiver.url(path), true).unwrap(),
+                    events: EventFilter::parse(events).unwrap(),
+                    format,
+                    description: String::new(),
+                },
+            )
+            .await
+            .expect("webhook created")
+    }
+
+    /// Publishes an event with `data` (a JSON object text) and returns its id.
+    pub async fn publish(&self, event_type: EventType, account: &str, data: &str) -> String {
+        let event = self
+            .publisher
+            .publish(NewEvent {
+                id: None,
+                event_type,
+                account_id: AccountId::parse(account).unwrap(),
+                created_at: None,
+                data: serde_json::value::RawValue::from_string(data.to_owned()).unwrap(),
+            })
+            .await
+            .expect("publish confirmed");
+        event.id.to_string()
+    }
+
+    /// Publishes raw bytes to the events exchange with `routing_key` (poison tests).
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let channel = self.amqp.create_channel().await.unwrap();
+        channel
+            .basic_publish(
+                format!("{}.events", self.prefix).into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        let _ = channel.close(200, "ok".into()).await;
+    }
+
+    /// Takes every message now in `queue` (acking them: the queue is this test's own).
+    pub async fn drain_queue(&self, queue: &str) -> Vec<lapin::message::Delivery> {
+        let channel = self.amqp.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            out.push(msg.delivery);
+        }
+        let _ = channel.close(200, "ok".into()).await;
+        out
+    }
+
+    /// Waits until `queue` holds `n` messages in all (drained as they come).
+    pub async fn wait_for_queue(
+        &self,
+        queue: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} holds {} of {n} messages after {within:?}",
+                got.len()
+            );
+            got.extend(self.drain_queue(queue).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        got
+    }
+
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.amqp.create_channel().await.unwrap();
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = channel.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Stops the worker and deletes this test's queues, exchange and keys.
+    pub async fn cleanup(mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.wait().await.expect("worker stopped cleanly");
+        }
+        let channel = self.amqp.create_channel().await.unwrap();
+        for q in self.topology().all_queues() {
+            let _ = channel
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                self.topology().events_exchange().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        self.store.purge_prefix().await.unwrap();
+    }
+}
+
+pub fn header_text(delivery: &lapin::message::Delivery, key: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+pub fn header_int(delivery: &lapin::message::Delivery, key: &str) -> Option<i64> {
+    match delivery.properties.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
