@@ -16,8 +16,10 @@
 //! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
 //! - [`ops`], [`telemetry`], [`shutdown`]: health/metrics endpoints, logs, signals.
+//! - [`bench`]: `hookrelay bench`, throughput and latency against the broker's ceiling.
 //! - [`cli`]: the subcommands of the `hookrelay` binary.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

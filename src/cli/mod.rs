@@ -47,6 +47,41 @@ pub enum Command {
     },
     /// Run a local receiver that verifies and prints deliveries.
     Listen(publish::ListenArgs),
+    /// Measure end-to-end throughput and latency against the broker's own ceiling.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Events in the throughput run (the latency run publishes half as many).
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Accounts the events are spread over.
+    #[arg(long, default_value_t = 100)]
+    accounts: usize,
+    /// Webhooks per account (fan-out), 1 to 10.
+    #[arg(long, default_value_t = 1)]
+    webhooks: usize,
+    /// Size of each event's data in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Use workers already running on the configured prefix instead of starting them.
+    #[arg(long)]
+    attach: bool,
+    /// Events per second in the latency run (default: half the measured maximum).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Skip measuring the broker's ceiling.
+    #[arg(long)]
+    skip_ceiling: bool,
+    /// Make the first N webhooks hang (never answer), to measure endpoint isolation.
+    #[arg(long, default_value_t = 0)]
+    hanging: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +110,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::publish(&settings, args).await,
         Command::Webhooks { action } => webhooks::run(&settings, action).await,
         Command::Listen(args) => publish::listen(&settings, args).await,
+        Command::Bench(a) => {
+            let options = crate::bench::BenchOptions {
+                events: a.events,
+                accounts: a.accounts,
+                webhooks_per_account: a.webhooks,
+                payload_bytes: a.payload_bytes,
+                workers: a.workers,
+                attach: a.attach,
+                rate: a.rate,
+                skip_ceiling: a.skip_ceiling,
+                hanging: a.hanging,
+                json: a.json,
+            };
+            crate::bench::run(settings, options).await
+        }
     }
 }
 
@@ -115,7 +165,7 @@ fn print_events(json: bool) {
 }
 
 /// Prints a JSON document on stdout.
-pub(crate) fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values serialize")

@@ -1,0 +1,102 @@
+//! Worker processes for the bench: started from this same binary, measured through /proc.
+
+use crate::config::Settings;
+use anyhow::Context;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct WorkerProcess {
+    child: Child,
+    pid: u32,
+}
+
+/// Starts `n` `hookrelay worker` processes on the bench's prefix and waits until each is
+/// consuming (it logs its ops address then).
+pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<WorkerProcess>> {
+    let exe = std::env::current_exe().context("locating the hookrelay binary")?;
+    let mut workers = Vec::new();
+    for _ in 0..n {
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .env("HOOKRELAY__AMQP__URL", &settings.amqp.url)
+            .env("HOOKRELAY__AMQP__PREFIX", &settings.amqp.prefix)
+            .env("HOOKRELAY__REDIS__URL", &settings.redis.url)
+            .env("HOOKRELAY__REDIS__PREFIX", &settings.redis.prefix)
+            .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
+            .env("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
+            .env("HOOKRELAY__OPS__LISTEN", "127.0.0.1:0")
+            .env("HOOKRELAY__LOG__FORMAT", "text")
+            .env("RUST_LOG", "warn,hookrelay::worker=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker")?;
+        let pid = child.id().context("worker pid")?;
+        let stderr = child.stderr.take().context("worker stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("worker consuming") {
+                    return Ok::<_, std::io::Error>(true);
+                }
+                eprintln!("worker: {line}");
+            }
+            Ok(false)
+        })
+        .await;
+        anyhow::ensure!(matches!(ready, Ok(Ok(true))), "a worker did not start");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("worker {pid}: {line}");
+            }
+        });
+        workers.push(WorkerProcess { child, pid });
+    }
+    Ok(workers)
+}
+
+/// SIGTERM, then a bounded wait.
+pub async fn stop_workers(workers: Vec<WorkerProcess>) {
+    for mut w in workers {
+        let _ = Command::new("kill").arg(w.pid.to_string()).status().await;
+        if tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await.is_err() {
+            let _ = w.child.kill().await;
+        }
+    }
+}
+
+/// User + system CPU seconds of all workers so far.
+pub fn cpu_seconds(workers: &[WorkerProcess]) -> f64 {
+    workers
+        .iter()
+        .filter_map(|w| std::fs::read_to_string(format!("/proc/{}/stat", w.pid)).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesized command; utime and stime are the 14th and 15th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / USER_HZ)
+        })
+        .sum()
+}
+
+/// /proc reports CPU times in USER_HZ ticks, 100 a second on every mainstream Linux.
+const USER_HZ: f64 = 100.0;
+
+/// The largest peak resident set (VmHWM) among the workers, in MB.
+pub fn peak_rss_mb(workers: &[WorkerProcess]) -> Option<f64> {
+    workers
+        .iter()
+        .filter_map(|w| std::fs::read_to_string(format!("/proc/{}/status", w.pid)).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .reduce(f64::max)
+}
