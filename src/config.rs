@@ -66,6 +66,8 @@ pub struct DeliverySettings {
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     pub shutdown_grace: Duration,
+    /// Runtime threads of a worker process; 1 = a single-threaded runtime.
+    pub threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +140,7 @@ struct RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawWorker {
     shutdown_grace: String,
+    threads: usize,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +308,10 @@ impl Settings {
                     "worker.shutdown_grace",
                     &raw.worker.shutdown_grace,
                 )?,
+                threads: match raw.worker.threads {
+                    0 => return Err(invalid("worker.threads", "must be at least 1")),
+                    n => n,
+                },
             },
             log: LogSettings { format },
             api: ApiSettings {

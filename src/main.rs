@@ -2,10 +2,9 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = hookrelay::cli::Cli::parse();
-    match hookrelay::cli::run(cli).await {
+    match hookrelay::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.

@@ -78,6 +78,7 @@ struct Bench {
     workers: Vec<procstat::WorkerProcess>,
     /// Account of each webhook, by webhook index.
     accounts: Vec<String>,
+    attached: bool,
 }
 
 impl Bench {
@@ -172,6 +173,7 @@ impl Bench {
             tally,
             workers,
             accounts,
+            attached: opts.attach,
         })
     }
 
@@ -306,6 +308,12 @@ impl Bench {
     }
 
     async fn teardown(self) {
+        if self.attached {
+            // A deployment's queues stay; only the bench's own webhooks go.
+            self.remove_bench_webhooks().await;
+            let _ = self.conn.close(200, "bench done".into()).await;
+            return;
+        }
         procstat::stop_workers(self.workers).await;
         let channel = self.conn.create_channel().await;
         if let Ok(channel) = channel {
@@ -320,6 +328,21 @@ impl Bench {
             eprintln!("could not remove the bench's Redis keys: {e}");
         }
         let _ = self.conn.close(200, "bench done".into()).await;
+    }
+}
+
+impl Bench {
+    async fn remove_bench_webhooks(&self) {
+        let mut accounts = self.accounts.clone();
+        accounts.dedup();
+        for account in accounts {
+            let Ok(account) = account.parse() else { continue };
+            if let Ok(snapshot) = self.store.snapshot(&account).await {
+                for w in snapshot.webhooks {
+                    let _ = self.store.delete(&account, &w.id).await;
+                }
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! RabbitMQ: the [`topology`] of DESIGN §4 and a confirmed [`publisher`].
 
+pub mod acks;
 pub mod publisher;
 pub mod topology;
 

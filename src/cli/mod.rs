@@ -90,11 +90,25 @@ pub enum TopologyAction {
     Declare,
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line: loads the settings, then builds the runtime they ask for (the
+/// worker's thread count is a setting, so the runtime cannot be built before they are read).
+pub fn main(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    let mut runtime = if matches!(cli.command, Command::Worker) && settings.worker.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if matches!(cli.command, Command::Worker) && settings.worker.threads > 1 {
+        runtime.worker_threads(settings.worker.threads);
+    }
+    runtime.enable_all().build()?.block_on(run(cli.command, settings))
+}
+
+/// Runs one command with loaded settings.
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     crate::telemetry::init(settings.log.format);
-    match cli.command {
+    match command {
         Command::Worker => {
             let shutdown = crate::shutdown::on_signal();
             let worker = crate::worker::start(settings, shutdown).await?;

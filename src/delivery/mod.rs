@@ -53,7 +53,6 @@ impl Deliverer {
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .user_agent(USER_AGENT_VALUE);
         if !settings.allow_private_targets {

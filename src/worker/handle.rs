@@ -55,7 +55,7 @@ impl Ctx {
             Err(poison) => return self.dead_letter_event(delivery, &poison).await,
         };
         let span =
-            tracing::info_span!("event", event_id = %event.id, account_id = %event.account_id);
+            tracing::debug_span!("event", event_id = %event.id, account_id = %event.account_id);
         async {
             let webhooks = self.lookup(&event).await?;
             let matching: Vec<Arc<Webhook>> = webhooks
@@ -98,7 +98,7 @@ impl Ctx {
             tracing::error!("delivery job carries an invalid event");
             return self.park_unreadable_job(delivery).await;
         };
-        let span = tracing::info_span!("delivery", event_id = %event.id, account_id = %event.account_id,
+        let span = tracing::debug_span!("delivery", event_id = %event.id, account_id = %event.account_id,
             webhook_id = %job.webhook_id, attempt = attempts_made + 1);
         async {
             let webhooks = self.lookup(&event).await?;

@@ -18,7 +18,8 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use handle::{Ctx, HandleError};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use crate::broker::acks::{AckBatcher, Settle};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use std::net::SocketAddr;
@@ -144,25 +145,27 @@ pub async fn start(
     Ok(RunningWorker { ops_addr, task })
 }
 
-async fn consume(conn: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<Consumer> {
+/// A consumer on its own channel, with the batcher that settles its deliveries.
+async fn consume(conn: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<(Consumer, AckBatcher)> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    Ok(channel
+    let consumer = channel
         .basic_consume(
             queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?)
+        .await?;
+    Ok((consumer, AckBatcher::start(channel)))
 }
 
 /// Takes messages until shutdown (then returns Ok) or until the consumer fails (an error: the
 /// process exits non-zero and its orchestrator restarts it; unacked messages go back).
 async fn run_consumer(
-    mut consumer: Consumer,
+    (mut consumer, acks): (Consumer, AckBatcher),
     queue: Queue,
     ctx: Arc<Ctx>,
     tracker: &TaskTracker,
@@ -175,7 +178,7 @@ async fn run_consumer(
         };
         match next {
             Some(Ok(delivery)) => {
-                tracker.spawn(handle_one(delivery, queue, ctx.clone()));
+                tracker.spawn(handle_one(delivery, queue, ctx.clone(), acks.clone()));
             }
             Some(Err(e)) => return Err(e).context(format!("consuming {queue:?}")),
             None => anyhow::bail!("the broker ended the {queue:?} consumer"),
@@ -183,30 +186,21 @@ async fn run_consumer(
     }
 }
 
-async fn handle_one(delivery: Delivery, queue: Queue, ctx: Arc<Ctx>) {
+async fn handle_one(delivery: Delivery, queue: Queue, ctx: Arc<Ctx>, acks: AckBatcher) {
     let result = match queue {
         Queue::Events => ctx.handle_event(&delivery).await,
         Queue::Deliveries => ctx.handle_retry(&delivery).await,
     };
-    let settled = match result {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+    let settle = match result {
+        Ok(()) => Settle::Ack,
         Err(e) => {
             if !matches!(e, HandleError::ShuttingDown) {
                 tracing::warn!(error = %e, "message not settled; handing it back");
             }
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
+            Settle::Requeue
         }
     };
-    if let Err(e) = settled {
-        // The channel is gone: the broker requeues the message itself.
-        tracing::warn!(error = %e, "could not settle a message");
-    }
+    acks.settle(delivery.delivery_tag, settle);
 }
 
 /// Waits for in-flight handlers up to `grace`; those still running then are dropped with the
