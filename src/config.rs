@@ -42,6 +42,7 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     pub publish_timeout: Duration,
     pub delivery_limit: u32,
+    pub reconnect_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +62,7 @@ pub struct DeliverySettings {
     pub disable_after: Duration,
     pub allow_private_targets: bool,
     pub allow_http: bool,
+    pub max_in_flight_per_webhook: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +115,7 @@ struct RawAmqp {
     prefetch: u16,
     publish_timeout: String,
     delivery_limit: u32,
+    reconnect_timeout: String,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +137,7 @@ struct RawDelivery {
     disable_after: String,
     allow_private_targets: bool,
     allow_http: bool,
+    max_in_flight_per_webhook: usize,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +282,10 @@ impl Settings {
                 prefetch: raw.amqp.prefetch,
                 publish_timeout: parse_duration("amqp.publish_timeout", &raw.amqp.publish_timeout)?,
                 delivery_limit: raw.amqp.delivery_limit,
+                reconnect_timeout: parse_duration(
+                    "amqp.reconnect_timeout",
+                    &raw.amqp.reconnect_timeout,
+                )?,
             },
             redis: RedisSettings {
                 url: parse_url("redis.url", &raw.redis.url, &["redis", "rediss", "unix"])?,
@@ -302,6 +310,15 @@ impl Settings {
                 )?,
                 allow_private_targets: raw.delivery.allow_private_targets,
                 allow_http: raw.delivery.allow_http,
+                max_in_flight_per_webhook: match raw.delivery.max_in_flight_per_webhook {
+                    0 => {
+                        return Err(invalid(
+                            "delivery.max_in_flight_per_webhook",
+                            "must be at least 1",
+                        ))
+                    }
+                    n => n,
+                },
             },
             worker: WorkerSettings {
                 shutdown_grace: parse_duration(

@@ -12,30 +12,50 @@ use lapin::BasicProperties;
 use std::time::Instant;
 
 /// Messages per second from the first publish to the last ack.
-pub async fn measure(amqp_url: &str, prefix: &str, n: usize, body_bytes: usize) -> anyhow::Result<f64> {
+pub async fn measure(
+    amqp_url: &str,
+    prefix: &str,
+    n: usize,
+    body_bytes: usize,
+) -> anyhow::Result<f64> {
     let conn = crate::broker::connect(amqp_url, "hookrelay bench ceiling").await?;
     let queue = format!("{prefix}.ceiling");
     let publish = conn.create_channel().await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(b"quorum".to_vec())));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
     publish
         .queue_declare(
             queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             args,
         )
         .await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
 
     let consume = conn.create_channel().await?;
     consume.basic_qos(256, BasicQosOptions::default()).await?;
     let mut consumer = consume
-        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let consuming = tokio::spawn(async move {
         let mut seen = 0;
         while seen < n {
-            let Some(Ok(delivery)) = consumer.next().await else { break };
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
             delivery.acker.ack(BasicAckOptions::default()).await?;
             seen += 1;
         }
@@ -68,7 +88,9 @@ pub async fn measure(amqp_url: &str, prefix: &str, n: usize, body_bytes: usize) 
     }
     let (seen, finished) = consuming.await??;
     anyhow::ensure!(seen == n, "the ceiling consumer saw {seen} of {n}");
-    let _ = publish.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = publish
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     let _ = conn.close(200, "done".into()).await;
     Ok(n as f64 / (finished - started).as_secs_f64())
 }

@@ -87,9 +87,13 @@ impl Bench {
         opts: &BenchOptions,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Bench> {
-        anyhow::ensure!(opts.events > 0 && opts.accounts > 0, "--events and --accounts must be positive");
         anyhow::ensure!(
-            (1..=crate::subscription::MAX_WEBHOOKS_PER_ACCOUNT).contains(&opts.webhooks_per_account),
+            opts.events > 0 && opts.accounts > 0,
+            "--events and --accounts must be positive"
+        );
+        anyhow::ensure!(
+            (1..=crate::subscription::MAX_WEBHOOKS_PER_ACCOUNT)
+                .contains(&opts.webhooks_per_account),
             "--webhooks must be 1 to 10 (the per-account limit)"
         );
         let mut settings = base.clone();
@@ -110,9 +114,13 @@ impl Bench {
         let conn = crate::broker::connect(&settings.amqp.url, "hookrelay bench").await?;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = Publisher::new(&conn, settings.amqp.publish_timeout).await?;
-        let store = Store::connect(&settings.redis.url, &settings.redis.prefix, settings.redis.lookup_timeout)
-            .await
-            .context("connecting to Redis")?;
+        let store = Store::connect(
+            &settings.redis.url,
+            &settings.redis.prefix,
+            settings.redis.lookup_timeout,
+        )
+        .await
+        .context("connecting to Redis")?;
 
         let total = opts.accounts * opts.webhooks_per_account;
         let mut secrets = Vec::with_capacity(total);
@@ -177,18 +185,33 @@ impl Bench {
         })
     }
 
-    async fn measure(&self, base: &Settings, opts: &BenchOptions) -> anyhow::Result<serde_json::Value> {
+    async fn measure(
+        &self,
+        base: &Settings,
+        opts: &BenchOptions,
+    ) -> anyhow::Result<serde_json::Value> {
         let ceiling = if opts.skip_ceiling {
             None
         } else {
             eprintln!("measuring the broker's ceiling ({} messages)…", opts.events);
-            Some(ceiling::measure(&base.amqp.url, &self.settings.amqp.prefix, opts.events, opts.payload_bytes).await?)
+            Some(
+                ceiling::measure(
+                    &base.amqp.url,
+                    &self.settings.amqp.prefix,
+                    opts.events,
+                    opts.payload_bytes,
+                )
+                .await?,
+            )
         };
         let hanging_total = opts.hanging;
         // Warm-up: one event per account, so every worker's cache is warm before measuring.
-        self.run_events(opts, opts.accounts, None, "warm-up", hanging_total).await?;
+        self.run_events(opts, opts.accounts, None, "warm-up", hanging_total)
+            .await?;
         let cpu_before = procstat::cpu_seconds(&self.workers);
-        let max = self.run_events(opts, opts.events, None, "throughput", hanging_total).await?;
+        let max = self
+            .run_events(opts, opts.events, None, "throughput", hanging_total)
+            .await?;
         let cpu = procstat::cpu_seconds(&self.workers) - cpu_before;
         let rate = opts.rate.unwrap_or(max.events_per_sec / 2.0);
         let latency_events = (opts.events / 2).max(1);
@@ -229,7 +252,9 @@ impl Bench {
         let per_event_live = |seq: usize| {
             let a = seq % accounts;
             let first = a * opts.webhooks_per_account;
-            (first..first + opts.webhooks_per_account).filter(|i| *i >= hanging).count() as u64
+            (first..first + opts.webhooks_per_account)
+                .filter(|i| *i >= hanging)
+                .count() as u64
         };
         let expected: u64 = (0..n).map(per_event_live).sum();
         let pad = "x".repeat(opts.payload_bytes.saturating_sub(24));
@@ -279,7 +304,10 @@ impl Bench {
         progress.abort();
         let seconds = (self.tally.last_receipt() - first_publish).as_secs_f64();
         let delivered = self.tally.delivered.load(Ordering::Acquire);
-        eprintln!("\r[{label}] {n} events, {delivered} deliveries in {seconds:.2}s{:30}", "");
+        eprintln!(
+            "\r[{label}] {n} events, {delivered} deliveries in {seconds:.2}s{:30}",
+            ""
+        );
         Ok(RunFigures {
             events: n,
             deliveries: delivered,
@@ -336,7 +364,9 @@ impl Bench {
         let mut accounts = self.accounts.clone();
         accounts.dedup();
         for account in accounts {
-            let Ok(account) = account.parse() else { continue };
+            let Ok(account) = account.parse() else {
+                continue;
+            };
             if let Ok(snapshot) = self.store.snapshot(&account).await {
                 for w in snapshot.webhooks {
                     let _ = self.store.delete(&account, &w.id).await;
@@ -365,12 +395,20 @@ fn print_report(r: &serde_json::Value) {
         "throughput: {:.0} events/s, {:.0} deliveries/s end to end{}",
         t["events_per_sec"].as_f64().unwrap_or(0.0),
         t["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-        r["ratio_to_ceiling"].as_f64().map(|x| format!(" ({x:.2} x broker ceiling)")).unwrap_or_default()
+        r["ratio_to_ceiling"]
+            .as_f64()
+            .map(|x| format!(" ({x:.2} x broker ceiling)"))
+            .unwrap_or_default()
     );
     let lat = |run: &serde_json::Value| {
         let l = &run["latency_ms"];
-        format!("p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l[0].as_f64().unwrap_or(0.0),
-            l[1].as_f64().unwrap_or(0.0), l[2].as_f64().unwrap_or(0.0), l[3].as_f64().unwrap_or(0.0))
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l[0].as_f64().unwrap_or(0.0),
+            l[1].as_f64().unwrap_or(0.0),
+            l[2].as_f64().unwrap_or(0.0),
+            l[3].as_f64().unwrap_or(0.0)
+        )
     };
     println!("  latency publish->receipt at full speed: {}", lat(t));
     let p = &r["latency_run"];
@@ -380,10 +418,16 @@ fn print_report(r: &serde_json::Value) {
         lat(p)
     );
     if let Some(cpu) = r["worker_cpu_seconds_per_1000_deliveries"].as_f64() {
-        println!("workers: {cpu:.3} CPU-seconds per 1,000 deliveries ({:.0} us each)", cpu * 1000.0);
+        println!(
+            "workers: {cpu:.3} CPU-seconds per 1,000 deliveries ({:.0} us each)",
+            cpu * 1000.0
+        );
     }
     if let Some(rss) = r["worker_peak_rss_mb"].as_f64() {
         println!("workers: peak RSS {rss:.1} MB (largest process)");
     }
-    println!("signature failures at the receiver: {}", r["bad_signatures"]);
+    println!(
+        "signature failures at the receiver: {}",
+        r["bad_signatures"]
+    );
 }

@@ -64,7 +64,10 @@ pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<
 pub async fn stop_workers(workers: Vec<WorkerProcess>) {
     for mut w in workers {
         let _ = Command::new("kill").arg(w.pid.to_string()).status().await;
-        if tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), w.child.wait())
+            .await
+            .is_err()
+        {
             let _ = w.child.kill().await;
         }
     }
@@ -79,7 +82,8 @@ pub fn cpu_seconds(workers: &[WorkerProcess]) -> f64 {
             // Fields after the parenthesized command; utime and stime are the 14th and 15th.
             let rest = &stat[stat.rfind(')')? + 2..];
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
             Some(ticks / USER_HZ)
         })
         .sum()

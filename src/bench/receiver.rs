@@ -126,7 +126,9 @@ async fn receive(
             tally.latencies_us.lock().unwrap().push(us);
         }
     }
-    tally.last_receipt_ns.fetch_max(received_ns, Ordering::AcqRel);
+    tally
+        .last_receipt_ns
+        .fetch_max(received_ns, Ordering::AcqRel);
     tally.delivered.fetch_add(1, Ordering::AcqRel);
     StatusCode::NO_CONTENT
 }
@@ -135,6 +137,9 @@ async fn receive(
 fn sequence(body: &[u8]) -> Option<usize> {
     let text = std::str::from_utf8(body).ok()?;
     let start = text.find("\"seq\":")? + 6;
-    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }

@@ -102,7 +102,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Worker) && settings.worker.threads > 1 {
         runtime.worker_threads(settings.worker.threads);
     }
-    runtime.enable_all().build()?.block_on(run(cli.command, settings))
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(run(cli.command, settings))
 }
 
 /// Runs one command with loaded settings.

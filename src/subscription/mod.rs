@@ -1,6 +1,7 @@
 //! Webhook subscriptions (DESIGN §5): the [`Webhook`] model with newtypes that only hold valid
 //! values, the Redis [`store`], and the in-worker [`cache`].
 
+pub mod attempts;
 pub mod cache;
 pub mod store;
 

@@ -234,6 +234,26 @@ impl Store {
         ]
     }
 
+    /// The attempt log of one webhook (see `attempts`).
+    pub fn attempts_key(&self, account: &AccountId, id: &WebhookId) -> String {
+        format!("{}:{{{}}}:attempts:{}", self.prefix, account, id)
+    }
+
+    /// Runs a pipeline whose replies are ignored.
+    pub async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Runs a pipeline and decodes its replies.
+    pub async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<T>(&mut conn)).await
+    }
+
     fn index_key(&self) -> String {
         format!("{}:webhook-accounts", self.prefix)
     }
@@ -504,6 +524,9 @@ impl Store {
         if code == NOT_FOUND {
             return Err(StoreError::NotFound(id.clone()));
         }
+        let mut conn = self.conn.clone();
+        self.timed(conn.del::<_, ()>(self.attempts_key(account, id)))
+            .await?;
         self.drop_index(id).await
     }
 

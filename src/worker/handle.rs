@@ -9,6 +9,7 @@ use crate::delivery::format::PreparedEvent;
 use crate::delivery::policy::{RetrySchedule, Verdict};
 use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
 use crate::event::{Event, Poison};
+use crate::subscription::attempts::{AttemptLog, AttemptRecord};
 use crate::subscription::cache::{SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
 use chrono::{DateTime, Utc};
@@ -37,6 +38,7 @@ pub struct Ctx {
     pub cache: Arc<SubscriptionCache>,
     pub deliverer: Deliverer,
     pub schedule: RetrySchedule,
+    pub attempt_log: AttemptLog,
     pub max_event_bytes: usize,
     pub shutdown: CancellationToken,
     /// False while subscription lookups fail (the worker then reports not ready).
@@ -167,6 +169,20 @@ impl Ctx {
     ) -> Result<(), HandleError> {
         let report = self.deliverer.attempt(webhook, event).await;
         record_metrics(&report);
+        self.attempt_log.record(
+            &webhook.account_id,
+            &webhook.id,
+            AttemptRecord {
+                at: Utc::now(),
+                attempt,
+                event_id: event.event.id.to_string(),
+                event_type: event.event.event_type.label().to_owned(),
+                status: report.status,
+                error: report.error.clone(),
+                duration_ms: report.duration.as_millis() as u64,
+                response_excerpt: report.response_excerpt.clone(),
+            },
+        );
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
         let dead = |reason| {

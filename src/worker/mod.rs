@@ -6,19 +6,20 @@
 mod handle;
 pub mod job;
 
+use crate::broker::acks::{AckBatcher, Settle};
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::config::Settings;
 use crate::delivery::policy::RetrySchedule;
 use crate::delivery::Deliverer;
 use crate::ops::{self, Health};
+use crate::subscription::attempts::AttemptLog;
 use crate::subscription::cache::SubscriptionCache;
 use crate::subscription::store::Store;
 use anyhow::Context;
 use futures_util::StreamExt;
 use handle::{Ctx, HandleError};
 use lapin::message::Delivery;
-use crate::broker::acks::{AckBatcher, Settle};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
@@ -66,6 +67,7 @@ pub async fn start(
     )
     .await
     .context("connecting to Redis (redis.url)")?;
+    let attempt_log = AttemptLog::start(store.clone());
     let cache = SubscriptionCache::new(store);
     tokio::spawn(
         cache
@@ -99,6 +101,7 @@ pub async fn start(
         cache: cache.clone(),
         deliverer: Deliverer::new(&settings.delivery)?,
         schedule: RetrySchedule::new(settings.delivery.retry_schedule.clone()),
+        attempt_log,
         max_event_bytes: settings.delivery.max_event_bytes,
         shutdown: shutdown.clone(),
         redis_ok: AtomicBool::new(true),
@@ -146,7 +149,11 @@ pub async fn start(
 }
 
 /// A consumer on its own channel, with the batcher that settles its deliveries.
-async fn consume(conn: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<(Consumer, AckBatcher)> {
+async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<(Consumer, AckBatcher)> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

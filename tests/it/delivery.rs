@@ -204,3 +204,41 @@ async fn a_hanging_endpoint_does_not_stop_other_events_from_being_delivered() {
     assert_eq!(app.receiver.hits_on("/hang").len(), 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn every_attempt_is_recorded_in_the_webhooks_attempt_log() {
+    let app = spawn_app_with("200ms", &[]).await;
+    app.receiver.behave(
+        "/log",
+        Behaviour::FailTimes {
+            times: 1,
+            status: 502,
+        },
+    );
+    let webhook = app
+        .add_webhook("log", "/log", &["*"], Format::Standard)
+        .await;
+
+    let id = app.publish(EventType::CustomerUpdated, "log", "{}").await;
+    app.receiver.wait_for("/log", 2, WITHIN).await;
+
+    let account = "log".parse().unwrap();
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = hookrelay::subscription::attempts::recent(&app.store, &account, &webhook.id, 10)
+            .await
+            .unwrap();
+        if records.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 2, "{records:?}");
+    // Newest first.
+    assert_eq!((records[0].attempt, records[0].status), (2, Some(200)));
+    assert_eq!((records[1].attempt, records[1].status), (1, Some(502)));
+    assert!(records
+        .iter()
+        .all(|r| r.event_id == id && r.event_type == "customer.updated"));
+    app.cleanup().await;
+}
