@@ -23,6 +23,11 @@ impl PreparedEvent {
         }
     }
 
+    /// The envelope as published (for logs and resends).
+    pub fn envelope(&self) -> Box<RawValue> {
+        RawValue::from_string(self.event.to_envelope_json()).expect("an envelope is JSON")
+    }
+
     pub fn standard_body(&self) -> Bytes {
         self.standard
             .get_or_init(|| Bytes::from(standard_body(&self.event)))

@@ -18,7 +18,7 @@ pub const LOG_SIZE: isize = 100;
 const QUEUE: usize = 16_384;
 
 /// One attempt, as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub at: DateTime<Utc>,
     pub attempt: u32,
@@ -28,7 +28,13 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub duration_ms: u64,
     pub response_excerpt: String,
+    /// The envelope, so that a merchant can resend it; left out above [`RESEND_MAX_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// Envelopes up to this size are kept in the log for resending.
+pub const RESEND_MAX_BYTES: usize = 16 * 1024;
 
 /// The writing end, cheap to clone.
 #[derive(Clone)]

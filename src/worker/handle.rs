@@ -9,7 +9,7 @@ use crate::delivery::format::PreparedEvent;
 use crate::delivery::policy::{RetrySchedule, Verdict};
 use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
 use crate::event::{Event, Poison};
-use crate::subscription::attempts::{AttemptLog, AttemptRecord};
+use crate::subscription::attempts::{AttemptLog, AttemptRecord, RESEND_MAX_BYTES};
 use crate::subscription::cache::{SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
 use chrono::{DateTime, Utc};
@@ -181,6 +181,7 @@ impl Ctx {
                 error: report.error.clone(),
                 duration_ms: report.duration.as_millis() as u64,
                 response_excerpt: report.response_excerpt.clone(),
+                event: Some(event.envelope()).filter(|e| e.get().len() <= RESEND_MAX_BYTES),
             },
         );
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
@@ -313,6 +314,8 @@ impl Ctx {
     }
 }
 
+/// Attempts made before this one; a job without the header (written by an older version)
+/// counts as one.
 fn attempts_header(delivery: &Delivery) -> u32 {
     let value = delivery
         .properties

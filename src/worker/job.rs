@@ -1,7 +1,8 @@
 //! The messages the worker itself writes: a delivery that needs another attempt (to a delay
 //! queue, then `<prefix>.deliveries`) and a dead letter (DESIGN §4 body and headers).
 
-use crate::broker::publisher::Headers;
+use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
+use crate::broker::topology::Topology;
 use crate::delivery::AttemptReport;
 use crate::event::Event;
 use crate::subscription::WebhookId;
@@ -68,6 +69,40 @@ impl DeliveryJob {
             last_status: report.status,
             last_error: report.error.clone(),
         }
+    }
+
+    /// A job for a fresh round of attempts (manual replay or resend): same event, so the same
+    /// `webhook-id`; the attempt count starts again at zero.
+    pub fn fresh(event: &Event, webhook_id: &WebhookId, url: &str) -> Self {
+        let now = Utc::now();
+        DeliveryJob {
+            event: RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON"),
+            webhook_id: webhook_id.clone(),
+            url: url.to_owned(),
+            first_attempt_at: now,
+            last_attempt_at: now,
+            last_status: None,
+            last_error: None,
+        }
+    }
+
+    /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed.
+    pub async fn publish_fresh(
+        &self,
+        publisher: &Publisher,
+        topology: &Topology,
+    ) -> Result<(), PublishError> {
+        publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &topology.deliveries_queue(),
+                body: &self.to_bytes(),
+                message_id: None,
+                content_type: "application/json",
+                headers: Headers::default().int(ATTEMPTS_HEADER, 0),
+                expiration_ms: None,
+            })
+            .await
     }
 
     pub fn event(&self) -> Result<Event, crate::event::Poison> {
