@@ -8,6 +8,25 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 scripts/services.sh
+
+# The browser test of the Webhooks page drives Debian's Chromium through chromedriver. Once they
+# are installed the test is required to run (HOOKRELAY_REQUIRE_BROWSER); only when they cannot be
+# installed does it skip, and says so loudly here and in its own output.
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  local sudo=()
+  [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo)
+  echo "== installing chromium and chromium-driver (browser test of the Webhooks page)"
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update &&
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+      --no-install-recommends chromium chromium-driver fonts-dejavu-core &&
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null
+}
+if ensure_chromium; then
+  export HOOKRELAY_REQUIRE_BROWSER=1
+else
+  echo "!!! test.sh: chromium and chromium-driver could not be installed: the browser test of the Webhooks page will be SKIPPED" >&2
+fi
 # Queues and keys left by killed test runs (prefix hrt-); running tests' are kept.
 scripts/sweep.sh hrt- || echo "test.sh: sweeping leftovers failed; continuing" >&2
 
@@ -19,7 +38,7 @@ echo "== build"
 cargo build --locked --all-targets
 
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"
-target/debug/hookrelay bench --events 2000 --accounts 50
+cargo run --locked --quiet -- bench --events 2000 --accounts 50
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

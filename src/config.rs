@@ -50,6 +50,18 @@ pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
     pub lookup_timeout: Duration,
+    /// Encrypts webhook secrets at rest; `None` (the key is empty) keeps them in plain text.
+    pub secret_key: Option<SecretKey>,
+}
+
+/// The 32-byte key of `redis.secret_key`; its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(***)")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +136,7 @@ struct RawRedis {
     url: String,
     prefix: String,
     lookup_timeout: String,
+    secret_key: String,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +203,26 @@ fn parse_prefix(key: &'static str, text: &str) -> Result<String, ConfigError> {
             format!("{text:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."),
         ))
     }
+}
+
+/// Empty means no key; otherwise base64 of exactly 32 bytes.
+fn parse_secret_key(key: &'static str, text: &str) -> Result<Option<SecretKey>, ConfigError> {
+    use base64::Engine;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| {
+            invalid(
+                key,
+                "is not base64 (make one with `openssl rand -base64 32`)",
+            )
+        })?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        invalid(key, format!("decodes to {} bytes; it must be 32", b.len()))
+    })?;
+    Ok(Some(SecretKey(bytes)))
 }
 
 fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -291,6 +324,7 @@ impl Settings {
                 url: parse_url("redis.url", &raw.redis.url, &["redis", "rediss", "unix"])?,
                 prefix: parse_prefix("redis.prefix", &raw.redis.prefix)?,
                 lookup_timeout: parse_duration("redis.lookup_timeout", &raw.redis.lookup_timeout)?,
+                secret_key: parse_secret_key("redis.secret_key", &raw.redis.secret_key)?,
             },
             delivery: DeliverySettings {
                 retry_schedule,
@@ -391,5 +425,17 @@ mod tests {
         assert!(err.to_string().contains("amqp.prefix"), "{err}");
         let err = load(&[("HOOKRELAY__LOG__FORMAT", "xml")]).unwrap_err();
         assert!(err.to_string().contains("log.format"), "{err}");
+        let err = load(&[("HOOKRELAY__REDIS__SECRET_KEY", "c2hvcnQ=")]).unwrap_err();
+        assert!(err.to_string().contains("redis.secret_key"), "{err}");
+    }
+
+    #[test]
+    fn the_secret_key_is_optional_and_32_bytes_of_base64() {
+        assert_eq!(load(&[]).unwrap().redis.secret_key, None);
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let s = load(&[("HOOKRELAY__REDIS__SECRET_KEY", key)]).unwrap();
+        let expected: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(s.redis.secret_key, Some(SecretKey(expected)));
+        assert!(!format!("{s:?}").contains("AAEC"));
     }
 }

@@ -14,16 +14,20 @@
 //!   [`broker::publisher::EventPublisher`] for upstream Rust services).
 //! - [`delivery`]: the HTTP client, wire formats, signing, SSRF guard and retry policy.
 //! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
+//! - [`dlq`]: `hookrelay dlq`: list, show, replay and purge dead letters without reordering them.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
+//! - [`api`]: `hookrelay api`, the admin HTTP API (bearer tokens, OpenAPI) and the Webhooks page.
 //! - [`ops`], [`telemetry`], [`shutdown`]: health/metrics endpoints, logs, signals.
 //! - [`bench`]: `hookrelay bench`, throughput and latency against the broker's ceiling.
 //! - [`cli`]: the subcommands of the `hookrelay` binary.
 
+pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod event;
 pub mod listen;
 pub mod ops;

@@ -28,11 +28,11 @@ pub struct AckBatcher {
 }
 
 impl AckBatcher {
-    /// Starts the batcher for `channel`, whose delivery tags start at 1.
-    pub fn start(channel: Channel) -> AckBatcher {
+    /// Starts the batcher for `channel`, whose delivery tags start at 1. The task ends, after
+    /// sending every ack it was given, once all clones of the batcher are dropped.
+    pub fn start(channel: Channel) -> (AckBatcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel, rx));
-        AckBatcher { tx }
+        (AckBatcher { tx }, tokio::spawn(run(channel, rx)))
     }
 
     pub fn settle(&self, tag: u64, how: Settle) {
@@ -57,7 +57,11 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<(u64, Settle)>) {
     loop {
         tokio::select! {
             msg = rx.recv() => {
-                let Some((tag, how)) = msg else { return };
+                let Some((tag, how)) = msg else {
+                    // No handler is left: send what still waits behind a gap.
+                    let _ = flush(&channel, &mut state, Duration::ZERO).await;
+                    return;
+                };
                 if !record(&channel, &mut state, tag, how).await { return }
                 // Take everything already waiting, so one ack covers a burst.
                 while let Ok((tag, how)) = rx.try_recv() {
@@ -66,7 +70,7 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<(u64, Settle)>) {
             }
             _ = tick.tick(), if !state.done.is_empty() => {}
         }
-        if flush(&channel, &mut state).await.is_err() {
+        if flush(&channel, &mut state, MAX_WAIT).await.is_err() {
             return;
         }
     }
@@ -89,7 +93,12 @@ async fn record(channel: &Channel, state: &mut State, tag: u64, how: Settle) -> 
     true
 }
 
-async fn flush(channel: &Channel, state: &mut State) -> Result<(), lapin::Error> {
+/// Acks the contiguous run at once, and alone what has waited `max_wait` behind a gap.
+async fn flush(
+    channel: &Channel,
+    state: &mut State,
+    max_wait: Duration,
+) -> Result<(), lapin::Error> {
     // The contiguous run from `next`: one multiple ack up to its last unsent ack covers the
     // outstanding ones (tags already settled alone are no longer outstanding).
     let mut last_unsent_ack = None;
@@ -107,7 +116,7 @@ async fn flush(channel: &Channel, state: &mut State) -> Result<(), lapin::Error>
     // Behind a gap: ack alone what has waited long enough.
     let now = Instant::now();
     for (tag, (at, how, sent)) in state.done.iter_mut() {
-        if *how == Settle::Ack && !*sent && now.duration_since(*at) >= MAX_WAIT {
+        if *how == Settle::Ack && !*sent && now.duration_since(*at) >= max_wait {
             channel
                 .basic_ack(*tag, BasicAckOptions { multiple: false })
                 .await?;

@@ -1,6 +1,7 @@
 //! The `hookrelay` subcommands (DESIGN §6). Each prints records as text, or as one JSON document
 //! on stdout with `--json`; logs go to stderr.
 
+mod dlq;
 mod publish;
 mod webhooks;
 
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume events and deliver them (run as many replicas as needed).
     Worker,
+    /// Serve the admin HTTP API and the Webhooks page on api.listen (needs api.admin_token).
+    Api,
     /// Declare the exchanges and queues (idempotent; workers also do it at start-up).
     Topology {
         #[command(subcommand)]
@@ -44,6 +47,11 @@ pub enum Command {
     Webhooks {
         #[command(subcommand)]
         action: webhooks::WebhooksAction,
+    },
+    /// Inspect, replay and purge the dead-letter queues.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::DlqAction,
     },
     /// Run a local receiver that verifies and prints deliveries.
     Listen(publish::ListenArgs),
@@ -117,6 +125,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let worker = crate::worker::start(settings, shutdown).await?;
             worker.wait().await
         }
+        Command::Api => crate::api::run(settings).await,
         Command::Topology {
             action: TopologyAction::Declare,
         } => declare_topology(&settings).await,
@@ -126,6 +135,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish::publish(&settings, args).await,
         Command::Webhooks { action } => webhooks::run(&settings, action).await,
+        Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Listen(args) => publish::listen(&settings, args).await,
         Command::Bench(a) => {
             let options = crate::bench::BenchOptions {

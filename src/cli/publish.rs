@@ -94,7 +94,8 @@ pub async fn listen(settings: &Settings, args: ListenArgs) -> anyhow::Result<()>
                 settings.redis.lookup_timeout,
             )
             .await
-            .context("connecting to Redis (redis.url)")?,
+            .context("connecting to Redis (redis.url)")?
+            .with_secret_key(settings.redis.secret_key.as_ref()),
             account.clone(),
         ),
         (None, false) => Secrets::Fixed(

@@ -89,7 +89,8 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
         settings.redis.lookup_timeout,
     )
     .await
-    .context("connecting to Redis (redis.url)")?;
+    .context("connecting to Redis (redis.url)")?
+    .with_secret_key(settings.redis.secret_key.as_ref());
     match action {
         WebhooksAction::Add(a) => {
             let new = NewWebhook {

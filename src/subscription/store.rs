@@ -5,11 +5,19 @@
 //! - `<prefix>:{A}:urls`      hash url → webhook id (no duplicate URL in an account)
 //! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
+//!
+//! With `redis.secret_key` set, the secrets in the webhook JSON are sealed (XChaCha20-Poly1305,
+//! bound to the account and webhook id); secrets stored in plain text stay readable.
 
 use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
+use crate::config::SecretKey;
 use crate::delivery::signing::Secret;
 use crate::event::AccountId;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -83,18 +91,83 @@ struct Stored {
     disabled_reason: Option<String>,
 }
 
+/// Seals secrets at rest with `redis.secret_key`. A sealed secret is `sealed:v1:` and the base64
+/// of a random 24-byte nonce and the ciphertext; the account and webhook id are its associated
+/// data, so a sealed secret copied onto another webhook does not open.
+#[derive(Clone)]
+struct Sealer(XChaCha20Poly1305);
+
+const SEALED: &str = "sealed:v1:";
+
+impl Sealer {
+    fn new(key: &SecretKey) -> Sealer {
+        Sealer(XChaCha20Poly1305::new(&key.0.into()))
+    }
+
+    fn seal(&self, secret: &Secret, aad: &str) -> String {
+        // 24 random bytes: XChaCha's nonce is long enough to be drawn at random without a
+        // realistic chance of repeating.
+        let nonce: [u8; 24] = rand::random();
+        let payload = Payload {
+            msg: secret.expose().as_bytes(),
+            aad: aad.as_bytes(),
+        };
+        // Encryption only fails for messages of gigabytes; a secret is under 100 bytes.
+        let sealed = self
+            .0
+            .encrypt(XNonce::from_slice(&nonce), payload)
+            .expect("a secret seals");
+        format!("{SEALED}{}", B64.encode([&nonce[..], &sealed].concat()))
+    }
+
+    fn open(&self, sealed: &str, aad: &str) -> Option<String> {
+        let bytes = B64.decode(sealed).ok()?;
+        if bytes.len() < 24 {
+            return None;
+        }
+        let (nonce, msg) = bytes.split_at(24);
+        let payload = Payload {
+            msg,
+            aad: aad.as_bytes(),
+        };
+        let plain = self.0.decrypt(XNonce::from_slice(nonce), payload).ok()?;
+        String::from_utf8(plain).ok()
+    }
+}
+
+/// The stored form of a secret: sealed when there is a key, else the secret itself.
+fn seal_secret(sealer: Option<&Sealer>, secret: &Secret, aad: &str) -> String {
+    match sealer {
+        Some(sealer) => sealer.seal(secret, aad),
+        None => secret.expose().to_owned(),
+    }
+}
+
+fn open_secret(sealer: Option<&Sealer>, stored: &str, aad: &str) -> Result<Secret, StoreError> {
+    let corrupt = |what: &str| StoreError::Invalid(format!("stored secret {what}"));
+    let text = match (stored.strip_prefix(SEALED), sealer) {
+        (None, _) => stored.to_owned(),
+        (Some(_), None) => return Err(corrupt("is encrypted, and redis.secret_key is not set")),
+        (Some(sealed), Some(sealer)) => sealer
+            .open(sealed, aad)
+            .ok_or_else(|| corrupt("does not decrypt with this redis.secret_key"))?,
+    };
+    Secret::parse(&text).map_err(|_| corrupt("is invalid"))
+}
+
 impl Stored {
-    fn from_webhook(w: &Webhook) -> Stored {
+    fn from_webhook(w: &Webhook, sealer: Option<&Sealer>) -> Stored {
+        let aad = format!("{}/{}", w.account_id, w.id);
         Stored {
             id: w.id.clone(),
             account_id: w.account_id.as_str().to_owned(),
             url: w.url.clone(),
             events: w.events,
-            secret: w.secret.expose().to_owned(),
+            secret: seal_secret(sealer, &w.secret, &aad),
             previous_secret: w
                 .previous_secret
                 .as_ref()
-                .map(|p| p.secret.expose().to_owned()),
+                .map(|p| seal_secret(sealer, &p.secret, &aad)),
             previous_secret_until: w.previous_secret.as_ref().map(|p| p.until),
             format: w.format,
             enabled: w.enabled,
@@ -104,11 +177,12 @@ impl Stored {
         }
     }
 
-    fn into_webhook(self) -> Result<Webhook, StoreError> {
+    fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, StoreError> {
         let corrupt = |what: &str| StoreError::Invalid(format!("stored {what} is invalid"));
+        let aad = format!("{}/{}", self.account_id, self.id);
         let previous_secret = match (self.previous_secret, self.previous_secret_until) {
             (Some(s), Some(until)) => Some(PreviousSecret {
-                secret: Secret::parse(&s).map_err(|_| corrupt("previous secret"))?,
+                secret: open_secret(sealer, &s, &aad)?,
                 until,
             }),
             _ => None,
@@ -118,7 +192,7 @@ impl Stored {
             account_id: AccountId::parse(&self.account_id).ok_or_else(|| corrupt("account"))?,
             url: self.url,
             events: self.events,
-            secret: Secret::parse(&self.secret).map_err(|_| corrupt("secret"))?,
+            secret: open_secret(sealer, &self.secret, &aad)?,
             previous_secret,
             format: self.format,
             enabled: self.enabled,
@@ -129,13 +203,13 @@ impl Stored {
     }
 }
 
-fn encode(w: &Webhook) -> String {
+fn encode(w: &Webhook, sealer: Option<&Sealer>) -> String {
     // Plain data with string keys: serialization cannot fail.
-    serde_json::to_string(&Stored::from_webhook(w)).expect("webhook serializes")
+    serde_json::to_string(&Stored::from_webhook(w, sealer)).expect("webhook serializes")
 }
 
-fn decode(json: &str) -> Result<Webhook, StoreError> {
-    serde_json::from_str::<Stored>(json)?.into_webhook()
+fn decode(json: &str, sealer: Option<&Sealer>) -> Result<Webhook, StoreError> {
+    serde_json::from_str::<Stored>(json)?.into_webhook(sealer)
 }
 
 // Results below zero are refusals; otherwise the account's new version.
@@ -197,6 +271,7 @@ pub struct Store {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    sealer: Option<Sealer>,
 }
 
 impl Store {
@@ -213,7 +288,23 @@ impl Store {
             conn,
             prefix: prefix.to_owned(),
             timeout,
+            sealer: None,
         })
+    }
+
+    /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
+    /// when reading. Without a key, secrets are written in plain text (a warning says so).
+    pub fn with_secret_key(mut self, key: Option<&SecretKey>) -> Store {
+        if key.is_none() {
+            tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
+        }
+        self.sealer = key.map(Sealer::new);
+        self
+    }
+
+    /// Whether secrets are encrypted at rest.
+    pub fn seals_secrets(&self) -> bool {
+        self.sealer.is_some()
     }
 
     pub fn prefix(&self) -> &str {
@@ -283,7 +374,7 @@ impl Store {
             .await?;
         let mut webhooks = values
             .iter()
-            .map(|j| decode(j))
+            .map(|j| decode(j, self.sealer.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         webhooks.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         Ok(Snapshot {
@@ -321,7 +412,7 @@ impl Store {
                 &[
                     webhook.id.as_str(),
                     webhook.url.as_str(),
-                    &encode(&webhook),
+                    &encode(&webhook, self.sealer.as_ref()),
                     &LIMIT.to_string(),
                     &self.changes_channel(),
                     account.as_str(),
@@ -394,7 +485,7 @@ impl Store {
         let mut conn = self.conn.clone();
         let json: Option<String> = self.timed(conn.hget(&webhooks, id.as_str())).await?;
         let json = json.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-        Ok((decode(&json)?, json))
+        Ok((decode(&json, self.sealer.as_ref())?, json))
     }
 
     pub async fn get(&self, account: &AccountId, id: &WebhookId) -> Result<Webhook, StoreError> {
@@ -426,7 +517,7 @@ impl Store {
                     &[
                         id.as_str(),
                         &json,
-                        &encode(&next),
+                        &encode(&next, self.sealer.as_ref()),
                         current.url.as_str(),
                         next.url.as_str(),
                         &self.changes_channel(),
@@ -547,5 +638,41 @@ impl Store {
             conn.del::<_, ()>(chunk).await?;
         }
         Ok(keys.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer(byte: u8) -> Sealer {
+        Sealer::new(&SecretKey([byte; 32]))
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_key_and_webhook() {
+        let secret = Secret::generate();
+        let stored = seal_secret(Some(&sealer(1)), &secret, "68/wh_a");
+
+        assert!(stored.starts_with(SEALED));
+        assert!(!stored.contains(secret.expose()));
+        let opened = open_secret(Some(&sealer(1)), &stored, "68/wh_a").unwrap();
+        assert_eq!(opened.expose(), secret.expose());
+        assert!(open_secret(Some(&sealer(2)), &stored, "68/wh_a").is_err());
+        assert!(open_secret(Some(&sealer(1)), &stored, "68/wh_b").is_err());
+        let err = open_secret(None, &stored, "68/wh_a").unwrap_err();
+        assert!(err.to_string().contains("redis.secret_key"), "{err}");
+    }
+
+    #[test]
+    fn plain_secrets_stay_readable_with_or_without_a_key() {
+        let secret = Secret::generate();
+        let stored = seal_secret(None, &secret, "68/wh_a");
+
+        assert_eq!(stored, secret.expose());
+        for key in [None, Some(sealer(1))] {
+            let opened = open_secret(key.as_ref(), &stored, "68/wh_a").unwrap();
+            assert_eq!(opened.expose(), secret.expose());
+        }
     }
 }

@@ -2,17 +2,21 @@
 //! attempt publishes its follow-up (a delay queue or a dead letter) with confirms; the source
 //! message is acked only after every follow-up is confirmed, otherwise it comes back.
 
-use super::job::{dead_letter_id, DeadDelivery, DeadReason, DeliveryJob, ATTEMPTS_HEADER};
+use super::endpoints::{Admission, Endpoints};
+use super::job::{
+    dead_letter_id, DeadDelivery, DeadReason, DeliveryJob, History, ATTEMPTS_HEADER,
+    DEFERRALS_HEADER,
+};
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::delivery::format::PreparedEvent;
-use crate::delivery::policy::{RetrySchedule, Verdict};
+use crate::delivery::policy::{NextAttempt, RetrySchedule, Verdict};
 use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
 use crate::event::{Event, Poison};
 use crate::subscription::attempts::{AttemptLog, AttemptRecord, RESEND_MAX_BYTES};
 use crate::subscription::cache::{SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
@@ -39,10 +43,11 @@ pub struct Ctx {
     pub deliverer: Deliverer,
     pub schedule: RetrySchedule,
     pub attempt_log: AttemptLog,
+    pub endpoints: Arc<Endpoints>,
     pub max_event_bytes: usize,
     pub shutdown: CancellationToken,
     /// False while subscription lookups fail (the worker then reports not ready).
-    pub redis_ok: AtomicBool,
+    pub redis_ok: Arc<AtomicBool>,
 }
 
 impl Ctx {
@@ -71,11 +76,11 @@ impl Ctx {
                 return Ok(());
             }
             let prepared = PreparedEvent::new(event);
-            let first_attempt_at = Utc::now();
+            let history = History::new(Utc::now());
             let settled = join_all(
                 matching
                     .iter()
-                    .map(|w| self.attempt_and_settle(w, &prepared, 1, first_attempt_at)),
+                    .map(|w| self.attempt_and_settle(w, &prepared, 1, &history)),
             )
             .await;
             settled.into_iter().collect()
@@ -86,7 +91,8 @@ impl Ctx {
 
     /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
     pub async fn handle_retry(&self, delivery: &Delivery) -> Result<(), HandleError> {
-        let attempts_made = attempts_header(delivery);
+        let attempts_made = int_header(delivery, ATTEMPTS_HEADER).unwrap_or(1);
+        let deferrals = int_header(delivery, DEFERRALS_HEADER).unwrap_or(0);
         let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
             Ok(job) => job,
             Err(e) => {
@@ -121,14 +127,19 @@ impl Ctx {
                 Some(w) => {
                     let prepared = PreparedEvent::new(event);
                     return self
-                        .attempt_and_settle(w, &prepared, attempts_made + 1, job.first_attempt_at)
+                        .attempt_and_settle(
+                            w,
+                            &prepared,
+                            attempts_made + 1,
+                            &job.history().deferred(deferrals),
+                        )
                         .await;
                 }
             };
             // No attempt was made now: the facts of the last one are the job's.
             dead_letter.last_status = job.last_status;
             dead_letter.last_error = job.last_error.clone();
-            dead_letter.last_attempt_at = Some(job.last_attempt_at.to_rfc3339());
+            dead_letter.last_attempt_at = job.last_attempt_at.map(|t| t.to_rfc3339());
             self.publish_dead_delivery(&dead_letter).await
         }
         .instrument(span)
@@ -159,31 +170,31 @@ impl Ctx {
         }
     }
 
-    /// Makes attempt number `attempt` and publishes what follows from it.
+    /// Makes attempt number `attempt` (unless the endpoint must wait) and publishes what
+    /// follows from it.
     async fn attempt_and_settle(
         &self,
         webhook: &Webhook,
         event: &PreparedEvent,
         attempt: u32,
-        first_attempt_at: DateTime<Utc>,
+        history: &History,
     ) -> Result<(), HandleError> {
+        let permit = match self.endpoints.admit(&webhook.id).await {
+            Admission::Go(permit) => Some(permit),
+            // Without a delay queue there is nowhere to wait: the request is made anyway.
+            Admission::Defer if self.schedule.steps().is_empty() => None,
+            Admission::Defer => return self.defer(webhook, event, attempt - 1, history).await,
+        };
         let report = self.deliverer.attempt(webhook, event).await;
+        if let Some(permit) = permit {
+            match &report.verdict {
+                AttemptVerdict::Judged(Verdict::Delivered) => permit.report(true),
+                AttemptVerdict::Judged(Verdict::Retry { .. }) => permit.report(false),
+                _ => drop(permit),
+            }
+        }
         record_metrics(&report);
-        self.attempt_log.record(
-            &webhook.account_id,
-            &webhook.id,
-            AttemptRecord {
-                at: Utc::now(),
-                attempt,
-                event_id: event.event.id.to_string(),
-                event_type: event.event.event_type.label().to_owned(),
-                status: report.status,
-                error: report.error.clone(),
-                duration_ms: report.duration.as_millis() as u64,
-                response_excerpt: report.response_excerpt.clone(),
-                event: Some(event.envelope()).filter(|e| e.get().len() <= RESEND_MAX_BYTES),
-            },
-        );
+        self.log_attempt(webhook, event, attempt, &report);
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
         let dead = |reason| {
@@ -193,7 +204,7 @@ impl Ctx {
                 &webhook.id,
                 webhook.url.as_str(),
                 attempt,
-                Some(first_attempt_at),
+                Some(history.first_attempt_at),
                 Some(&report),
             )
         };
@@ -202,26 +213,15 @@ impl Ctx {
             AttemptVerdict::Judged(Verdict::Retry { at_least }) => {
                 match self.schedule.next(attempt, *at_least, rand::random()) {
                     Some(next) => {
+                        let history = History::after(history.first_attempt_at, &report);
                         let job = DeliveryJob::new(
                             &event.event,
                             &webhook.id,
                             webhook.url.as_str(),
-                            first_attempt_at,
-                            &report,
+                            &history,
                         );
-                        let queue = self.topology.retry_queue(next.step);
-                        self.publisher
-                            .publish(Outgoing {
-                                exchange: "",
-                                routing_key: &queue,
-                                body: &job.to_bytes(),
-                                message_id: None,
-                                content_type: "application/json",
-                                headers: Headers::default().int(ATTEMPTS_HEADER, attempt.into()),
-                                expiration_ms: Some(next.expiration.as_millis() as u64),
-                            })
-                            .await?;
-                        Ok(())
+                        let headers = Headers::default().int(ATTEMPTS_HEADER, attempt.into());
+                        self.publish_retry(&job, next, headers).await
                     }
                     None => {
                         self.publish_dead_delivery(&dead(DeadReason::Exhausted))
@@ -245,6 +245,77 @@ impl Ctx {
                     .await
             }
         }
+    }
+
+    /// The endpoint is at its cap or its circuit is open: the delivery waits in the first delay
+    /// queue without a request, and without counting an attempt.
+    async fn defer(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        attempts_made: u32,
+        history: &History,
+    ) -> Result<(), HandleError> {
+        metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
+        tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow or circuit open: deferred");
+        // A new delivery waits the first step; one deferred again waits longer each time (still
+        // not counted as an attempt), so a long-slow endpoint does not cycle its backlog
+        // through the broker every few seconds.
+        let steps = self.schedule.steps();
+        let step = steps[(history.deferrals as usize).min(steps.len() - 1)];
+        let next = NextAttempt {
+            step,
+            expiration: step.mul_f64(0.8 + 0.4 * rand::random::<f64>()),
+        };
+        let job = DeliveryJob::new(&event.event, &webhook.id, webhook.url.as_str(), history);
+        let headers = Headers::default()
+            .int(ATTEMPTS_HEADER, attempts_made.into())
+            .int(DEFERRALS_HEADER, (history.deferrals + 1).into());
+        self.publish_retry(&job, next, headers).await
+    }
+
+    async fn publish_retry(
+        &self,
+        job: &DeliveryJob,
+        next: NextAttempt,
+        headers: Headers,
+    ) -> Result<(), HandleError> {
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &self.topology.retry_queue(next.step),
+                body: &job.to_bytes(),
+                message_id: None,
+                content_type: "application/json",
+                headers,
+                expiration_ms: Some(next.expiration.as_millis() as u64),
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn log_attempt(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        attempt: u32,
+        report: &AttemptReport,
+    ) {
+        self.attempt_log.record(
+            &webhook.account_id,
+            &webhook.id,
+            AttemptRecord {
+                at: Utc::now(),
+                attempt,
+                event_id: event.event.id.to_string(),
+                event_type: event.event.event_type.label().to_owned(),
+                status: report.status,
+                error: report.error.clone(),
+                duration_ms: report.duration.as_millis() as u64,
+                response_excerpt: report.response_excerpt.clone(),
+                event: Some(event.envelope()).filter(|e| e.get().len() <= RESEND_MAX_BYTES),
+            },
+        );
     }
 
     async fn publish_dead_delivery(&self, dead: &DeadDelivery) -> Result<(), HandleError> {
@@ -314,20 +385,23 @@ impl Ctx {
     }
 }
 
-/// Attempts made before this one; a job without the header (written by an older version)
-/// counts as one.
-fn attempts_header(delivery: &Delivery) -> u32 {
+/// A non-negative integer header hookrelay wrote (`None` when absent). A job without the
+/// attempts header (written by an older version) counts as one attempt made.
+fn int_header(delivery: &Delivery, key: &str) -> Option<u32> {
     let value = delivery
         .properties
         .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(ATTEMPTS_HEADER).cloned());
-    match value {
-        Some(AMQPValue::LongLongInt(n)) => n.clamp(0, i64::from(u32::MAX)) as u32,
-        Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
-        Some(AMQPValue::ShortInt(n)) => n.max(0) as u32,
-        _ => 1,
-    }
+        .as_ref()?
+        .inner()
+        .get(key)?
+        .clone();
+    let n = match value {
+        AMQPValue::LongLongInt(n) => n,
+        AMQPValue::LongInt(n) => n.into(),
+        AMQPValue::ShortInt(n) => n.into(),
+        _ => return None,
+    };
+    Some(n.clamp(0, i64::from(u32::MAX)) as u32)
 }
 
 fn record_metrics(report: &AttemptReport) {

@@ -14,6 +14,9 @@ use serde_json::value::RawValue;
 /// republished `x-death`, so the broker's own count cannot be used).
 pub const ATTEMPTS_HEADER: &str = "hookrelay-attempts";
 
+/// How often a delivery was deferred without an attempt (a slow endpoint, an open circuit).
+pub const DEFERRALS_HEADER: &str = "hookrelay-deferrals";
+
 /// Header values shown in the management UI are capped at 1 KiB.
 const HEADER_MAX: usize = 1024;
 
@@ -39,6 +42,46 @@ impl DeadReason {
     }
 }
 
+/// What is known of a delivery's earlier attempts.
+#[derive(Clone, Debug)]
+pub struct History {
+    pub first_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Times the delivery waited without an attempt (carried in [`DEFERRALS_HEADER`]).
+    pub deferrals: u32,
+}
+
+impl History {
+    /// Before the first attempt, which starts now.
+    pub fn new(first_attempt_at: DateTime<Utc>) -> Self {
+        History {
+            first_attempt_at,
+            last_attempt_at: None,
+            last_status: None,
+            last_error: None,
+            deferrals: 0,
+        }
+    }
+
+    pub fn deferred(mut self, deferrals: u32) -> Self {
+        self.deferrals = deferrals;
+        self
+    }
+
+    /// After an attempt that just ended with `report`.
+    pub fn after(first_attempt_at: DateTime<Utc>, report: &AttemptReport) -> Self {
+        History {
+            first_attempt_at,
+            last_attempt_at: Some(Utc::now()),
+            last_status: report.status,
+            last_error: report.error.clone(),
+            deferrals: 0,
+        }
+    }
+}
+
 /// One (event, webhook) delivery between attempts. The secret is never in it: each attempt reads
 /// the webhook's current URL, secret and format.
 #[derive(Serialize, Deserialize)]
@@ -47,43 +90,39 @@ pub struct DeliveryJob {
     pub webhook_id: WebhookId,
     pub url: String,
     pub first_attempt_at: DateTime<Utc>,
-    pub last_attempt_at: DateTime<Utc>,
+    /// None while no attempt was made yet (a first attempt that had to wait).
+    pub last_attempt_at: Option<DateTime<Utc>>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
 }
 
 impl DeliveryJob {
-    pub fn new(
-        event: &Event,
-        webhook_id: &WebhookId,
-        url: &str,
-        first_attempt_at: DateTime<Utc>,
-        report: &AttemptReport,
-    ) -> Self {
+    pub fn new(event: &Event, webhook_id: &WebhookId, url: &str, history: &History) -> Self {
         DeliveryJob {
             event: RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON"),
             webhook_id: webhook_id.clone(),
             url: url.to_owned(),
-            first_attempt_at,
-            last_attempt_at: Utc::now(),
-            last_status: report.status,
-            last_error: report.error.clone(),
+            first_attempt_at: history.first_attempt_at,
+            last_attempt_at: history.last_attempt_at,
+            last_status: history.last_status,
+            last_error: history.last_error.clone(),
+        }
+    }
+
+    pub fn history(&self) -> History {
+        History {
+            first_attempt_at: self.first_attempt_at,
+            last_attempt_at: self.last_attempt_at,
+            last_status: self.last_status,
+            last_error: self.last_error.clone(),
+            deferrals: 0,
         }
     }
 
     /// A job for a fresh round of attempts (manual replay or resend): same event, so the same
     /// `webhook-id`; the attempt count starts again at zero.
     pub fn fresh(event: &Event, webhook_id: &WebhookId, url: &str) -> Self {
-        let now = Utc::now();
-        DeliveryJob {
-            event: RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON"),
-            webhook_id: webhook_id.clone(),
-            url: url.to_owned(),
-            first_attempt_at: now,
-            last_attempt_at: now,
-            last_status: None,
-            last_error: None,
-        }
+        Self::new(event, webhook_id, url, &History::new(Utc::now()))
     }
 
     /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed.

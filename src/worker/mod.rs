@@ -1,13 +1,15 @@
 //! The worker: declares the topology, consumes `<prefix>.events` and `<prefix>.deliveries` with a
 //! bounded prefetch, and handles each message in its own task, so a slow endpoint holds only its
-//! own messages. Shutdown is an argument: on cancel it stops consuming, drains what is in flight
-//! for `worker.shutdown_grace`, and hands back the rest.
+//! own messages. A lost broker connection is reopened with backoff (not ready meanwhile); past
+//! `amqp.reconnect_timeout` the worker gives up with an error so its supervisor restarts it.
+//! Shutdown is an argument: on cancel it stops consuming, drains what is in flight for
+//! `worker.shutdown_grace`, sends the last acks and hands back the rest.
 
+pub mod endpoints;
 mod handle;
 pub mod job;
+mod session;
 
-use crate::broker::acks::{AckBatcher, Settle};
-use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::config::Settings;
 use crate::delivery::policy::RetrySchedule;
@@ -17,25 +19,17 @@ use crate::subscription::attempts::AttemptLog;
 use crate::subscription::cache::SubscriptionCache;
 use crate::subscription::store::Store;
 use anyhow::Context;
-use futures_util::StreamExt;
-use handle::{Ctx, HandleError};
-use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use backon::{ExponentialBuilder, Retryable};
+use endpoints::Endpoints;
+use handle::Ctx;
+use session::{Ended, Session};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Which work queue a consumer reads.
-#[derive(Clone, Copy, Debug)]
-enum Queue {
-    Events,
-    Deliveries,
-}
 
 /// A started worker: its ops address, and the task that ends when it has shut down.
 pub struct RunningWorker {
@@ -50,25 +44,68 @@ impl RunningWorker {
     }
 }
 
-/// Connects, declares, and starts consuming; returns once the worker is consuming.
+/// What outlives a broker session: the cache, the HTTP client, endpoint states, the log.
+struct Parts {
+    settings: Settings,
+    topology: Topology,
+    cache: Arc<SubscriptionCache>,
+    deliverer: Deliverer,
+    attempt_log: AttemptLog,
+    endpoints: Arc<Endpoints>,
+    redis_ok: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Parts {
+    fn ctx(&self, publisher: crate::broker::publisher::Publisher) -> Arc<Ctx> {
+        let d = &self.settings.delivery;
+        Arc::new(Ctx {
+            topology: self.topology.clone(),
+            publisher,
+            cache: self.cache.clone(),
+            deliverer: self.deliverer.clone(),
+            schedule: RetrySchedule::new(d.retry_schedule.clone()),
+            attempt_log: self.attempt_log.clone(),
+            endpoints: self.endpoints.clone(),
+            max_event_bytes: d.max_event_bytes,
+            shutdown: self.shutdown.clone(),
+            redis_ok: self.redis_ok.clone(),
+        })
+    }
+
+    /// Opens a session, retrying with backoff for up to `amqp.reconnect_timeout`.
+    async fn open_session(&self) -> anyhow::Result<(Session, Arc<Ctx>)> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(self.settings.amqp.reconnect_timeout));
+        let open = || Session::open(&self.settings, &self.topology, |p| self.ctx(p));
+        let attempt = open.retry(backoff).notify(|e, wait| {
+            tracing::warn!(error = %format!("{e:#}"), ?wait, "broker unavailable; reconnecting");
+        });
+        tokio::select! {
+            r = attempt => r.context("no broker session within amqp.reconnect_timeout"),
+            _ = self.shutdown.cancelled() => anyhow::bail!("shut down while connecting"),
+        }
+    }
+}
+
+/// Connects to Redis and RabbitMQ, declares, and starts consuming; returns once consuming.
 pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
-    let topology = Topology::new(
-        &settings.amqp.prefix,
-        &settings.delivery.retry_schedule,
-        settings.amqp.delivery_limit,
-    );
     let store = Store::connect(
         &settings.redis.url,
         &settings.redis.prefix,
         settings.redis.lookup_timeout,
     )
     .await
-    .context("connecting to Redis (redis.url)")?;
-    let attempt_log = AttemptLog::start(store.clone());
-    let cache = SubscriptionCache::new(store);
+    .context("connecting to Redis (redis.url)")?
+    .with_secret_key(settings.redis.secret_key.as_ref());
+    let cache = SubscriptionCache::new(store.clone());
     tokio::spawn(
         cache
             .clone()
@@ -79,140 +116,83 @@ pub async fn start(
             "not yet following subscription changes; lookups bypass the cache until then"
         );
     }
-
-    let consume_conn = Arc::new(
-        crate::broker::connect(&settings.amqp.url, "hookrelay worker (consume)")
-            .await
-            .context("connecting to RabbitMQ (amqp.url)")?,
-    );
-    let publish_conn = crate::broker::connect(&settings.amqp.url, "hookrelay worker (publish)")
-        .await
-        .context("connecting to RabbitMQ (amqp.url)")?;
-    let declare = consume_conn.create_channel().await?;
-    topology
-        .declare(&declare)
-        .await
-        .context("declaring the exchanges and queues")?;
-    let _ = declare.close(200, "declared".into()).await;
-
-    let ctx = Arc::new(Ctx {
-        topology: topology.clone(),
-        publisher: Publisher::new(&publish_conn, settings.amqp.publish_timeout).await?,
-        cache: cache.clone(),
+    let parts = Parts {
+        topology: Topology::new(
+            &settings.amqp.prefix,
+            &settings.delivery.retry_schedule,
+            settings.amqp.delivery_limit,
+        ),
+        cache,
         deliverer: Deliverer::new(&settings.delivery)?,
-        schedule: RetrySchedule::new(settings.delivery.retry_schedule.clone()),
-        attempt_log,
-        max_event_bytes: settings.delivery.max_event_bytes,
+        attempt_log: AttemptLog::start(store),
+        endpoints: Endpoints::new(
+            settings.delivery.max_in_flight_per_webhook,
+            // The circuit's cool-down: the first retry step, when a probe would retry anyway.
+            settings
+                .delivery
+                .retry_schedule
+                .first()
+                .copied()
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_secs(1)),
+        ),
+        redis_ok: Arc::new(AtomicBool::new(true)),
         shutdown: shutdown.clone(),
-        redis_ok: AtomicBool::new(true),
-    });
-
-    let events = consume(
-        &consume_conn,
-        &topology.events_queue(),
-        settings.amqp.prefetch,
-    )
-    .await?;
-    let deliveries = consume(
-        &consume_conn,
-        &topology.deliveries_queue(),
-        settings.amqp.prefetch,
-    )
-    .await?;
+        settings,
+    };
+    let first = parts.open_session().await?;
 
     let consuming = Arc::new(AtomicBool::new(true));
     let health = Health::new({
-        let (ctx, consuming, conn) = (ctx.clone(), consuming.clone(), consume_conn.clone());
+        let (consuming, cache, redis_ok) = (
+            consuming.clone(),
+            parts.cache.clone(),
+            parts.redis_ok.clone(),
+        );
         move || {
-            consuming.load(Ordering::Acquire)
-                && conn.status().connected()
-                && ctx.cache.is_live()
-                && ctx.redis_ok.load(Ordering::Acquire)
+            consuming.load(Ordering::Acquire) && cache.is_live() && redis_ok.load(Ordering::Acquire)
         }
     });
-    let ops_addr = ops::serve(settings.ops.listen, health, shutdown.clone()).await?;
-    tracing::info!(%ops_addr, prefix = %settings.amqp.prefix, "worker consuming; ops endpoints listening");
-
-    let task = tokio::spawn(async move {
-        let tracker = TaskTracker::new();
-        let result = tokio::select! {
-            r = run_consumer(events, Queue::Events, ctx.clone(), &tracker, shutdown.clone()) => r,
-            r = run_consumer(deliveries, Queue::Deliveries, ctx.clone(), &tracker, shutdown.clone()) => r,
-        };
-        consuming.store(false, Ordering::Release);
-        shutdown.cancel();
-        drain(&tracker, settings.worker.shutdown_grace).await;
-        close(&consume_conn, &publish_conn).await;
-        result
-    });
+    let ops_addr = ops::serve(parts.settings.ops.listen, health, shutdown.clone()).await?;
+    tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
+    let task = tokio::spawn(run(parts, first, consuming));
     Ok(RunningWorker { ops_addr, task })
 }
 
-/// A consumer on its own channel, with the batcher that settles its deliveries.
-async fn consume(
-    conn: &Connection,
-    queue: &str,
-    prefetch: u16,
-) -> anyhow::Result<(Consumer, AckBatcher)> {
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((consumer, AckBatcher::start(channel)))
-}
-
-/// Takes messages until shutdown (then returns Ok) or until the consumer fails (an error: the
-/// process exits non-zero and its orchestrator restarts it; unacked messages go back).
-async fn run_consumer(
-    (mut consumer, acks): (Consumer, AckBatcher),
-    queue: Queue,
-    ctx: Arc<Ctx>,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
+/// Runs sessions until shutdown (Ok) or until the broker stays away too long (Err).
+async fn run(
+    parts: Parts,
+    (mut session, mut ctx): (Session, Arc<Ctx>),
+    consuming: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = consumer.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => {
-                tracker.spawn(handle_one(delivery, queue, ctx.clone(), acks.clone()));
+        consuming.store(true, Ordering::Release);
+        let ended = session.run(&ctx, &tracker, &parts.shutdown).await;
+        consuming.store(false, Ordering::Release);
+        match ended {
+            Ended::Shutdown => {
+                session.stop_consuming().await;
+                drain(&tracker, parts.settings.worker.shutdown_grace).await;
+                drop(ctx);
+                session.close().await;
+                tracing::info!("worker stopped");
+                return Ok(());
             }
-            Some(Err(e)) => return Err(e).context(format!("consuming {queue:?}")),
-            None => anyhow::bail!("the broker ended the {queue:?} consumer"),
+            Ended::Lost(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "broker session lost; reconnecting");
+                metrics::counter!("hookrelay_broker_reconnects_total").increment(1);
+                session.abandon().await;
+                (session, ctx) = parts.open_session().await?;
+                tracing::info!("broker session restored; consuming again");
+            }
         }
     }
 }
 
-async fn handle_one(delivery: Delivery, queue: Queue, ctx: Arc<Ctx>, acks: AckBatcher) {
-    let result = match queue {
-        Queue::Events => ctx.handle_event(&delivery).await,
-        Queue::Deliveries => ctx.handle_retry(&delivery).await,
-    };
-    let settle = match result {
-        Ok(()) => Settle::Ack,
-        Err(e) => {
-            if !matches!(e, HandleError::ShuttingDown) {
-                tracing::warn!(error = %e, "message not settled; handing it back");
-            }
-            Settle::Requeue
-        }
-    };
-    acks.settle(delivery.delivery_tag, settle);
-}
-
 /// Waits for in-flight handlers up to `grace`; those still running then are dropped with the
 /// connection, which hands their messages back to the broker.
-async fn drain(tracker: &TaskTracker, grace: std::time::Duration) {
+async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -220,9 +200,4 @@ async fn drain(tracker: &TaskTracker, grace: std::time::Duration) {
             "shutdown grace over; handing back what is in flight"
         );
     }
-}
-
-async fn close(consume: &Connection, publish: &Connection) {
-    let _ = consume.close(200, "shutdown".into()).await;
-    let _ = publish.close(200, "shutdown".into()).await;
 }

@@ -63,6 +63,8 @@ pub enum Behaviour {
     },
     /// Never answers (until the client gives up).
     Hang,
+    /// Answers 200 after this long.
+    Delay(Duration),
 }
 
 /// One request as the receiver got it.
@@ -170,6 +172,10 @@ async fn receive(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             200
         }
+        Some(Behaviour::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            200
+        }
     };
     StatusCode::from_u16(status).unwrap()
 }
@@ -184,6 +190,7 @@ pub struct TestApp {
     pub ops_addr: SocketAddr,
     amqp: lapin::Connection,
     shutdown: CancellationToken,
+    receiver_shutdown: CancellationToken,
     worker: Option<hookrelay::worker::RunningWorker>,
 }
 
@@ -194,7 +201,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
     let prefix = test_prefix();
     let settings = settings(&prefix, schedule, extra);
+    // Logs show up in the output of a failing test (the runner captures them otherwise).
+    hookrelay::telemetry::init(settings.log.format);
     let shutdown = CancellationToken::new();
+    // The receiver outlives a worker stopped mid-test.
+    let receiver_shutdown = CancellationToken::new();
     let worker = hookrelay::worker::start(settings.clone(), shutdown.clone())
         .await
         .expect("worker starts");
@@ -212,7 +223,8 @@ pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
         prefix,
         store,
         publisher,
-        receiver: Receiver::start(shutdown.clone()).await,
+        receiver: Receiver::start(receiver_shutdown.clone()).await,
+        receiver_shutdown,
         ops_addr: worker.ops_addr,
         amqp,
         shutdown,
@@ -342,8 +354,81 @@ impl TestApp {
         q.message_count()
     }
 
+    /// Stops the worker as SIGTERM does and waits until it has stopped.
+    pub async fn stop_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.wait().await.expect("worker stopped cleanly");
+        }
+    }
+
+    /// Starts a fresh worker on the same prefix (after `stop_worker`).
+    pub async fn start_worker(&mut self) {
+        self.shutdown = CancellationToken::new();
+        let worker = hookrelay::worker::start(self.settings.clone(), self.shutdown.clone())
+            .await
+            .expect("worker starts");
+        self.ops_addr = worker.ops_addr;
+        self.worker = Some(worker);
+    }
+
+    /// Force-closes this test's worker connections through the management API.
+    pub async fn close_worker_connections(&self) -> usize {
+        let api = "http://127.0.0.1:15672/api/connections";
+        let client = reqwest::Client::new();
+        let mine = format!("hookrelay worker {} ", self.prefix);
+        // The management API lists a connection once its stats were emitted (every few s).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let list = loop {
+            let text = client
+                .get(api)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .expect("the management API answers (rabbitmq_management enabled)")
+                .text()
+                .await
+                .unwrap();
+            let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+            let found = list
+                .iter()
+                .filter(|c| {
+                    c["client_properties"]["connection_name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&mine))
+                })
+                .count();
+            if found >= 2 || tokio::time::Instant::now() > deadline {
+                break list;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let mut closed = 0;
+        for c in &list {
+            let name = c["client_properties"]["connection_name"]
+                .as_str()
+                .unwrap_or("");
+            if name.starts_with(&mine) {
+                let id = c["name"].as_str().unwrap();
+                let url = format!(
+                    "{api}/{}",
+                    url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+                );
+                client
+                    .delete(url)
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await
+                    .unwrap();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Stops the worker and deletes this test's queues, exchange and keys.
     pub async fn cleanup(mut self) {
+        self.receiver_shutdown.cancel();
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {
             worker.wait().await.expect("worker stopped cleanly");

@@ -1,0 +1,249 @@
+//! `hookrelay api`: the admin HTTP API of DESIGN §5 (JSON, bearer tokens) and the merchants'
+//! Webhooks page at `/`. The OpenAPI document at `/v1/openapi.json` is generated from the route
+//! handlers' annotations, so it cannot drift from them.
+//!
+//! # Layout
+//! - [`auth`]: who is calling (admin or an account), account tokens kept hashed in Redis.
+//! - [`error`]: the `{"error": {"code", "message"}}` responses and the JSON body extractor.
+//! - [`webhooks`]: list, create, read, update, delete, rotate-secret; the rules and SSRF check.
+//! - [`deliveries`]: send an example, recent attempts, resend one attempt's event.
+//! - [`tokens`]: the admin's token routes and `/v1/whoami`.
+//! - [`examples`]: example events per type; [`resend`]: the broker connection for resends.
+//! - [`page`]: the Webhooks page (HTML, CSS and JS beside it, built into the binary).
+
+pub mod auth;
+pub mod deliveries;
+pub mod error;
+pub mod examples;
+pub mod page;
+pub mod resend;
+pub mod tokens;
+pub mod webhooks;
+
+use crate::config::{ConfigError, DeliverySettings, Settings};
+use crate::delivery::Deliverer;
+use crate::event::EventType;
+use crate::subscription::store::Store;
+use anyhow::Context;
+use auth::Caller;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// An admin token shorter than this is refused at start-up: it guards every account.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Store,
+    pub delivery: DeliverySettings,
+    pub deliverer: Deliverer,
+    pub resender: resend::Resender,
+    /// SHA-256 of `api.admin_token`; the token itself is not kept.
+    pub admin_token_hash: [u8; 32],
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hookrelay admin API",
+        description = "Manage webhook subscriptions (DESIGN §5). Send `Authorization: Bearer <token>`: \
+                       the admin token acts on any account, an account token on its own account only; \
+                       another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "webhooks", description = "An account's webhooks (at most 10, no duplicate URL)"),
+        (name = "deliveries", description = "Example events, recent attempts, resending"),
+        (name = "tokens", description = "Account tokens, issued by the admin"),
+        (name = "event types", description = "The 27 event labels"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventTypeView {
+    #[schema(example = "payment.card.success")]
+    pub label: &'static str,
+    #[schema(example = "Payment sale with card succeeded")]
+    pub description: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventTypeList {
+    pub event_types: Vec<EventTypeView>,
+}
+
+#[utoipa::path(get, path = "/v1/event-types", tag = "event types",
+    responses(
+        (status = 200, description = "The 27 labels with the dashboard's descriptions", body = EventTypeList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+async fn event_types(_caller: Caller) -> Json<EventTypeList> {
+    Json(EventTypeList {
+        event_types: EventType::ALL
+            .iter()
+            .map(|t| EventTypeView {
+                label: t.label(),
+                description: t.description(),
+            })
+            .collect(),
+    })
+}
+
+/// The routes with their OpenAPI document.
+fn documented_routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(event_types))
+        .routes(routes!(tokens::whoami))
+        .routes(routes!(tokens::issue_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(deliveries::send_test))
+        .routes(routes!(deliveries::list_attempts))
+        .routes(routes!(deliveries::resend))
+        .split_for_parts()
+}
+
+/// The whole application: the API, its document and the page.
+pub fn router(state: Arc<AppState>) -> Router {
+    let (api, doc) = documented_routes();
+    // Plain data: serializing it cannot fail.
+    let doc = doc
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    api.route(
+        "/v1/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+    )
+    .merge(page::routes(&state.delivery))
+    .fallback(|| async { ApiError::not_found("route") })
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    })
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::map_response(common_headers))
+    .with_state(state)
+}
+
+/// Tokens and secrets pass through these responses: never cache them, never sniff or frame them.
+async fn common_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// A started API server.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningApi {
+    /// Waits until the server stopped (after `shutdown` was cancelled and requests finished).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        Ok(self.task.await.context("API server task panicked")??)
+    }
+}
+
+/// Checks the settings, connects to Redis and serves on `api.listen` (port 0: any free port)
+/// until `shutdown`.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<RunningApi> {
+    let admin_token = settings.api.admin_token.trim();
+    if admin_token.chars().count() < MIN_ADMIN_TOKEN {
+        return Err(ConfigError::Invalid {
+            key: "api.admin_token",
+            message: format!(
+                "{} (the API needs one to start; set HOOKRELAY__API__ADMIN_TOKEN to a random \
+                 string of at least {MIN_ADMIN_TOKEN} characters)",
+                if admin_token.is_empty() {
+                    "is empty"
+                } else {
+                    "is too short"
+                }
+            ),
+        }
+        .into());
+    }
+    let store = Store::connect(
+        &settings.redis.url,
+        &settings.redis.prefix,
+        settings.redis.lookup_timeout,
+    )
+    .await
+    .context("connecting to Redis (redis.url)")?
+    .with_secret_key(settings.redis.secret_key.as_ref());
+    let state = Arc::new(AppState {
+        store,
+        delivery: settings.delivery.clone(),
+        deliverer: Deliverer::new(&settings.delivery).context("building the HTTP client")?,
+        resender: resend::Resender::new(&settings),
+        admin_token_hash: auth::token_hash(admin_token),
+    });
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        state.resender.close().await;
+        served
+    });
+    tracing::info!(%addr, prefix = %settings.redis.prefix, "API and Webhooks page listening");
+    Ok(RunningApi { addr, task })
+}
+
+/// `hookrelay api`: serves until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
+    start(settings, shutdown).await?.wait().await
+}

@@ -1,0 +1,74 @@
+//! Enqueuing a fresh round of attempts (a merchant's "resend") on `<prefix>.deliveries`, with
+//! publisher confirms. The API holds one broker connection, opened on first use and again after
+//! it was lost, so that every other route works while the broker is away. It does not declare
+//! queues: the workers own the topology, and a publish before any worker declared it is returned
+//! as unroutable (an error), never lost silently.
+
+use crate::broker::publisher::{PublishError, Publisher};
+use crate::broker::topology::Topology;
+use crate::config::Settings;
+use crate::worker::job::DeliveryJob;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResendError {
+    #[error("cannot reach RabbitMQ: {0}")]
+    Connect(#[source] lapin::Error),
+    #[error("RabbitMQ did not take the delivery: {0}")]
+    Publish(#[from] PublishError),
+}
+
+pub struct Resender {
+    url: String,
+    timeout: Duration,
+    topology: Topology,
+    // A tokio Mutex: it is held across the connect, so that concurrent resends share one.
+    current: Mutex<Option<(lapin::Connection, Publisher)>>,
+}
+
+impl Resender {
+    pub fn new(settings: &Settings) -> Self {
+        Resender {
+            url: settings.amqp.url.clone(),
+            timeout: settings.amqp.publish_timeout,
+            topology: Topology::new(
+                &settings.amqp.prefix,
+                &settings.delivery.retry_schedule,
+                settings.amqp.delivery_limit,
+            ),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// Publishes `job` for a fresh round of attempts; Ok only once the broker confirmed it.
+    pub async fn enqueue(&self, job: &DeliveryJob) -> Result<(), ResendError> {
+        let publisher = self.publisher().await?;
+        job.publish_fresh(&publisher, &self.topology).await?;
+        Ok(())
+    }
+
+    async fn publisher(&self) -> Result<Publisher, ResendError> {
+        let mut current = self.current.lock().await;
+        if let Some((conn, publisher)) = current.as_ref() {
+            if conn.status().connected() && publisher.channel().status().connected() {
+                return Ok(publisher.clone());
+            }
+        }
+        let conn = crate::broker::connect(&self.url, "hookrelay api (resend)")
+            .await
+            .map_err(ResendError::Connect)?;
+        let publisher = Publisher::new(&conn, self.timeout)
+            .await
+            .map_err(ResendError::Connect)?;
+        *current = Some((conn, publisher.clone()));
+        Ok(publisher)
+    }
+
+    /// Closes the connection, if one is open.
+    pub async fn close(&self) {
+        if let Some((conn, _)) = self.current.lock().await.take() {
+            let _ = conn.close(200, "api shutting down".into()).await;
+        }
+    }
+}

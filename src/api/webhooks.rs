@@ -1,0 +1,407 @@
+//! `/v1/accounts/{account_id}/webhooks…`: list, create, read, update, delete and rotate-secret,
+//! with every rule of DESIGN §5 checked before the store is touched, and the SSRF rule of §3 at
+//! registration (the worker checks again on every connection).
+
+use super::auth::Caller;
+use super::error::{ApiError, Body, ErrorBody};
+use super::AppState;
+use crate::config::DeliverySettings;
+use crate::delivery::guard;
+use crate::subscription::store::{NewWebhook, WebhookPatch};
+use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+/// Longest description accepted, in characters.
+const MAX_DESCRIPTION: usize = 500;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AccountPath {
+    /// The merchant's account.
+    pub account_id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct WebhookPath {
+    /// The merchant's account.
+    pub account_id: String,
+    /// `wh_…`
+    pub webhook_id: String,
+}
+
+impl WebhookPath {
+    /// The account (if the caller may act on it) and the webhook id; 404 for either.
+    pub fn resolve(
+        &self,
+        caller: &Caller,
+    ) -> Result<(crate::event::AccountId, WebhookId), ApiError> {
+        let account = caller.account(&self.account_id)?;
+        let id = self
+            .webhook_id
+            .parse()
+            .map_err(|_| ApiError::not_found("webhook"))?;
+        Ok((account, id))
+    }
+}
+
+/// A webhook as the API shows it. `secret` only on create and rotate-secret.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    #[schema(example = "wh_3kTq0vX9aB2cD4eF6gH8iJ0k")]
+    pub id: String,
+    pub account_id: String,
+    #[schema(example = "https://example.com/webhooks")]
+    pub url: String,
+    /// Event labels, or `["*"]` for all.
+    #[schema(example = json!(["payment.card.success"]))]
+    pub events: Vec<String>,
+    /// `standard` or `inplayer`.
+    #[schema(example = "standard")]
+    pub format: String,
+    pub enabled: bool,
+    pub description: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Why hookrelay disabled it (e.g. `gone`); null when enabled.
+    pub disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    pub secret: Option<String>,
+}
+
+impl WebhookView {
+    pub fn of(w: &Webhook, with_secret: bool) -> Self {
+        WebhookView {
+            id: w.id.to_string(),
+            account_id: w.account_id.to_string(),
+            url: w.url.as_str().to_owned(),
+            events: w.events.labels(),
+            format: match w.format {
+                Format::Standard => "standard",
+                Format::Inplayer => "inplayer",
+            }
+            .to_owned(),
+            enabled: w.enabled,
+            description: w.description.clone(),
+            created_at: w
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            disabled_reason: w.disabled_reason.clone(),
+            secret: with_secret.then(|| w.secret.expose().to_owned()),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// Create a webhook.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// https (http only when the server allows it); must resolve to public addresses.
+    #[schema(example = "https://example.com/webhooks")]
+    pub url: String,
+    /// Event labels (see `/v1/event-types`), or `["*"]` alone for all.
+    #[schema(example = json!(["payment.card.success", "payment.card.failed"]))]
+    pub events: Vec<String>,
+    /// `standard` (default) or `inplayer`.
+    pub format: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Change some fields of a webhook; those left out stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub format: Option<String>,
+    /// Enabling clears `disabled_reason`.
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/webhooks", tag = "webhooks",
+    params(AccountPath),
+    responses(
+        (status = 200, description = "The account's webhooks, without secrets", body = WebhookList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Not this caller's account", body = ErrorBody),
+    ))]
+pub async fn list_webhooks(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<AccountPath>,
+) -> Result<Json<WebhookList>, ApiError> {
+    let account = caller.account(&path.account_id)?;
+    let snapshot = state.store.snapshot(&account).await?;
+    let webhooks = snapshot
+        .webhooks
+        .iter()
+        .map(|w| WebhookView::of(w, false))
+        .collect();
+    Ok(Json(WebhookList { webhooks }))
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/webhooks", tag = "webhooks",
+    params(AccountPath), request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Created; the only response with the secret besides rotate-secret", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Not this caller's account", body = ErrorBody),
+        (status = 409, description = "10 webhooks already, or one for this URL", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
+pub async fn create_webhook(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<AccountPath>,
+    Body(body): Body<CreateWebhook>,
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    let account = caller.account(&path.account_id)?;
+    let new = NewWebhook {
+        url: checked_url(&body.url, &state.delivery).await?,
+        events: parse_events(&body.events)?,
+        format: parse_format(body.format.as_deref().unwrap_or("standard"))?,
+        description: parse_description(body.description.unwrap_or_default())?,
+    };
+    let webhook = state.store.create(&account, new).await?;
+    tracing::info!(account_id = %account, webhook_id = %webhook.id, "webhook created");
+    Ok((StatusCode::CREATED, Json(WebhookView::of(&webhook, true))))
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/webhooks/{webhook_id}", tag = "webhooks",
+    params(WebhookPath),
+    responses(
+        (status = 200, description = "The webhook, without its secret", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such webhook for this caller", body = ErrorBody),
+    ))]
+pub async fn get_webhook(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<WebhookPath>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let (account, id) = path.resolve(&caller)?;
+    let webhook = state.store.get(&account, &id).await?;
+    Ok(Json(WebhookView::of(&webhook, false)))
+}
+
+#[utoipa::path(patch, path = "/v1/accounts/{account_id}/webhooks/{webhook_id}", tag = "webhooks",
+    params(WebhookPath), request_body = UpdateWebhook,
+    responses(
+        (status = 200, description = "The updated webhook, without its secret", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such webhook for this caller", body = ErrorBody),
+        (status = 409, description = "Another webhook has this URL", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
+pub async fn update_webhook(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<WebhookPath>,
+    Body(body): Body<UpdateWebhook>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let (account, id) = path.resolve(&caller)?;
+    let url = match &body.url {
+        Some(url) => Some(checked_url(url, &state.delivery).await?),
+        None => None,
+    };
+    let patch = WebhookPatch {
+        url,
+        events: body.events.as_deref().map(parse_events).transpose()?,
+        format: body.format.as_deref().map(parse_format).transpose()?,
+        enabled: body.enabled,
+        description: body.description.map(parse_description).transpose()?,
+    };
+    let webhook = state.store.update(&account, &id, patch).await?;
+    tracing::info!(account_id = %account, webhook_id = %id, "webhook updated");
+    Ok(Json(WebhookView::of(&webhook, false)))
+}
+
+#[utoipa::path(delete, path = "/v1/accounts/{account_id}/webhooks/{webhook_id}", tag = "webhooks",
+    params(WebhookPath),
+    responses(
+        (status = 204, description = "Deleted, with its attempt log"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such webhook for this caller", body = ErrorBody),
+    ))]
+pub async fn delete_webhook(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<WebhookPath>,
+) -> Result<StatusCode, ApiError> {
+    let (account, id) = path.resolve(&caller)?;
+    state.store.delete(&account, &id).await?;
+    tracing::info!(account_id = %account, webhook_id = %id, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/webhooks/{webhook_id}/rotate-secret",
+    tag = "webhooks", params(WebhookPath),
+    responses(
+        (status = 200, description = "The webhook with its new secret; the old one keeps signing as a second signature for delivery.rotation_grace", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such webhook for this caller", body = ErrorBody),
+    ))]
+pub async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(path): Path<WebhookPath>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let (account, id) = path.resolve(&caller)?;
+    let webhook = state
+        .store
+        .rotate_secret(&account, &id, state.delivery.rotation_grace)
+        .await?;
+    tracing::info!(account_id = %account, webhook_id = %id, "webhook secret rotated");
+    Ok(Json(WebhookView::of(&webhook, true)))
+}
+
+/// The URL rules: well-formed, https unless `delivery.allow_http`, and a public target unless
+/// `delivery.allow_private_targets`.
+async fn checked_url(text: &str, settings: &DeliverySettings) -> Result<WebhookUrl, ApiError> {
+    let url = WebhookUrl::parse(text, settings.allow_http)
+        .map_err(|e| ApiError::invalid("invalid_url", e.to_string()))?;
+    if !settings.allow_private_targets {
+        check_public(&url, settings.connect_timeout).await?;
+    }
+    Ok(url)
+}
+
+/// Resolves the host (unless it is an address) and refuses it if any address is not public: a
+/// name that also points inside the network is not a merchant's endpoint.
+async fn check_public(url: &WebhookUrl, within: Duration) -> Result<(), ApiError> {
+    let url = url.as_url();
+    let host = url.host_str().unwrap_or_default();
+    let addrs: Vec<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+        _ => {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let lookup = tokio::net::lookup_host((host, port));
+            match tokio::time::timeout(within, lookup).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => {
+                    return Err(ApiError::invalid(
+                        "unresolvable_host",
+                        format!("the host {host} does not resolve: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        "unresolvable_host",
+                        format!("the host {host} did not resolve within {within:?}"),
+                    ))
+                }
+            }
+        }
+    };
+    if addrs.is_empty() {
+        return Err(ApiError::invalid(
+            "unresolvable_host",
+            format!("the host {host} has no address"),
+        ));
+    }
+    match addrs.iter().find(|ip| !guard::is_public(**ip)) {
+        Some(ip) => Err(ApiError::invalid(
+            "target_not_public",
+            format!(
+                "{host} is not a public address ({ip}): webhooks must point to the internet, \
+                 not to loopback, private, link-local or metadata addresses"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_events(labels: &[String]) -> Result<EventFilter, ApiError> {
+    EventFilter::parse(labels).map_err(|e| ApiError::invalid("invalid_events", e.to_string()))
+}
+
+fn parse_format(text: &str) -> Result<Format, ApiError> {
+    text.parse()
+        .map_err(|e: String| ApiError::invalid("invalid_format", e))
+}
+
+fn parse_description(text: String) -> Result<String, ApiError> {
+    if text.chars().count() > MAX_DESCRIPTION {
+        return Err(ApiError::invalid(
+            "invalid_description",
+            format!("description is longer than {MAX_DESCRIPTION} characters"),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::invalid(
+            "invalid_description",
+            "description must not contain control characters",
+        ));
+    }
+    Ok(text.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_has_the_fields_of_the_stored_webhook_json() {
+        let webhook = Webhook {
+            id: WebhookId::generate(),
+            account_id: "68".parse().unwrap(),
+            url: WebhookUrl::parse("https://example.com/h", false).unwrap(),
+            events: EventFilter::parse(&["payment.card.success"]).unwrap(),
+            secret: crate::delivery::signing::Secret::generate(),
+            previous_secret: None,
+            format: Format::Inplayer,
+            enabled: false,
+            description: "d".into(),
+            created_at: chrono::Utc::now(),
+            disabled_reason: Some("gone".into()),
+        };
+        for with_secret in [false, true] {
+            let view = serde_json::to_value(WebhookView::of(&webhook, with_secret)).unwrap();
+            assert_eq!(view, webhook.to_json(with_secret));
+        }
+    }
+
+    #[tokio::test]
+    async fn private_and_loopback_targets_are_refused_and_public_ones_pass() {
+        for url in [
+            "https://127.0.0.1/h",
+            "https://10.1.2.3/h",
+            "https://169.254.169.254/latest",
+            "https://[::1]/h",
+            "https://[::ffff:192.168.0.1]/h",
+            "https://localhost/h",
+        ] {
+            let url = WebhookUrl::parse(url, false).unwrap();
+            let err = check_public(&url, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "target_not_public", "{url:?}");
+        }
+        let public = WebhookUrl::parse("https://93.184.216.34/h", false).unwrap();
+        assert!(check_public(&public, Duration::from_secs(5)).await.is_ok());
+    }
+
+    #[test]
+    fn descriptions_are_bounded_and_printable() {
+        assert_eq!(parse_description(" shop ".into()).unwrap(), "shop");
+        assert!(parse_description("x".repeat(MAX_DESCRIPTION + 1)).is_err());
+        assert!(parse_description("a\u{7}b".into()).is_err());
+    }
+}
