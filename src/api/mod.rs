@@ -219,6 +219,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("connecting to Redis (redis.url)")?
     .with_secret_key(settings.redis.secret_key.as_ref());
+    if !store.seals_secrets() {
+        tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
+    }
     let state = Arc::new(AppState {
         store,
         delivery: settings.delivery.clone(),

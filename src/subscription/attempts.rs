@@ -9,6 +9,7 @@ use super::WebhookId;
 use crate::event::AccountId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Attempts kept per webhook.
@@ -43,10 +44,12 @@ pub struct AttemptLog {
 }
 
 impl AttemptLog {
-    /// Starts the writer task on `store`'s connection.
-    pub fn start(store: Store) -> AttemptLog {
+    /// Starts the writer task on `store`'s connection. It also keeps, per webhook, since when
+    /// attempts have failed without a success, and disables a webhook failing for
+    /// `disable_after` (Svix's rule), recording why.
+    pub fn start(store: Store, disable_after: Duration) -> AttemptLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, rx));
+        tokio::spawn(write_batches(store, rx, disable_after));
         AttemptLog { tx }
     }
 
@@ -61,28 +64,92 @@ impl AttemptLog {
     }
 }
 
+impl AttemptRecord {
+    fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
 async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<(AccountId, WebhookId, AttemptRecord)>,
+    disable_after: Duration,
 ) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut keys = Vec::with_capacity(batch.len());
-        for (account, webhook, record) in batch.drain(..) {
-            let key = store.attempts_key(&account, &webhook);
-            let json = serde_json::to_string(&record).expect("a record serializes");
-            pipe.lpush(&key, json).ignore();
-            keys.push(key);
+        match write_batch(&store, &mut batch).await {
+            Ok(failing) => disable_long_failing(&store, failing, disable_after).await,
+            Err(e) => {
+                metrics::counter!("hookrelay_attempt_log_errors_total").increment(1);
+                tracing::warn!(error = %e, "could not write the attempt log");
+            }
         }
-        keys.sort();
-        keys.dedup();
-        for key in &keys {
-            pipe.ltrim(key, 0, LOG_SIZE - 1).ignore();
+    }
+}
+
+/// Appends the records, trims each log, and updates each webhook's "failing since" mark (set
+/// on a failure if unset, cleared by a success). Returns the failing webhooks with their mark.
+async fn write_batch(
+    store: &Store,
+    batch: &mut Vec<(AccountId, WebhookId, AttemptRecord)>,
+) -> Result<Vec<(AccountId, WebhookId, i64)>, StoreError> {
+    let mut pipe = redis::pipe();
+    let mut logs = Vec::with_capacity(batch.len());
+    let mut failed = Vec::new();
+    for (account, webhook, record) in batch.drain(..) {
+        let key = store.attempts_key(&account, &webhook);
+        let json = serde_json::to_string(&record).expect("a record serializes");
+        pipe.lpush(&key, json).ignore();
+        logs.push(key);
+        let failing = store.failing_key(&account, &webhook);
+        if record.succeeded() {
+            pipe.del(&failing).ignore();
+        } else {
+            pipe.cmd("SET")
+                .arg(&failing)
+                .arg(record.at.timestamp())
+                .arg("NX")
+                .ignore();
+            pipe.get(&failing);
+            failed.push((account, webhook));
         }
-        if let Err(e) = store.run_pipeline(&pipe).await {
-            metrics::counter!("hookrelay_attempt_log_errors_total").increment(1);
-            tracing::warn!(error = %e, "could not write the attempt log");
+    }
+    logs.sort();
+    logs.dedup();
+    for key in &logs {
+        pipe.ltrim(key, 0, LOG_SIZE - 1).ignore();
+    }
+    let since: Vec<Option<i64>> = store.query_pipeline(&pipe).await?;
+    Ok(failed
+        .into_iter()
+        .zip(since)
+        .filter_map(|((a, w), s)| Some((a, w, s?)))
+        .collect())
+}
+
+async fn disable_long_failing(
+    store: &Store,
+    mut failing: Vec<(AccountId, WebhookId, i64)>,
+    disable_after: Duration,
+) {
+    let now = Utc::now().timestamp();
+    failing.retain(|(_, _, since)| now - since >= disable_after.as_secs() as i64);
+    failing.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    failing.dedup_by(|a, b| a.1 == b.1);
+    for (account, webhook, since) in failing {
+        let since = DateTime::from_timestamp(since, 0).unwrap_or_default();
+        let reason = format!(
+            "failing: no successful delivery since {}",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        match store.get(&account, &webhook).await {
+            Ok(w) if w.enabled => {
+                tracing::warn!(webhook_id = %webhook, %reason, "disabling a webhook that keeps failing");
+                if let Err(e) = store.disable(&account, &webhook, &reason).await {
+                    tracing::warn!(error = %e, webhook_id = %webhook, "could not disable");
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -293,11 +293,9 @@ impl Store {
     }
 
     /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
-    /// when reading. Without a key, secrets are written in plain text (a warning says so).
+    /// when reading. Without a key, secrets are written in plain text (the long-running
+    /// commands, worker and api, warn about it at start-up).
     pub fn with_secret_key(mut self, key: Option<&SecretKey>) -> Store {
-        if key.is_none() {
-            tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
-        }
         self.sealer = key.map(Sealer::new);
         self
     }
@@ -328,6 +326,11 @@ impl Store {
     /// The attempt log of one webhook (see `attempts`).
     pub fn attempts_key(&self, account: &AccountId, id: &WebhookId) -> String {
         format!("{}:{{{}}}:attempts:{}", self.prefix, account, id)
+    }
+
+    /// Since when (Unix seconds) a webhook's attempts fail without a success; absent if not.
+    pub fn failing_key(&self, account: &AccountId, id: &WebhookId) -> String {
+        format!("{}:{{{}}}:failing:{}", self.prefix, account, id)
     }
 
     /// Runs a pipeline whose replies are ignored.
@@ -546,28 +549,36 @@ impl Store {
         id: &WebhookId,
         patch: WebhookPatch,
     ) -> Result<Webhook, StoreError> {
-        self.modify(account, id, |w| {
-            if let Some(url) = &patch.url {
-                w.url = url.clone();
-            }
-            if let Some(events) = patch.events {
-                w.events = events;
-            }
-            if let Some(format) = patch.format {
-                w.format = format;
-            }
-            if let Some(description) = &patch.description {
-                w.description = description.clone();
-            }
-            if let Some(enabled) = patch.enabled {
-                w.enabled = enabled;
-                if enabled {
-                    // Enabling clears why hookrelay had disabled it (DESIGN §5).
-                    w.disabled_reason = None;
+        let updated = self
+            .modify(account, id, |w| {
+                if let Some(url) = &patch.url {
+                    w.url = url.clone();
                 }
-            }
-        })
-        .await
+                if let Some(events) = patch.events {
+                    w.events = events;
+                }
+                if let Some(format) = patch.format {
+                    w.format = format;
+                }
+                if let Some(description) = &patch.description {
+                    w.description = description.clone();
+                }
+                if let Some(enabled) = patch.enabled {
+                    w.enabled = enabled;
+                    if enabled {
+                        // Enabling clears why hookrelay had disabled it (DESIGN §5).
+                        w.disabled_reason = None;
+                    }
+                }
+            })
+            .await?;
+        if patch.enabled == Some(true) {
+            // A fresh start: failures before the merchant re-enabled it do not count.
+            let mut conn = self.conn.clone();
+            self.timed(conn.del::<_, ()>(self.failing_key(account, id)))
+                .await?;
+        }
+        Ok(updated)
     }
 
     /// Disables a webhook and records why (e.g. `gone`).
@@ -616,8 +627,11 @@ impl Store {
             return Err(StoreError::NotFound(id.clone()));
         }
         let mut conn = self.conn.clone();
-        self.timed(conn.del::<_, ()>(self.attempts_key(account, id)))
-            .await?;
+        let keys = [
+            self.attempts_key(account, id),
+            self.failing_key(account, id),
+        ];
+        self.timed(conn.del::<_, ()>(&keys)).await?;
         self.drop_index(id).await
     }
 

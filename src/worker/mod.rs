@@ -105,6 +105,9 @@ pub async fn start(
     .await
     .context("connecting to Redis (redis.url)")?
     .with_secret_key(settings.redis.secret_key.as_ref());
+    if !store.seals_secrets() {
+        tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
+    }
     let cache = SubscriptionCache::new(store.clone());
     tokio::spawn(
         cache
@@ -124,7 +127,7 @@ pub async fn start(
         ),
         cache,
         deliverer: Deliverer::new(&settings.delivery)?,
-        attempt_log: AttemptLog::start(store),
+        attempt_log: AttemptLog::start(store, settings.delivery.disable_after),
         endpoints: Endpoints::new(
             settings.delivery.max_in_flight_per_webhook,
             // The circuit's cool-down: the first retry step, when a probe would retry anyway.

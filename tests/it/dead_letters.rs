@@ -267,3 +267,46 @@ async fn retries_are_spaced_by_the_schedule_within_its_jitter() {
         .await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_webhook_failing_without_success_for_disable_after_is_disabled_with_the_reason() {
+    let app = spawn_app_with(
+        "500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms",
+        &[("HOOKRELAY__DELIVERY__DISABLE_AFTER", "2s")],
+    )
+    .await;
+    app.receiver.behave("/failing", Behaviour::Status(500));
+    let webhook = app
+        .add_webhook("fd", "/failing", &["*"], Format::Standard)
+        .await;
+
+    app.publish(EventType::CustomerUpdated, "fd", "{}").await;
+
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let stored = loop {
+        let w = app.store.find(&webhook.id).await.unwrap();
+        if !w.enabled {
+            break w;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not disabled after disable_after"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = stored.disabled_reason.unwrap();
+    assert!(
+        reason.starts_with("failing: no successful delivery since"),
+        "{reason}"
+    );
+    // The delivery still waiting for its next attempt is dead-lettered as disabled.
+    let dead = app
+        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
+        .await
+        .remove(0);
+    assert_eq!(
+        header_text(&dead, "hookrelay-reason").unwrap(),
+        "webhook_disabled"
+    );
+    app.cleanup().await;
+}

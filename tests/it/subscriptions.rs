@@ -2,9 +2,11 @@
 
 use crate::helpers::*;
 use hookrelay::event::{AccountId, EventType};
+use hookrelay::subscription::cache::SubscriptionCache;
 use hookrelay::subscription::store::{NewWebhook, Store, StoreError, WebhookPatch};
 use hookrelay::subscription::{EventFilter, Format, WebhookUrl};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 fn new_webhook(url: &str) -> NewWebhook {
     NewWebhook {
@@ -205,4 +207,95 @@ async fn a_subscription_change_reaches_a_running_worker_within_a_second() {
     assert_eq!(app.receiver.hits().len(), before);
     eprintln!("change picked up after {taken:?}");
     app.cleanup().await;
+}
+
+async fn following_cache(store: &Store) -> (std::sync::Arc<SubscriptionCache>, CancellationToken) {
+    let cache = SubscriptionCache::new(store.clone());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        cache
+            .clone()
+            .follow_changes(REDIS_URL.into(), shutdown.clone()),
+    );
+    assert!(cache.wait_live(Duration::from_secs(5)).await);
+    (cache, shutdown)
+}
+
+#[tokio::test]
+async fn a_lookup_that_raced_a_change_leaves_no_stale_entry() {
+    let store = store().await;
+    let (cache, shutdown) = following_cache(&store).await;
+    let account: AccountId = "race".parse().unwrap();
+    store
+        .create(&account, new_webhook("https://example.com/1"))
+        .await
+        .unwrap();
+
+    // The announcement of a newer version arrived while a lookup was reading an older one.
+    cache.invalidate(account.clone(), 1_000);
+    let read = cache.lookup(&account).await.unwrap();
+
+    assert_eq!(read.len(), 1, "the lookup still answers");
+    assert_eq!(
+        cache.cached_version(&account),
+        None,
+        "but does not cache the older version"
+    );
+
+    // A real change: announced, dropped, and the next lookup caches the new version.
+    let (cache, _s) = following_cache(&store).await;
+    cache.lookup(&account).await.unwrap();
+    let before = cache.cached_version(&account);
+    assert!(before.is_some());
+    store
+        .create(&account, new_webhook("https://example.com/2"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while cache.cached_version(&account) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "change not seen within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.lookup(&account).await.unwrap().len(), 2);
+    shutdown.cancel();
+    store.purge_prefix().await.unwrap();
+}
+
+#[tokio::test]
+async fn losing_the_redis_change_channel_flushes_the_cache_until_it_is_followed_again() {
+    let store = store().await;
+    let (cache, shutdown) = following_cache(&store).await;
+    let account: AccountId = "flush".parse().unwrap();
+    store
+        .create(&account, new_webhook("https://example.com/f"))
+        .await
+        .unwrap();
+    cache.lookup(&account).await.unwrap();
+    assert!(cache.cached_version(&account).is_some());
+
+    // Cut every pub/sub connection (other tests' workers just resubscribe too).
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cache.cached_version(&account).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "cache not flushed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        cache.wait_live(Duration::from_secs(5)).await,
+        "follows changes again"
+    );
+    shutdown.cancel();
+    store.purge_prefix().await.unwrap();
 }
