@@ -310,3 +310,34 @@ async fn a_webhook_failing_without_success_for_disable_after_is_disabled_with_th
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_retry_the_broker_cannot_route_leaves_the_event_unacked_until_its_delivery_limit() {
+    let app = spawn_app_with("1s", &[("HOOKRELAY__AMQP__DELIVERY_LIMIT", "3")]).await;
+    app.receiver.behave("/unroutable", Behaviour::Status(500));
+    app.add_webhook("ur", "/unroutable", &["*"], Format::Standard)
+        .await;
+    // Without its delay queue, the follow-up publish is returned by the broker (mandatory).
+    let channel = app.amqp_channel().await;
+    channel
+        .queue_delete(
+            app.topology().retry_queue(Duration::from_secs(1)).into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    app.publish(EventType::CustomerUpdated, "ur", "{}").await;
+
+    // Never acked, the event comes back until the queue's delivery limit dead-letters it:
+    // nothing is lost, and each return made a new attempt.
+    let dead = app
+        .wait_for_queue(&app.topology().dlq_events(), 1, WITHIN)
+        .await
+        .remove(0);
+    assert!(
+        header_text(&dead, "x-first-death-reason").is_some_and(|r| r.contains("delivery_limit"))
+    );
+    assert!(app.receiver.hits_on("/unroutable").len() >= 3);
+    app.cleanup().await;
+}

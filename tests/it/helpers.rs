@@ -280,6 +280,11 @@ impl TestApp {
         event.id.to_string()
     }
 
+    /// A channel on the test's own connection.
+    pub async fn amqp_channel(&self) -> lapin::Channel {
+        self.amqp.create_channel().await.unwrap()
+    }
+
     /// Publishes raw bytes to the events exchange with `routing_key` (poison tests).
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let channel = self.amqp.create_channel().await.unwrap();
