@@ -211,14 +211,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         }
         .into());
     }
-    let store = Store::connect(
-        &settings.redis.url,
-        &settings.redis.prefix,
-        settings.redis.lookup_timeout,
-    )
-    .await
-    .context("connecting to Redis (redis.url)")?
-    .with_secret_key(settings.redis.secret_key.as_ref());
+    let store = Store::from_settings(&settings.redis)
+        .await
+        .context("connecting to Redis (redis.url)")?;
     if !store.seals_secrets() {
         tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
     }

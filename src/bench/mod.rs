@@ -114,13 +114,9 @@ impl Bench {
         let conn = crate::broker::connect(&settings.amqp.url, "hookrelay bench").await?;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = Publisher::new(&conn, settings.amqp.publish_timeout).await?;
-        let store = Store::connect(
-            &settings.redis.url,
-            &settings.redis.prefix,
-            settings.redis.lookup_timeout,
-        )
-        .await
-        .context("connecting to Redis")?;
+        let store = Store::from_settings(&settings.redis)
+            .await
+            .context("connecting to Redis")?;
 
         let total = opts.accounts * opts.webhooks_per_account;
         let mut secrets = Vec::with_capacity(total);

@@ -168,13 +168,9 @@ async fn run_with(settings: &Settings, dlq: &Dlq, action: DlqAction) -> anyhow::
             }
         }
         DlqAction::Replay(a) => {
-            let store = Store::connect(
-                &settings.redis.url,
-                &settings.redis.prefix,
-                settings.redis.lookup_timeout,
-            )
-            .await
-            .context("connecting to Redis (redis.url)")?;
+            let store = Store::from_settings(&settings.redis)
+                .await
+                .context("connecting to Redis (redis.url)")?;
             let options = ReplayOptions {
                 dry_run: a.dry_run,
                 force: a.force,

@@ -88,14 +88,9 @@ pub struct ListenArgs {
 pub async fn listen(settings: &Settings, args: ListenArgs) -> anyhow::Result<()> {
     let secrets = match (&args.account, args.secrets.is_empty()) {
         (Some(account), _) => Secrets::Account(
-            Store::connect(
-                &settings.redis.url,
-                &settings.redis.prefix,
-                settings.redis.lookup_timeout,
-            )
-            .await
-            .context("connecting to Redis (redis.url)")?
-            .with_secret_key(settings.redis.secret_key.as_ref()),
+            Store::from_settings(&settings.redis)
+                .await
+                .context("connecting to Redis (redis.url)")?,
             account.clone(),
         ),
         (None, false) => Secrets::Fixed(

@@ -83,14 +83,9 @@ fn parse_url(text: &str, settings: &Settings) -> anyhow::Result<WebhookUrl> {
 }
 
 pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<()> {
-    let store = Store::connect(
-        &settings.redis.url,
-        &settings.redis.prefix,
-        settings.redis.lookup_timeout,
-    )
-    .await
-    .context("connecting to Redis (redis.url)")?
-    .with_secret_key(settings.redis.secret_key.as_ref());
+    let store = Store::from_settings(&settings.redis)
+        .await
+        .context("connecting to Redis (redis.url)")?;
     match action {
         WebhooksAction::Add(a) => {
             let new = NewWebhook {

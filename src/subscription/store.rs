@@ -300,6 +300,15 @@ impl Store {
         self
     }
 
+    /// Connects with the `[redis]` settings: URL, prefix, lookup timeout and secret key.
+    pub async fn from_settings(redis: &crate::config::RedisSettings) -> Result<Store, StoreError> {
+        Ok(
+            Store::connect(&redis.url, &redis.prefix, redis.lookup_timeout)
+                .await?
+                .with_secret_key(redis.secret_key.as_ref()),
+        )
+    }
+
     /// Whether secrets are encrypted at rest.
     pub fn seals_secrets(&self) -> bool {
         self.sealer.is_some()
