@@ -75,6 +75,7 @@ pub struct DeliverySettings {
     pub allow_private_targets: bool,
     pub allow_http: bool,
     pub max_in_flight_per_webhook: usize,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +152,7 @@ struct RawDelivery {
     allow_private_targets: bool,
     allow_http: bool,
     max_in_flight_per_webhook: usize,
+    max_in_flight: usize,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +346,10 @@ impl Settings {
                 )?,
                 allow_private_targets: raw.delivery.allow_private_targets,
                 allow_http: raw.delivery.allow_http,
+                max_in_flight: match raw.delivery.max_in_flight {
+                    0 => return Err(invalid("delivery.max_in_flight", "must be at least 1")),
+                    n => n,
+                },
                 max_in_flight_per_webhook: match raw.delivery.max_in_flight_per_webhook {
                     0 => {
                         return Err(invalid(

@@ -43,6 +43,8 @@ pub enum AttemptVerdict {
 pub struct Deliverer {
     client: reqwest::Client,
     allow_private_targets: bool,
+    /// `delivery.max_in_flight`: bounds connections, and so memory, with large fan-outs.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Deliverer {
@@ -61,11 +63,18 @@ impl Deliverer {
         Ok(Deliverer {
             client: builder.build()?,
             allow_private_targets: settings.allow_private_targets,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         })
     }
 
     /// One attempt of `event` to `webhook`, signed now with the webhook's current secrets.
     pub async fn attempt(&self, webhook: &Webhook, event: &PreparedEvent) -> AttemptReport {
+        // Never closed, so acquiring cannot fail.
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let started = Instant::now();
         if !self.allow_private_targets && literal_is_private(webhook.url.as_url()) {
             return refused(webhook, started);

@@ -1,0 +1,723 @@
+#!/usr/bin/env bash
+# The proof of DESIGN §3's guarantee (issue 5): at-least-once, nothing lost when a worker is
+# killed, the broker restarts or Redis restarts. Runs hookrelay against a RabbitMQ node and a
+# Redis of its own (own node name, ports and data directory; the RabbitMQ on 5672 and the Redis on
+# 6379 that other work uses are never touched), publishes a steady stream of events to webhooks on
+# a local verifying receiver, and injects one fault after another:
+#
+#   a) SIGKILL a worker, start another          d) Redis down 10 s (shutdown + start, data kept)
+#   b) force-close the workers' broker          e) receiver down 20 s
+#      connections                              f) SIGTERM a worker mid-stream, start another
+#   c) restart RabbitMQ (stop + start the node)
+#
+# Per scenario it prints one line (published, delivered, lost, duplicates, dead-lettered, time to
+# recover), then a final table recounted at the end, and exits non-zero if any scenario lost or
+# dead-lettered anything, had duplicates where none are allowed (only a, b and c may have them),
+# or saw a worker misbehave (exit unexpectedly, not become ready, not stop cleanly on SIGTERM).
+#
+# Usage: scripts/faults.sh     (root, or a user with sudo: Debian runs RabbitMQ as user rabbitmq)
+# Environment:
+#   FAULTS_KEEP=1        keep the temporary directory (logs, receipts, broker data) at the end
+#   FAULTS_SCENARIOS=ab  run only these scenarios (default: abcdef)
+#   CARGO_TARGET_DIR     respected when locating the built binary
+set -euo pipefail
+
+# Debian installs rabbitmqctl & co. in /usr/sbin, which is not on an ordinary user's PATH.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+readonly HELPERS="$ROOT/scripts/faults"
+
+readonly NODE=hookrelay-faults@localhost
+readonly PREFIX=hrfaults
+readonly WORKERS=2
+readonly LOCK_FILE=/tmp/hookrelay-faults.lock
+# The retry schedule outlasts the longest outage (20 s): 7 attempts over ~63 s.
+readonly RETRY_SCHEDULE=1s,2s,4s,8s,16s,32s
+readonly SHUTDOWN_GRACE_S=10
+# Each of the publisher loops aims at this many publishes per second.
+readonly PUBLISH_LOOPS=2
+readonly PUBLISH_RATE=12
+# Steady stream before the fault and after it (the "after" events measure the recovery).
+readonly BEFORE_S=4
+readonly AFTER_S=6
+readonly SCENARIOS=${FAULTS_SCENARIOS:-abcdef}
+readonly ACCOUNTS=(acct-1 acct-2 acct-3)
+readonly EVENT_TYPES=(payment.card.success subscribe.success customer.registered asset.access.granted)
+
+T_START=$SECONDS
+log() { printf 'faults: [%3ds] %s\n' "$((SECONDS - T_START))" "$*"; }
+warn() { printf 'faults: warning: %s\n' "$*" >&2; }
+die() {
+  printf 'faults: error: %s\n' "$*" >&2
+  exit 1
+}
+now() { printf '%s' "$EPOCHREALTIME"; }
+
+SUDO=()
+if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo)
+fi
+[[ $EUID -eq 0 || $(id -un) == rabbitmq || ${#SUDO[@]} -gt 0 ]] ||
+  die "run as root or with sudo: Debian's RabbitMQ commands only run as root or rabbitmq"
+
+# --- the run's own places ----------------------------------------------------------------------
+
+WORK=""
+LOGS=""
+RABBIT_ENV=()
+RABBIT_PID=""
+REDIS_PORT=""
+REDIS_CMD=()
+RECEIVER_PORT=""
+RECEIVER_PID=""
+MGMT=""
+declare -A WPID=()   # worker number -> pid, for the workers that should be running
+NEXT_WORKER=1
+PUBLISHER_PIDS=()
+STOP_FILE=""
+
+# True while process $1 exists and is not a zombie (a child that exited but was not waited for).
+alive() {
+  local stat
+  stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ -n $stat && $stat != Z* ]]
+}
+
+gone() { ! alive "$1"; }
+
+# wait_until SECONDS COMMAND...: retry COMMAND every 0.2 s until it succeeds or time runs out.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+tcp_open() {
+  # shellcheck disable=SC2016 # $0 and $1 are expanded by the inner bash, on purpose.
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' 127.0.0.1 "$1" 2>/dev/null
+}
+
+# Runs a Debian RabbitMQ wrapper with this run's node environment. The wrappers switch to the
+# rabbitmq user with su, which keeps the RABBITMQ_* variables and sets HOME=/var/lib/rabbitmq, so
+# the node and the CLI share that home's Erlang cookie. Fd 8 (the run lock) is not inherited.
+as_rabbit() {
+  if [[ $EUID -eq 0 || $(id -un) == rabbitmq ]]; then
+    env "${RABBIT_ENV[@]}" "$@" 8<&-
+  else
+    "${SUDO[@]}" env "${RABBIT_ENV[@]}" "$@" 8<&-
+  fi
+}
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+# The lowest-numbered running worker.
+oldest_worker() { printf '%s\n' "${!WPID[@]}" | sort -n | head -n 1; }
+
+# --- cleanup ------------------------------------------------------------------------------------
+
+stop_publishers() {
+  [[ -n $STOP_FILE ]] && : >"$STOP_FILE"
+  local pid deadline=$((SECONDS + 25))
+  for pid in "${PUBLISHER_PIDS[@]}"; do
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+    if alive "$pid"; then kill "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || true
+  done
+  PUBLISHER_PIDS=()
+}
+
+# stop_process PID SECONDS: SIGTERM, then SIGKILL after SECONDS; prints nothing.
+stop_process() {
+  local pid=$1 deadline=$((SECONDS + $2))
+  alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+}
+
+cleanup() {
+  local rc=$? n
+  trap - EXIT INT TERM
+  set +e
+  log "cleaning up"
+  stop_publishers
+  for n in "${!WPID[@]}"; do
+    stop_process "${WPID[$n]}" 15
+    wait "${WPID[$n]}" 2>/dev/null
+  done
+  [[ -n $RECEIVER_PID ]] && stop_process "$RECEIVER_PID" 10
+  if [[ -n $REDIS_PORT ]]; then
+    timeout 10 redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+    [[ -s $WORK/redis/redis.pid ]] && stop_process "$(cat "$WORK/redis/redis.pid")" 5
+  fi
+  rabbit_stop
+  if [[ -n $WORK ]]; then
+    if [[ ${FAULTS_KEEP:-0} == 1 ]]; then
+      log "kept $WORK (logs in $LOGS)"
+    else
+      cd / && rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- RabbitMQ: a node of our own ----------------------------------------------------------------
+
+rabbit_ping() { as_rabbit timeout 20 rabbitmq-diagnostics -n "$NODE" -q ping >/dev/null 2>&1; }
+rabbit_gone() { ! rabbit_ping; }
+
+rabbit_ready() {
+  as_rabbit timeout 20 rabbitmqctl -n "$NODE" -q await_startup --timeout 15 >/dev/null 2>&1 &&
+    tcp_open "$AMQP_PORT" && tcp_open "$MGMT_PORT"
+}
+
+rabbit_start() {
+  as_rabbit rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
+    die "rabbitmq-server -detached failed; see $LOGS/rabbitmq-start.log"
+  wait_until 120 rabbit_ready || {
+    tail -n 30 "$WORK/rabbit/log/$NODE.log" >&2 2>/dev/null || true
+    die "RabbitMQ node $NODE not ready after 120 s"
+  }
+  RABBIT_PID=$(as_rabbit timeout 20 rabbitmqctl -n "$NODE" -q eval 'os:getpid().' | tr -dc '0-9')
+  [[ -n $RABBIT_PID ]] || die "could not read the OS pid of $NODE"
+}
+
+# Stops the node (clients get connection.close 320) and waits until its process is gone.
+rabbit_stop() {
+  [[ ${#RABBIT_ENV[@]} -gt 0 ]] || return 0
+  as_rabbit timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
+  if [[ -n $RABBIT_PID ]]; then
+    wait_until 30 pid_gone "$RABBIT_PID" || {
+      warn "RabbitMQ node $NODE (pid $RABBIT_PID) did not stop; killing it"
+      kill -KILL "$RABBIT_PID" 2>/dev/null || true
+    }
+  fi
+  RABBIT_PID=""
+}
+
+setup_rabbit() {
+  AMQP_PORT=$(free_port)
+  MGMT_PORT=$(free_port)
+  DIST_PORT=$(free_port)
+  MGMT="http://127.0.0.1:$MGMT_PORT"
+  local dir="$WORK/rabbit"
+  mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
+  # Everything this node reads is here: neither /etc/rabbitmq/rabbitmq-env.conf (it names the
+  # system node) nor /etc/rabbitmq/conf.d (it may pin listeners to the system node's ports).
+  cat >"$dir/rabbitmq-env.conf" <<EOF
+NODENAME=$NODE
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+EOF
+  cat >"$dir/rabbitmq.conf" <<EOF
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $MGMT_PORT
+collect_statistics_interval = 1000
+log.console = false
+log.file.level = info
+EOF
+  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || "${SUDO[@]}" chown -R rabbitmq:rabbitmq "$dir"
+  RABBIT_ENV=(
+    "RABBITMQ_NODENAME=$NODE"
+    "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1"
+    "RABBITMQ_NODE_PORT=$AMQP_PORT"
+    "RABBITMQ_DIST_PORT=$DIST_PORT"
+    "RABBITMQ_MNESIA_BASE=$dir/mnesia"
+    "RABBITMQ_LOG_BASE=$dir/log"
+    "RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf"
+    "RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf"
+    "RABBITMQ_CONFIG_FILES=$dir/conf.d"
+    "RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config"
+    "RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins"
+    "RABBITMQ_PID_FILE=$dir/node.pid"
+  )
+  # A node of this name left running by a run that was killed: stop it (the name is this
+  # script's; the run lock guarantees that no other run is using it right now).
+  if rabbit_ping; then
+    warn "a RabbitMQ node $NODE is still running (left by a killed run); stopping it"
+    as_rabbit timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
+    wait_until 30 rabbit_gone || die "could not stop the leftover node $NODE"
+  fi
+  log "starting RabbitMQ node $NODE (amqp 127.0.0.1:$AMQP_PORT, management :$MGMT_PORT, dist :$DIST_PORT)"
+  rabbit_start
+  log "RabbitMQ ready (pid $RABBIT_PID)"
+}
+
+# Messages in the two dead-letter queues, read with rabbitmqctl on our node.
+dlq_count() {
+  as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers name messages 2>/dev/null |
+    awk -v d="$PREFIX.dlq.deliveries" -v e="$PREFIX.dlq.events" '$1 == d || $1 == e { n += $2 } END { print n + 0 }'
+}
+
+# --- Redis: one of our own ----------------------------------------------------------------------
+
+redis_pong() { [[ $(timeout 3 redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_down() { ! tcp_open "$REDIS_PORT"; }
+
+redis_start() {
+  "${REDIS_CMD[@]}" 8<&- || die "redis-server failed to start; see $LOGS/redis.log"
+  wait_until 30 redis_pong || die "Redis on port $REDIS_PORT not answering after 30 s"
+}
+
+setup_redis() {
+  REDIS_PORT=$(free_port)
+  mkdir -p "$WORK/redis"
+  # No snapshots while running; the Redis scenario saves explicitly (SHUTDOWN SAVE) so that the
+  # restarted server loads the webhooks back from $WORK/redis/dump.rdb, as a real one would.
+  REDIS_CMD=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+    --daemonize yes --dir "$WORK/redis" --dbfilename dump.rdb
+    --pidfile "$WORK/redis/redis.pid" --logfile "$LOGS/redis.log")
+  log "starting Redis on 127.0.0.1:$REDIS_PORT"
+  redis_start
+}
+
+# --- hookrelay ----------------------------------------------------------------------------------
+
+build() {
+  log "building hookrelay (cargo build --release --locked; waits for other builds' lock)"
+  (cd "$ROOT" && cargo build --release --locked --quiet) || die "cargo build failed"
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target="$ROOT/$target"
+  BIN="$target/release/hookrelay"
+  [[ -x $BIN ]] || die "$BIN not found after the build"
+}
+
+hookrelay_env() {
+  export HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+  export HOOKRELAY__AMQP__PREFIX=$PREFIX
+  export HOOKRELAY__AMQP__RECONNECT_TIMEOUT=120s
+  export HOOKRELAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0"
+  export HOOKRELAY__REDIS__PREFIX=$PREFIX
+  export HOOKRELAY__DELIVERY__ALLOW_HTTP=true
+  export HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS=true
+  export HOOKRELAY__DELIVERY__RETRY_SCHEDULE=$RETRY_SCHEDULE
+  export HOOKRELAY__WORKER__SHUTDOWN_GRACE="${SHUTDOWN_GRACE_S}s"
+  export HOOKRELAY__OPS__LISTEN=127.0.0.1:0
+  export HOOKRELAY__LOG__FORMAT=text
+  unset HOOKRELAY_CONFIG
+}
+
+# Registers the webhooks: one each for acct-1 and acct-2, two for acct-3 (fan-out), all events.
+register_webhooks() {
+  RECEIVER_PORT=$(free_port)
+  local account n url
+  : >"$WORK/webhooks.txt"
+  for account in "${ACCOUNTS[@]}"; do
+    for n in 1 $([[ $account == acct-3 ]] && echo 2); do
+      url="http://127.0.0.1:$RECEIVER_PORT/$account/hook-$n"
+      timeout 30 "$BIN" webhooks add --account "$account" --url "$url" --events '*' --json \
+        >"$WORK/webhook.json" 2>>"$LOGS/cli.log" || die "webhooks add failed; see $LOGS/cli.log"
+      python3 -c 'import json, sys; w = json.load(open(sys.argv[1])); print(sys.argv[2], sys.argv[3], w["id"], w["secret"])' \
+        "$WORK/webhook.json" "/$account/hook-$n" "$account" >>"$WORK/webhooks.txt"
+    done
+  done
+  # {path: account} for analyze.py, {path: secret} for receiver.py.
+  python3 - "$WORK/webhooks.txt" "$WORK/webhooks.json" "$WORK/secrets.json" <<'EOF'
+import json, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+json.dump({path: account for path, account, _id, _secret in rows}, open(sys.argv[2], "w"))
+json.dump({path: secret for path, _account, _id, secret in rows}, open(sys.argv[3], "w"))
+EOF
+  log "registered $(wc -l <"$WORK/webhooks.txt") webhooks on ${#ACCOUNTS[@]} accounts -> 127.0.0.1:$RECEIVER_PORT"
+}
+
+receiver_start() {
+  python3 "$HELPERS/receiver.py" --port "$RECEIVER_PORT" --secrets "$WORK/secrets.json" \
+    --out "$WORK/receipts.jsonl" >>"$LOGS/receiver.log" 2>&1 8<&- &
+  RECEIVER_PID=$!
+  wait_until 15 tcp_open "$RECEIVER_PORT" || die "the receiver did not start; see $LOGS/receiver.log"
+}
+
+receiver_stop() {
+  stop_process "$RECEIVER_PID" 15
+  wait "$RECEIVER_PID" 2>/dev/null || true
+  RECEIVER_PID=""
+}
+
+start_worker() {
+  local n=$NEXT_WORKER
+  NEXT_WORKER=$((n + 1))
+  "$BIN" worker >"$LOGS/worker-$n.log" 2>&1 8<&- &
+  WPID[$n]=$!
+  log "worker $n started (pid ${WPID[$n]})"
+}
+
+worker_ops_addr() {
+  grep -aoE 'ops_addr=[0-9.]+:[0-9]+' "$LOGS/worker-$1.log" 2>/dev/null | tail -n 1 | cut -d= -f2
+}
+
+worker_ready() {
+  local addr
+  alive "${WPID[$1]}" || return 2
+  addr=$(worker_ops_addr "$1")
+  [[ -n $addr ]] && curl -fsS -m 2 "http://$addr/readyz" >/dev/null 2>&1
+}
+
+# ensure_workers_ready SECONDS WHEN: waits until every worker answers /readyz. One that does not
+# (or exited) is a problem, "WHEN" saying when; its log is shown and it is replaced (SIGTERM, then
+# SIGKILL), so that the next scenarios still run with healthy workers.
+ensure_workers_ready() {
+  local limit=$1 when=$2 n rc pid deadline=$((SECONDS + $1)) bad=()
+  for n in $(printf '%s\n' "${!WPID[@]}" | sort -n); do
+    while true; do
+      rc=0
+      worker_ready "$n" || rc=$?
+      ((rc == 0)) && break
+      if ((rc == 2 || SECONDS >= deadline)); then
+        bad+=("$n")
+        break
+      fi
+      sleep 0.3
+    done
+  done
+  for n in "${bad[@]}"; do
+    pid=${WPID[$n]}
+    unset "WPID[$n]"
+    if alive "$pid"; then
+      problem "worker $n not ready $when (waited $limit s); replacing it"
+      show_worker_log "$n"
+      kill -TERM "$pid" 2>/dev/null || true
+      wait_until 15 gone "$pid" ||
+        problem "worker $n (not ready) ignored SIGTERM for 15 s; SIGKILLed"
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    else
+      rc=0
+      wait "$pid" 2>/dev/null || rc=$?
+      problem "worker $n exited on its own (exit code $rc) $when; replacing it"
+      show_worker_log "$n"
+    fi
+    start_worker
+  done
+  if ((${#bad[@]} > 0)); then
+    for n in "${!WPID[@]}"; do
+      wait_until 30 worker_ready "$n" || problem "replacement worker $n not ready within 30 s either"
+    done
+  fi
+}
+
+# probe_not_ready WHAT: during an outage, every worker's /readyz must say not ready (issue 5).
+probe_not_ready() {
+  local n ready=()
+  for n in $(printf '%s\n' "${!WPID[@]}" | sort -n); do
+    if worker_ready "$n"; then ready+=("$n"); fi
+  done
+  if ((${#ready[@]} > 0)); then
+    problem "worker(s) ${ready[*]} said ready on /readyz while $1"
+  else
+    log "all workers report not ready while $1 (as they should)"
+  fi
+}
+
+# Tail of a worker's log: its last warnings and errors, then its last lines.
+declare -A SHOWN=() # workers whose log this scenario already showed
+show_worker_log() {
+  local f="$LOGS/worker-$1.log"
+  [[ -z ${SHOWN[$1]:-} ]] || return 0
+  SHOWN[$1]=1
+  printf -- '--- worker %s (%s): last warnings/errors ---\n' "$1" "$f"
+  grep -aE ' (WARN|ERROR) ' "$f" | tail -n 12 | cut -c1-400 || true
+  printf -- '--- worker %s: last lines ---\n' "$1"
+  tail -n 6 "$f" | cut -c1-400
+}
+
+# --- publishing ---------------------------------------------------------------------------------
+
+# publisher_loop ID_PREFIX OUT_FILE: publishes until $STOP_FILE exists, one line per attempt:
+# "<id> <account> <t start> <t end> <exit code>" (exit code 0 = confirmed by the broker).
+publisher_loop() {
+  local prefix=$1 out=$2 seq=0 id account type t0 t1 rc left
+  local interval_us=$((1000000 / PUBLISH_RATE))
+  while [[ ! -e $STOP_FILE ]]; do
+    seq=$((seq + 1))
+    printf -v id '%s%05d' "$prefix" "$seq"
+    account=${ACCOUNTS[seq % ${#ACCOUNTS[@]}]}
+    type=${EVENT_TYPES[seq % ${#EVENT_TYPES[@]}]}
+    t0=$(now)
+    rc=0
+    timeout 20 "$BIN" publish --type "$type" --account "$account" --id "$id" \
+      --data "{\"seq\":$seq,\"amount\":\"10.00\"}" >/dev/null 2>>"$LOGS/publish.log" || rc=$?
+    t1=$(now)
+    printf '%s %s %s %s %s\n' "$id" "$account" "$t0" "$t1" "$rc" >>"$out"
+    # Pace: sleep what is left of this publish's slot.
+    left=$((interval_us - (${t1/./} - ${t0/./})))
+    ((left <= 0)) || sleep "$(printf '0.%06d' "$left")"
+  done
+}
+
+start_publishers() {
+  local scenario=$1 i
+  STOP_FILE="$WORK/stop-$scenario"
+  rm -f "$STOP_FILE"
+  for ((i = 1; i <= PUBLISH_LOOPS; i++)); do
+    publisher_loop "$scenario-$i-" "$WORK/published-$scenario-$i.txt" 8<&- &
+    PUBLISHER_PIDS+=($!)
+  done
+}
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+PROBLEMS=()
+problem() {
+  PROBLEMS+=("$1")
+  log "PROBLEM: $1"
+}
+
+# settle SCENARIO MAX_SECONDS: waits until every expected delivery arrived, the work and delay
+# queues are empty and nothing arrived for 2 s (so late duplicates are counted too).
+settle() {
+  local scenario=$1 deadline=$((SECONDS + $2)) expected missing quiet
+  while true; do
+    read -r expected missing quiet < <(python3 "$HELPERS/analyze.py" missing --prefix "$scenario-" \
+      --published "$WORK/published-$scenario.txt" --webhooks "$WORK/webhooks.json" \
+      --receipts "$WORK/receipts.jsonl")
+    if ((missing == 0)) && python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" idle 2>/dev/null &&
+      python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 2)' "$quiet"; then
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      log "settle: gave up after $2 s with $missing of $expected deliveries missing; queues: $(
+        python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" depths 2>&1 || true)"
+      return 0
+    fi
+    sleep 1
+  done
+}
+
+DLQ_BEFORE=0
+FAILED_SCENARIOS=()
+
+# run_scenario NAME TITLE DUPS_ALLOWED SETTLE_MAX_S FAULT_FUNCTION
+# The fault function injects the fault, clears it, and sets FAULT_END (epoch seconds) to when
+# the system should be whole again.
+run_scenario() {
+  local name=$1 title=$2 dups_allowed=$3 settle_max=$4 fault=$5 n rc=0 involved
+  PROBLEMS=()
+  SHOWN=()
+  log "=== scenario $name: $title"
+  ensure_workers_ready 30 "before the scenario started"
+  involved=("${!WPID[@]}")
+  local first_new=$NEXT_WORKER
+  start_publishers "$name"
+  sleep "$BEFORE_S"
+  FAULT_END=""
+  "$fault"
+  [[ -n $FAULT_END ]] || FAULT_END=$(now)
+  sleep "$AFTER_S"
+  stop_publishers
+  cat "$WORK/published-$name"-*.txt >"$WORK/published-$name.txt" 2>/dev/null || : >"$WORK/published-$name.txt"
+  log "publishing stopped ($(wc -l <"$WORK/published-$name.txt") attempts); settling (up to $settle_max s)"
+  settle "$name" "$settle_max"
+  ensure_workers_ready 15 "after the fault and the settle period"
+  local dlq_now
+  dlq_now=$(dlq_count)
+  local args=(--name "$name" --title "$title" --prefix "$name-"
+    --published "$WORK/published-$name.txt" --webhooks "$WORK/webhooks.json"
+    --receipts "$WORK/receipts.jsonl" --fault-end "$FAULT_END"
+    --dlq-delta "$((dlq_now - DLQ_BEFORE))" --dups-allowed "$dups_allowed"
+    --record "$WORK/scenarios.jsonl")
+  DLQ_BEFORE=$dlq_now
+  for p in "${PROBLEMS[@]}"; do args+=(--problem "$p"); done
+  # With pipefail, rc is analyze.py's: 1 when the scenario failed.
+  python3 "$HELPERS/analyze.py" scenario "${args[@]}" | sed 's/^/faults: /' || rc=$?
+  if ((rc != 0)); then
+    FAILED_SCENARIOS+=("$name")
+    for ((n = first_new; n < NEXT_WORKER; n++)); do involved+=("$n"); done
+    for n in "${involved[@]}"; do show_worker_log "$n"; done
+  fi
+}
+
+fault_kill() {
+  local n
+  n=$(oldest_worker)
+  log "SIGKILL worker $n (pid ${WPID[$n]}) and start another"
+  kill -KILL "${WPID[$n]}"
+  wait "${WPID[$n]}" 2>/dev/null || true
+  unset "WPID[$n]"
+  FAULT_END=$(now)
+  start_worker
+}
+
+fault_close_connections() {
+  local closed
+  closed=$(python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" close-workers) ||
+    problem "could not close connections through the management API"
+  FAULT_END=$(now)
+  log "force-closed $closed worker connections"
+  ((closed >= 2 * ${#WPID[@]})) || problem "expected to close $((2 * ${#WPID[@]})) worker connections, closed $closed"
+}
+
+fault_restart_rabbit() {
+  log "stopping RabbitMQ"
+  rabbit_stop
+  log "RabbitMQ stopped"
+  probe_not_ready "RabbitMQ is down"
+  log "starting RabbitMQ again"
+  rabbit_start
+  FAULT_END=$(now)
+  log "RabbitMQ back (pid $RABBIT_PID)"
+}
+
+fault_redis_down() {
+  local keys_before keys_after
+  keys_before=$(timeout 5 redis-cli -p "$REDIS_PORT" dbsize)
+  log "Redis: SHUTDOWN SAVE (down for 10 s; its data is saved and loaded back on start)"
+  timeout 10 redis-cli -p "$REDIS_PORT" shutdown save >/dev/null 2>&1 || true
+  wait_until 10 redis_down || problem "harness: Redis still answering after SHUTDOWN"
+  sleep 5
+  probe_not_ready "Redis is down"
+  sleep 5
+  redis_start
+  FAULT_END=$(now)
+  keys_after=$(timeout 5 redis-cli -p "$REDIS_PORT" dbsize)
+  log "Redis back ($keys_after keys; $keys_before before)"
+  [[ $keys_after == "$keys_before" ]] || problem "harness: Redis came back with $keys_after keys, not $keys_before"
+}
+
+fault_receiver_down() {
+  log "receiver down for 20 s"
+  receiver_stop
+  sleep 20
+  receiver_start
+  FAULT_END=$(now)
+  log "receiver back"
+}
+
+fault_sigterm() {
+  local n pid rc=0 deadline
+  n=$(oldest_worker)
+  pid=${WPID[$n]}
+  log "SIGTERM worker $n (pid $pid) and start another"
+  kill -TERM "$pid"
+  unset "WPID[$n]"
+  start_worker
+  FAULT_END=$(now)
+  deadline=$((SECONDS + SHUTDOWN_GRACE_S + 15))
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+  if alive "$pid"; then
+    problem "worker $n still running $((SHUTDOWN_GRACE_S + 15)) s after SIGTERM (shutdown_grace ${SHUTDOWN_GRACE_S}s); killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  if ((rc != 0)); then
+    problem "worker $n exited with code $rc after SIGTERM, not 0"
+  else
+    log "worker $n exited 0 after SIGTERM"
+  fi
+}
+
+# --- main ---------------------------------------------------------------------------------------
+
+have_all() {
+  local cmd
+  for cmd in "$@"; do command -v "$cmd" >/dev/null 2>&1 || return 1; done
+}
+
+ensure_tools() {
+  if ! have_all rabbitmq-server rabbitmqctl rabbitmq-diagnostics redis-server redis-cli; then
+    log "RabbitMQ or Redis is not installed: installing them with scripts/services.sh"
+    "$ROOT/scripts/services.sh" 8<&- || die "scripts/services.sh failed"
+  fi
+  if ! have_all python3 curl flock; then
+    log "installing python3, curl and util-linux from Debian's packages"
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update >&2 8<&-
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+      --no-install-recommends python3 curl util-linux >&2 8<&-
+  fi
+  have_all python3 curl flock || die "python3, curl or flock is still missing"
+  id rabbitmq >/dev/null 2>&1 || die "no rabbitmq user: is Debian's rabbitmq-server installed?"
+}
+
+# A few events through the whole path before any fault: a harness or set-up problem shows up
+# here, not as a failed scenario.
+warm_up() {
+  local i
+  : >"$WORK/published-w.txt"
+  for i in 1 2 3 4 5 6; do
+    local t0 rc=0
+    t0=$(now)
+    timeout 20 "$BIN" publish --type payment.card.success --account "${ACCOUNTS[i % 3]}" \
+      --id "w-$i" >/dev/null 2>>"$LOGS/publish.log" || rc=$?
+    ((rc == 0)) || die "warm-up publish failed (exit $rc); see $LOGS/publish.log"
+    printf 'w-%s %s %s %s 0\n' "$i" "${ACCOUNTS[i % 3]}" "$t0" "$(now)" >>"$WORK/published-w.txt"
+  done
+  local deadline=$((SECONDS + 30)) expected missing quiet
+  while true; do
+    read -r expected missing quiet < <(python3 "$HELPERS/analyze.py" missing --prefix w- \
+      --published "$WORK/published-w.txt" --webhooks "$WORK/webhooks.json" \
+      --receipts "$WORK/receipts.jsonl")
+    ((missing == 0)) && break
+    if ((SECONDS >= deadline)); then
+      for i in "${!WPID[@]}"; do show_worker_log "$i"; done
+      die "warm-up: $missing of $expected deliveries did not arrive within 30 s"
+    fi
+    sleep 0.5
+  done
+  log "warm-up: $expected deliveries arrived (quiet ${quiet}s)"
+}
+
+main() {
+  [[ -e $LOCK_FILE ]] || (umask 0 && : >>"$LOCK_FILE")
+  exec 8<"$LOCK_FILE"
+  flock -w 900 8 || die "another faults.sh run has held $LOCK_FILE for 15 minutes"
+  ensure_tools
+  build
+  WORK=$(mktemp -d /tmp/hookrelay-faults.XXXXXX)
+  # The rabbitmq user must reach its directory inside.
+  chmod 755 "$WORK"
+  LOGS="$WORK/logs"
+  mkdir -p "$LOGS"
+  : >"$WORK/receipts.jsonl"
+  : >"$WORK/scenarios.jsonl"
+  log "working in $WORK"
+  cd "$WORK"
+  setup_rabbit
+  setup_redis
+  hookrelay_env
+  timeout 60 "$BIN" topology declare >>"$LOGS/cli.log" 2>&1 || die "topology declare failed; see $LOGS/cli.log"
+  register_webhooks
+  receiver_start
+  local i
+  for ((i = 0; i < WORKERS; i++)); do start_worker; done
+  for i in "${!WPID[@]}"; do
+    wait_until 60 worker_ready "$i" || {
+      show_worker_log "$i"
+      die "worker $i did not become ready within 60 s"
+    }
+  done
+  warm_up
+  DLQ_BEFORE=$(dlq_count)
+
+  [[ $SCENARIOS != *a* ]] || run_scenario a "SIGKILL a worker, start another" 1 30 fault_kill
+  [[ $SCENARIOS != *b* ]] || run_scenario b "force-close the workers' broker connections" 1 30 fault_close_connections
+  [[ $SCENARIOS != *c* ]] || run_scenario c "restart RabbitMQ (stop + start)" 1 45 fault_restart_rabbit
+  [[ $SCENARIOS != *d* ]] || run_scenario d "Redis down 10 s (shutdown + start)" 0 45 fault_redis_down
+  [[ $SCENARIOS != *e* ]] || run_scenario e "receiver down 20 s" 0 50 fault_receiver_down
+  [[ $SCENARIOS != *f* ]] || run_scenario f "SIGTERM a worker, start another" 0 30 fault_sigterm
+
+  log "=== results (recounted now; dead letters attributed by event id)"
+  python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" dlq-dump "$WORK/dlq.json" >/dev/null ||
+    warn "could not read the dead-letter queues; counting them with rabbitmqctl only"
+  local rc=0
+  python3 "$HELPERS/analyze.py" table --scenarios "$WORK/scenarios.jsonl" \
+    --webhooks "$WORK/webhooks.json" --receipts "$WORK/receipts.jsonl" --dlq "$WORK/dlq.json" || rc=$?
+  log "total time $((SECONDS - T_START)) s"
+  if ((rc != 0)); then
+    log "FAILED${FAILED_SCENARIOS[*]:+: scenario(s) ${FAILED_SCENARIOS[*]}}"
+    exit 1
+  fi
+  log "all scenarios passed"
+}
+
+main "$@"
