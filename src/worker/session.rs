@@ -23,6 +23,13 @@ use tokio_util::task::TaskTracker;
 /// How often the session checks that both connections are still up.
 const WATCH: Duration = Duration::from_millis(500);
 
+/// A broker that accepts TCP but does not finish the AMQP handshake (still booting, or
+/// overloaded) must not hold a reconnect forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closing a lost connection waits for an answer that may never come.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Which work queue a consumer reads.
 #[derive(Clone, Copy, Debug)]
 enum Queue {
@@ -54,6 +61,19 @@ pub enum Ended {
 impl Session {
     /// Connects, declares and starts consuming. `ctx` gets this session's publisher.
     pub async fn open(
+        settings: &Settings,
+        topology: &Topology,
+        make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
+    ) -> anyhow::Result<(Session, Arc<Ctx>)> {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Self::open_now(settings, topology, make_ctx),
+        )
+        .await
+        .context("the broker did not complete the handshake in time")?
+    }
+
+    async fn open_now(
         settings: &Settings,
         topology: &Topology,
         make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
@@ -142,10 +162,11 @@ impl Session {
     /// untouched when the channel closes.
     pub async fn stop_consuming(&self) {
         for c in &self.consumers {
-            let _ = c
+            let cancel = c
                 .channel
-                .basic_cancel(c.consumer.tag(), BasicCancelOptions::default())
-                .await;
+                .basic_cancel(c.consumer.tag(), BasicCancelOptions::default());
+            // A broker that is gone cannot answer; closing the channel later does the same.
+            let _ = tokio::time::timeout(ABANDON_TIMEOUT, cancel).await;
         }
     }
 
@@ -160,14 +181,25 @@ impl Session {
                 tracing::warn!("could not send the last acks in time; the broker will redeliver");
             }
         }
-        let _ = self.consume_conn.close(200, "shutdown".into()).await;
-        let _ = self.publish_conn.close(200, "shutdown".into()).await;
+        let close = async {
+            let _ = self.consume_conn.close(200, "shutdown".into()).await;
+            let _ = self.publish_conn.close(200, "shutdown".into()).await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), close)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not confirm closing the connections");
+        }
     }
 
-    /// A lost session: closes what may still be open, without waiting for anything.
+    /// A lost session: closes what may still be open, waiting at most a moment for the broker.
     pub async fn abandon(self) {
-        let _ = self.consume_conn.close(320, "reconnecting".into()).await;
-        let _ = self.publish_conn.close(320, "reconnecting".into()).await;
+        let close = async {
+            let _ = self.consume_conn.close(320, "reconnecting".into()).await;
+            let _ = self.publish_conn.close(320, "reconnecting".into()).await;
+        };
+        let _ = tokio::time::timeout(ABANDON_TIMEOUT, close).await;
     }
 }
 
