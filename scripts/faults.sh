@@ -24,6 +24,8 @@ set -euo pipefail
 
 # Debian installs rabbitmqctl & co. in /usr/sbin, which is not on an ordinary user's PATH.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+# $EPOCHREALTIME with a "." whatever the caller's locale.
+export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
 readonly HELPERS="$ROOT/scripts/faults"
@@ -115,7 +117,8 @@ as_rabbit() {
     "${SUDO[@]}" env "${RABBIT_ENV[@]}" "$@" 8<&-
   fi
 }
-pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+# For processes that are not our children (the broker runs as rabbitmq): ps, not kill -0.
+pid_gone() { ! ps -p "$1" >/dev/null 2>&1; }
 # The lowest-numbered running worker.
 oldest_worker() { printf '%s\n' "${!WPID[@]}" | sort -n | head -n 1; }
 
@@ -161,7 +164,7 @@ cleanup() {
     if [[ ${FAULTS_KEEP:-0} == 1 ]]; then
       log "kept $WORK (logs in $LOGS)"
     else
-      cd / && rm -rf "$WORK"
+      cd / && { rm -rf "$WORK" 2>/dev/null || "${SUDO[@]}" rm -rf "$WORK"; }
     fi
   fi
   exit "$rc"
@@ -181,7 +184,7 @@ rabbit_ready() {
 }
 
 rabbit_start() {
-  as_rabbit rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
+  as_rabbit timeout 60 rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
     die "rabbitmq-server -detached failed; see $LOGS/rabbitmq-start.log"
   wait_until 120 rabbit_ready || {
     tail -n 30 "$WORK/rabbit/log/$NODE.log" >&2 2>/dev/null || true
@@ -198,7 +201,7 @@ rabbit_stop() {
   if [[ -n $RABBIT_PID ]]; then
     wait_until 30 pid_gone "$RABBIT_PID" || {
       warn "RabbitMQ node $NODE (pid $RABBIT_PID) did not stop; killing it"
-      kill -KILL "$RABBIT_PID" 2>/dev/null || true
+      kill -KILL "$RABBIT_PID" 2>/dev/null || "${SUDO[@]}" kill -KILL "$RABBIT_PID" 2>/dev/null || true
     }
   fi
   RABBIT_PID=""
@@ -256,8 +259,31 @@ EOF
 
 # Messages in the two dead-letter queues, read with rabbitmqctl on our node.
 dlq_count() {
-  as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers name messages 2>/dev/null |
-    awk -v d="$PREFIX.dlq.deliveries" -v e="$PREFIX.dlq.events" '$1 == d || $1 == e { n += $2 } END { print n + 0 }'
+  local queues
+  queues=$(as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers name messages) ||
+    return 1
+  awk -v d="$PREFIX.dlq.deliveries" -v e="$PREFIX.dlq.events" \
+    '$1 == d || $1 == e { n += $2; seen++ } END { if (seen != 2) exit 1; print n + 0 }' <<<"$queues"
+}
+
+# The run's queues holding messages, "name=ready+unacked ...", from rabbitmqctl (exact, unlike
+# the management API's statistics, which lag by up to a collection interval).
+rabbit_depths() {
+  local queues
+  queues=$(as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers \
+    name messages_ready messages_unacknowledged) || return 1
+  awk -v p="$PREFIX." 'index($1, p) == 1 && ($2 + $3) > 0 { printf "%s%s=%d+%d", sep, substr($1, length(p) + 1), $2, $3; sep = " " }
+    END { if (!sep) printf "all empty"; print "" }' <<<"$queues"
+}
+
+# True when no work or delay queue holds a message (dead-letter queues do not count).
+rabbit_idle() {
+  local depths entry
+  depths=$(rabbit_depths) || return 1
+  [[ $depths != "all empty" ]] || return 0
+  for entry in $depths; do
+    [[ $entry == dlq.* ]] || return 1
+  done
 }
 
 # --- Redis: one of our own ----------------------------------------------------------------------
@@ -294,6 +320,9 @@ build() {
 }
 
 hookrelay_env() {
+  # Only what is set here: nothing from the caller's environment changes the run.
+  local var
+  for var in $(compgen -e | grep -E '^HOOKRELAY_' || true); do unset "$var"; done
   export HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
   export HOOKRELAY__AMQP__PREFIX=$PREFIX
   export HOOKRELAY__AMQP__RECONNECT_TIMEOUT=120s
@@ -305,7 +334,6 @@ hookrelay_env() {
   export HOOKRELAY__WORKER__SHUTDOWN_GRACE="${SHUTDOWN_GRACE_S}s"
   export HOOKRELAY__OPS__LISTEN=127.0.0.1:0
   export HOOKRELAY__LOG__FORMAT=text
-  unset HOOKRELAY_CONFIG
 }
 
 # Registers the webhooks: one each for acct-1 and acct-2, two for acct-3 (fan-out), all events.
@@ -387,6 +415,9 @@ ensure_workers_ready() {
     if alive "$pid"; then
       problem "worker $n not ready $when (waited $limit s); replacing it"
       show_worker_log "$n"
+      printf -- '--- worker %s: its TCP connections now (broker :%s, Redis :%s, receiver :%s) ---\n' \
+        "$n" "$AMQP_PORT" "$REDIS_PORT" "$RECEIVER_PORT"
+      ss -tanp 2>/dev/null | grep -F "pid=$pid," || echo "(none)"
       kill -TERM "$pid" 2>/dev/null || true
       wait_until 15 gone "$pid" ||
         problem "worker $n (not ready) ignored SIGTERM for 15 s; SIGKILLed"
@@ -418,6 +449,7 @@ probe_not_ready() {
   else
     log "all workers report not ready while $1 (as they should)"
   fi
+  log "queues (ready+unacked) while $1: $(rabbit_depths 2>/dev/null || echo "unknown (no broker)")"
 }
 
 # Tail of a worker's log: its last warnings and errors, then its last lines.
@@ -474,21 +506,29 @@ problem() {
   log "PROBLEM: $1"
 }
 
+# counts ID_PREFIX PUBLISHED_FILE: sets expected, missing (deliveries) and quiet (seconds since
+# the last receipt) in the caller's variables of those names.
+counts() {
+  local out
+  out=$(python3 "$HELPERS/analyze.py" missing --prefix "$1" --published "$2" \
+    --webhooks "$WORK/webhooks.json" --receipts "$WORK/receipts.jsonl") || die "analyze.py failed"
+  read -r expected missing quiet <<<"$out"
+}
+
 # settle SCENARIO MAX_SECONDS: waits until every expected delivery arrived, the work and delay
 # queues are empty and nothing arrived for 2 s (so late duplicates are counted too).
 settle() {
   local scenario=$1 deadline=$((SECONDS + $2)) expected missing quiet
   while true; do
-    read -r expected missing quiet < <(python3 "$HELPERS/analyze.py" missing --prefix "$scenario-" \
-      --published "$WORK/published-$scenario.txt" --webhooks "$WORK/webhooks.json" \
-      --receipts "$WORK/receipts.jsonl")
-    if ((missing == 0)) && python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" idle 2>/dev/null &&
-      python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 2)' "$quiet"; then
+    counts "$scenario-" "$WORK/published-$scenario.txt"
+    # Cheap checks first (management API statistics), then rabbitmqctl's exact counts.
+    if ((missing == 0)) && python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 2)' "$quiet" &&
+      python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" idle 2>/dev/null && rabbit_idle; then
       return 0
     fi
     if ((SECONDS >= deadline)); then
-      log "settle: gave up after $2 s with $missing of $expected deliveries missing; queues: $(
-        python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" depths 2>&1 || true)"
+      log "settle: gave up after $2 s with $missing of $expected deliveries missing; queues (ready+unacked): $(
+        rabbit_depths 2>&1 || echo unknown)"
       return 0
     fi
     sleep 1
@@ -520,8 +560,11 @@ run_scenario() {
   log "publishing stopped ($(wc -l <"$WORK/published-$name.txt") attempts); settling (up to $settle_max s)"
   settle "$name" "$settle_max"
   ensure_workers_ready 15 "after the fault and the settle period"
-  local dlq_now
-  dlq_now=$(dlq_count)
+  local dlq_now p
+  dlq_now=$(dlq_count) || {
+    problem "harness: could not count the dead letters with rabbitmqctl"
+    dlq_now=$DLQ_BEFORE
+  }
   local args=(--name "$name" --title "$title" --prefix "$name-"
     --published "$WORK/published-$name.txt" --webhooks "$WORK/webhooks.json"
     --receipts "$WORK/receipts.jsonl" --fault-end "$FAULT_END"
@@ -550,12 +593,16 @@ fault_kill() {
 }
 
 fault_close_connections() {
-  local closed
-  closed=$(python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" close-workers) ||
-    problem "could not close connections through the management API"
-  FAULT_END=$(now)
+  local out closed=0 at
+  if out=$(python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" close-workers); then
+    read -r closed at <<<"$out"
+    FAULT_END=$at
+  else
+    problem "harness: could not close the worker connections through the management API"
+  fi
   log "force-closed $closed worker connections"
-  ((closed >= 2 * ${#WPID[@]})) || problem "expected to close $((2 * ${#WPID[@]})) worker connections, closed $closed"
+  ((closed >= 2 * ${#WPID[@]})) ||
+    problem "expected to close $((2 * ${#WPID[@]})) worker connections, closed $closed"
 }
 
 fault_restart_rabbit() {
@@ -569,20 +616,30 @@ fault_restart_rabbit() {
   log "RabbitMQ back (pid $RABBIT_PID)"
 }
 
+# Every registered webhook can be read back (the Redis scenario checks its data survived).
+webhooks_intact() {
+  local _path _account id _secret
+  while read -r _path _account id _secret; do
+    timeout 20 "$BIN" webhooks show "$id" >/dev/null 2>>"$LOGS/cli.log" || return 1
+  done <"$WORK/webhooks.txt"
+}
+
 fault_redis_down() {
-  local keys_before keys_after
-  keys_before=$(timeout 5 redis-cli -p "$REDIS_PORT" dbsize)
-  log "Redis: SHUTDOWN SAVE (down for 10 s; its data is saved and loaded back on start)"
+  local down_at
+  log "Redis: SHUTDOWN SAVE, down for 10 s (its data is saved and loaded back on start)"
   timeout 10 redis-cli -p "$REDIS_PORT" shutdown save >/dev/null 2>&1 || true
+  down_at=$SECONDS
   wait_until 10 redis_down || problem "harness: Redis still answering after SHUTDOWN"
   sleep 5
   probe_not_ready "Redis is down"
-  sleep 5
+  sleep "$((10 - (SECONDS - down_at) > 0 ? 10 - (SECONDS - down_at) : 0))"
   redis_start
   FAULT_END=$(now)
-  keys_after=$(timeout 5 redis-cli -p "$REDIS_PORT" dbsize)
-  log "Redis back ($keys_after keys; $keys_before before)"
-  [[ $keys_after == "$keys_before" ]] || problem "harness: Redis came back with $keys_after keys, not $keys_before"
+  if webhooks_intact; then
+    log "Redis back, with all $(wc -l <"$WORK/webhooks.txt") webhooks"
+  else
+    problem "harness: Redis came back without the webhooks (see $LOGS/cli.log)"
+  fi
 }
 
 fault_receiver_down() {
@@ -654,9 +711,7 @@ warm_up() {
   done
   local deadline=$((SECONDS + 30)) expected missing quiet
   while true; do
-    read -r expected missing quiet < <(python3 "$HELPERS/analyze.py" missing --prefix w- \
-      --published "$WORK/published-w.txt" --webhooks "$WORK/webhooks.json" \
-      --receipts "$WORK/receipts.jsonl")
+    counts w- "$WORK/published-w.txt"
     ((missing == 0)) && break
     if ((SECONDS >= deadline)); then
       for i in "${!WPID[@]}"; do show_worker_log "$i"; done
@@ -697,7 +752,7 @@ main() {
     }
   done
   warm_up
-  DLQ_BEFORE=$(dlq_count)
+  DLQ_BEFORE=$(dlq_count) || die "cannot count the dead letters with rabbitmqctl"
 
   [[ $SCENARIOS != *a* ]] || run_scenario a "SIGKILL a worker, start another" 1 30 fault_kill
   [[ $SCENARIOS != *b* ]] || run_scenario b "force-close the workers' broker connections" 1 30 fault_close_connections

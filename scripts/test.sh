@@ -40,6 +40,9 @@ cargo build --locked --all-targets
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"
 cargo run --locked --quiet -- bench --events 2000 --accounts 50
 
+echo "== fault injection: own RabbitMQ node and Redis; kill, cut, restart, outages (about 3 min)"
+scripts/faults.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

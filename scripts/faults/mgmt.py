@@ -3,9 +3,9 @@
 
 Usage: mgmt.py BASE_URL PREFIX COMMAND
   idle                exit 0 when the work and delay queues hold no message (ready or unacked)
-  depths              print "queue=messages ..." for the work, delay and dead-letter queues
   close-workers       force-close every connection named "hookrelay worker <prefix> (...)";
-                      prints how many were closed
+                      prints how many and when (epoch seconds); fails unless all of them are
+                      gone afterwards
   dlq-dump FILE       write the dead letters of both DLQs as JSON [{queue, event_id, reason}]
                       (read with ack_requeue_true: only done at the very end of the run)
 """
@@ -13,6 +13,8 @@ Usage: mgmt.py BASE_URL PREFIX COMMAND
 import base64
 import json
 import sys
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -32,6 +34,7 @@ def call(base, method, path, body=None):
 
 
 def queues(base, prefix):
+    """{queue: messages (ready + unacked)} for the run's queues."""
     out = {}
     for q in call(base, "GET", "/api/queues/%2F?columns=name,messages,messages_ready,messages_unacknowledged"):
         if q["name"].startswith(prefix + "."):
@@ -46,17 +49,30 @@ def main():
     if cmd == "idle":
         busy = {n: m for n, m in queues(base, prefix).items() if m and ".dlq." not in n}
         sys.exit(1 if busy else 0)
-    elif cmd == "depths":
-        print(" ".join(f"{n.removeprefix(prefix + '.')}={m}" for n, m in sorted(queues(base, prefix).items())))
     elif cmd == "close-workers":
         wanted = f"hookrelay worker {prefix} ("
-        closed = 0
-        for c in call(base, "GET", "/api/connections?columns=name,client_properties"):
-            name = (c.get("client_properties") or {}).get("connection_name") or ""
-            if name.startswith(wanted):
-                call(base, "DELETE", "/api/connections/" + urllib.parse.quote(c["name"], safe=""))
-                closed += 1
-        print(closed)
+        targets = [
+            c["name"]
+            for c in call(base, "GET", "/api/connections?columns=name,client_properties")
+            if ((c.get("client_properties") or {}).get("connection_name") or "").startswith(wanted)
+        ]
+        for name in targets:
+            try:
+                call(base, "DELETE", "/api/connections/" + urllib.parse.quote(name, safe=""))
+            except urllib.error.HTTPError:
+                # 404 or 500: it is going away already (a worker closes its other connection
+                # itself once one dies). Checked below: all of them must be gone.
+                pass
+        closed_at = time.time()
+        deadline = closed_at + 10
+        while True:
+            left = {c["name"] for c in call(base, "GET", "/api/connections?columns=name")} & set(targets)
+            if not left:
+                break
+            if time.time() > deadline:
+                sys.exit(f"mgmt.py: connections still open 10 s after closing them: {sorted(left)}")
+            time.sleep(0.5)
+        print(len(targets), f"{closed_at:.6f}")
     elif cmd == "dlq-dump":
         dead = []
         for short in ("deliveries", "events"):

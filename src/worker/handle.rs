@@ -154,13 +154,17 @@ impl Ctx {
         loop {
             match self.cache.lookup(&event.account_id).await {
                 Ok(webhooks) => {
-                    self.redis_ok.store(true, Ordering::Release);
+                    let was_failing = !self.redis_ok.load(Ordering::Acquire);
+                    if was_failing && !self.redis_ok.swap(true, Ordering::AcqRel) {
+                        tracing::info!("subscription lookups answer again; resuming");
+                    }
                     return Ok(webhooks);
                 }
-                Err(e) => {
-                    self.redis_ok.store(false, Ordering::Release);
-                    tracing::warn!(error = %e, "subscription lookup failed; retrying");
+                // Logged once per outage, not once per held message.
+                Err(e) if self.redis_ok.swap(false, Ordering::AcqRel) => {
+                    tracing::warn!(error = %e, "subscription lookups failing; holding messages until Redis answers");
                 }
+                Err(e) => tracing::debug!(error = %e, "subscription lookup failed; retrying"),
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
