@@ -341,3 +341,40 @@ async fn a_retry_the_broker_cannot_route_leaves_the_event_unacked_until_its_deli
     assert!(app.receiver.hits_on("/unroutable").len() >= 3);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_host_name_resolving_only_to_loopback_is_refused_by_the_resolver() {
+    let app = spawn_app_with(
+        "200ms",
+        &[("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "false")],
+    )
+    .await;
+    // Not an IP literal: the check is the guard's resolver, on the addresses it would connect to.
+    let url = app.receiver.url("/named").replace("127.0.0.1", "localhost");
+    app.store
+        .create(
+            &"dns".parse().unwrap(),
+            hookrelay::subscription::store::NewWebhook {
+                url: hookrelay::subscription::WebhookUrl::parse(&url, true).unwrap(),
+                events: hookrelay::subscription::EventFilter::All,
+                format: Format::Standard,
+                description: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+
+    app.publish(EventType::CustomerRegistered, "dns", "{}")
+        .await;
+
+    let dead = app
+        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
+        .await
+        .remove(0);
+    assert_eq!(
+        header_text(&dead, "hookrelay-reason").unwrap(),
+        "target_refused"
+    );
+    assert!(app.receiver.hits().is_empty());
+    app.cleanup().await;
+}
