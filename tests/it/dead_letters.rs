@@ -103,10 +103,7 @@ async fn a_failing_receivers_delivery_lands_in_the_deliveries_dlq_with_its_field
         )
         .await;
 
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(
         app.receiver.hits_on("/down").len(),
         3,
@@ -182,10 +179,7 @@ async fn a_410_disables_the_webhook_and_dead_letters_as_gone() {
 
     app.publish(EventType::CustomerRegistered, "g", "{}").await;
 
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(header_text(&dead, "hookrelay-reason").unwrap(), "gone");
     let stored = app.store.find(&webhook.id).await.unwrap();
     assert!(!stored.enabled);
@@ -206,10 +200,7 @@ async fn a_private_target_is_refused_without_a_request() {
 
     app.publish(EventType::CustomerRegistered, "s", "{}").await;
 
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(
         header_text(&dead, "hookrelay-reason").unwrap(),
         "target_refused"
@@ -231,10 +222,7 @@ async fn a_delivery_whose_webhook_was_deleted_meanwhile_is_dead_lettered_as_dele
         .await
         .unwrap();
 
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(
         header_text(&dead, "hookrelay-reason").unwrap(),
         "webhook_deleted"
@@ -300,10 +288,7 @@ async fn a_webhook_failing_without_success_for_disable_after_is_disabled_with_th
         "{reason}"
     );
     // The delivery still waiting for its next attempt is dead-lettered as disabled.
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(
         header_text(&dead, "hookrelay-reason").unwrap(),
         "webhook_disabled"
@@ -367,10 +352,7 @@ async fn a_host_name_resolving_only_to_loopback_is_refused_by_the_resolver() {
     app.publish(EventType::CustomerRegistered, "dns", "{}")
         .await;
 
-    let dead = app
-        .wait_for_queue(&app.topology().dlq_deliveries(), 1, WITHIN)
-        .await
-        .remove(0);
+    let dead = app.first_dead_delivery(WITHIN).await;
     assert_eq!(
         header_text(&dead, "hookrelay-reason").unwrap(),
         "target_refused"

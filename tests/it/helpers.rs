@@ -342,6 +342,12 @@ impl TestApp {
         got
     }
 
+    /// Waits for the first message in this test's deliveries DLQ.
+    pub async fn first_dead_delivery(&self, within: Duration) -> lapin::message::Delivery {
+        let queue = self.topology().dlq_deliveries();
+        self.wait_for_queue(&queue, 1, within).await.remove(0)
+    }
+
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let channel = self.amqp.create_channel().await.unwrap();
         let q = channel
