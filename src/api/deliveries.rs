@@ -14,7 +14,7 @@ use crate::worker::job::DeliveryJob;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -76,28 +76,10 @@ pub async fn send_test(
     };
     let event = PreparedEvent::new(examples::example_event(event_type, &account));
     let report = state.deliverer.attempt(&webhook, &event).await;
-    let record = AttemptRecord {
-        at: Utc::now(),
-        attempt: 1,
-        event_id: event.event.id.to_string(),
-        event_type: event_type.label().to_owned(),
-        status: report.status,
-        error: report.error.clone(),
-        duration_ms: report.duration.as_millis() as u64,
-        response_excerpt: report.response_excerpt.clone(),
-        event: Some(event.envelope()),
-    };
+    let record = AttemptRecord::new(1, &event, &report);
     // Written at once rather than through the worker's batching log: the merchant looks at the
     // attempts right after this answer.
-    // Plain data with string keys: serialization cannot fail.
-    let json = serde_json::to_string(&record).expect("a record serializes");
-    let key = state.store.attempts_key(&account, &id);
-    let mut pipe = redis::pipe();
-    pipe.lpush(&key, json)
-        .ignore()
-        .ltrim(&key, 0, LOG_SIZE - 1)
-        .ignore();
-    state.store.run_pipeline(&pipe).await?;
+    attempts::append_now(&state.store, &account, &id, &record).await?;
     tracing::info!(account_id = %account, webhook_id = %id, event_id = %record.event_id,
         status = ?report.status, "example event sent");
     Ok(Json(TestResult {

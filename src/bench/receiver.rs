@@ -1,7 +1,7 @@
 //! The benchmark's receiver: a keep-alive loopback HTTP server that verifies every signature
 //! (as a merchant would) and records publish→receipt latency by the event's sequence number.
 
-use crate::delivery::signing::{self, Secret};
+use crate::delivery::signing::Secret;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -101,16 +101,9 @@ async fn receive(
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     let received_ns = tally.now_ns();
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let ts: i64 = header("webhook-timestamp").parse().unwrap_or(0);
+    // Verified exactly as `hookrelay listen` (and a merchant's receiver) does.
     let verified = tally.secrets.get(index).is_some_and(|secret| {
-        signing::verify_standard(
-            std::slice::from_ref(secret),
-            header("webhook-signature"),
-            header("webhook-id"),
-            ts,
-            &body,
-        )
+        crate::listen::verify(&headers, &body, std::slice::from_ref(secret)).is_ok()
     });
     if !verified {
         tally.bad_signatures.fetch_add(1, Ordering::Relaxed);

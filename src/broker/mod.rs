@@ -1,6 +1,7 @@
 //! RabbitMQ: the [`topology`] of DESIGN §4 and a confirmed [`publisher`].
 
 pub mod acks;
+pub mod headers;
 pub mod publisher;
 pub mod topology;
 

@@ -12,6 +12,7 @@ pub struct PreparedEvent {
     pub event: Event,
     standard: OnceLock<Bytes>,
     inplayer: OnceLock<Bytes>,
+    envelope: OnceLock<Box<RawValue>>,
 }
 
 impl PreparedEvent {
@@ -20,12 +21,15 @@ impl PreparedEvent {
             event,
             standard: OnceLock::new(),
             inplayer: OnceLock::new(),
+            envelope: OnceLock::new(),
         }
     }
 
-    /// The envelope as published (for logs and resends).
-    pub fn envelope(&self) -> Box<RawValue> {
-        RawValue::from_string(self.event.to_envelope_json()).expect("an envelope is JSON")
+    /// The envelope as published (for logs, retries and resends), serialized once.
+    pub fn envelope(&self) -> &RawValue {
+        self.envelope.get_or_init(|| {
+            RawValue::from_string(self.event.to_envelope_json()).expect("an envelope is JSON")
+        })
     }
 
     pub fn standard_body(&self) -> Bytes {

@@ -5,6 +5,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use lapin::types::{AMQPValue, FieldTable};
 
+pub use crate::broker::headers::{as_text, int, text};
+
 /// The most recent entry of `x-death` (the broker keeps it first), with the `x-last-death-reason`
 /// of RabbitMQ 3.13+ when present.
 #[derive(Debug, PartialEq)]
@@ -50,31 +52,5 @@ impl Death {
             time,
             routing_keys,
         })
-    }
-}
-
-/// A text header (long or short string).
-pub fn text(headers: &FieldTable, key: &str) -> Option<String> {
-    headers.inner().get(key).and_then(as_text)
-}
-
-/// A string value of a header, or of an entry of an array or table header.
-pub fn as_text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-/// An integer header of any width.
-pub fn int(headers: &FieldTable, key: &str) -> Option<i64> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        _ => None,
     }
 }

@@ -6,6 +6,8 @@
 
 use super::store::{Store, StoreError};
 use super::WebhookId;
+use crate::delivery::format::PreparedEvent;
+use crate::delivery::AttemptReport;
 use crate::event::AccountId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,23 @@ impl AttemptLog {
 }
 
 impl AttemptRecord {
+    /// The record of attempt number `attempt` of `event`, which ended with `report`; the
+    /// envelope is kept for resending when it is small enough.
+    pub fn new(attempt: u32, event: &PreparedEvent, report: &AttemptReport) -> Self {
+        let envelope = event.envelope();
+        AttemptRecord {
+            at: Utc::now(),
+            attempt,
+            event_id: event.event.id.to_string(),
+            event_type: event.event.event_type.label().to_owned(),
+            status: report.status,
+            error: report.error.clone(),
+            duration_ms: report.duration.as_millis() as u64,
+            response_excerpt: report.response_excerpt.clone(),
+            event: (envelope.get().len() <= RESEND_MAX_BYTES).then(|| envelope.to_owned()),
+        }
+    }
+
     fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
@@ -85,6 +104,24 @@ async fn write_batches(
             }
         }
     }
+}
+
+/// Appends one record now, bypassing the batching writer (the API's test-send: the merchant
+/// reads the attempts right after).
+pub async fn append_now(
+    store: &Store,
+    account: &AccountId,
+    webhook: &WebhookId,
+    record: &AttemptRecord,
+) -> Result<(), StoreError> {
+    let key = store.attempts_key(account, webhook);
+    let json = serde_json::to_string(record).expect("a record serializes");
+    let mut pipe = redis::pipe();
+    pipe.lpush(&key, json)
+        .ignore()
+        .ltrim(&key, 0, LOG_SIZE - 1)
+        .ignore();
+    store.run_pipeline(&pipe).await
 }
 
 /// Appends the records, trims each log, and updates each webhook's "failing since" mark (set

@@ -7,19 +7,19 @@ use super::job::{
     dead_letter_id, DeadDelivery, DeadReason, DeliveryJob, History, ATTEMPTS_HEADER,
     DEFERRALS_HEADER,
 };
+use crate::broker::headers;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::delivery::format::PreparedEvent;
 use crate::delivery::policy::{NextAttempt, RetrySchedule, Verdict};
 use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
 use crate::event::{Event, Poison};
-use crate::subscription::attempts::{AttemptLog, AttemptRecord, RESEND_MAX_BYTES};
+use crate::subscription::attempts::{AttemptLog, AttemptRecord};
 use crate::subscription::cache::{SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +91,7 @@ impl Ctx {
 
     /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
     pub async fn handle_retry(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        // A job without the header (written by an older version) counts as one attempt made.
         let attempts_made = int_header(delivery, ATTEMPTS_HEADER).unwrap_or(1);
         let deferrals = int_header(delivery, DEFERRALS_HEADER).unwrap_or(0);
         let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
@@ -219,7 +220,7 @@ impl Ctx {
                     Some(next) => {
                         let history = History::after(history.first_attempt_at, &report);
                         let job = DeliveryJob::new(
-                            &event.event,
+                            event.envelope(),
                             &webhook.id,
                             webhook.url.as_str(),
                             &history,
@@ -271,7 +272,7 @@ impl Ctx {
             step,
             expiration: step.mul_f64(0.8 + 0.4 * rand::random::<f64>()),
         };
-        let job = DeliveryJob::new(&event.event, &webhook.id, webhook.url.as_str(), history);
+        let job = DeliveryJob::new(event.envelope(), &webhook.id, webhook.url.as_str(), history);
         let headers = Headers::default()
             .int(ATTEMPTS_HEADER, attempts_made.into())
             .int(DEFERRALS_HEADER, (history.deferrals + 1).into());
@@ -308,17 +309,7 @@ impl Ctx {
         self.attempt_log.record(
             &webhook.account_id,
             &webhook.id,
-            AttemptRecord {
-                at: Utc::now(),
-                attempt,
-                event_id: event.event.id.to_string(),
-                event_type: event.event.event_type.label().to_owned(),
-                status: report.status,
-                error: report.error.clone(),
-                duration_ms: report.duration.as_millis() as u64,
-                response_excerpt: report.response_excerpt.clone(),
-                event: Some(event.envelope()).filter(|e| e.get().len() <= RESEND_MAX_BYTES),
-            },
+            AttemptRecord::new(attempt, event, report),
         );
     }
 
@@ -389,22 +380,9 @@ impl Ctx {
     }
 }
 
-/// A non-negative integer header hookrelay wrote (`None` when absent). A job without the
-/// attempts header (written by an older version) counts as one attempt made.
+/// A non-negative integer header hookrelay wrote (`None` when absent).
 fn int_header(delivery: &Delivery, key: &str) -> Option<u32> {
-    let value = delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(key)?
-        .clone();
-    let n = match value {
-        AMQPValue::LongLongInt(n) => n,
-        AMQPValue::LongInt(n) => n.into(),
-        AMQPValue::ShortInt(n) => n.into(),
-        _ => return None,
-    };
+    let n = headers::int(delivery.properties.headers().as_ref()?, key)?;
     Some(n.clamp(0, i64::from(u32::MAX)) as u32)
 }
 

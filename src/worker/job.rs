@@ -97,9 +97,10 @@ pub struct DeliveryJob {
 }
 
 impl DeliveryJob {
-    pub fn new(event: &Event, webhook_id: &WebhookId, url: &str, history: &History) -> Self {
+    /// A job for the event whose published envelope is `envelope`.
+    pub fn new(envelope: &RawValue, webhook_id: &WebhookId, url: &str, history: &History) -> Self {
         DeliveryJob {
-            event: RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON"),
+            event: envelope.to_owned(),
             webhook_id: webhook_id.clone(),
             url: url.to_owned(),
             first_attempt_at: history.first_attempt_at,
@@ -122,7 +123,9 @@ impl DeliveryJob {
     /// A job for a fresh round of attempts (manual replay or resend): same event, so the same
     /// `webhook-id`; the attempt count starts again at zero.
     pub fn fresh(event: &Event, webhook_id: &WebhookId, url: &str) -> Self {
-        Self::new(event, webhook_id, url, &History::new(Utc::now()))
+        let envelope =
+            RawValue::from_string(event.to_envelope_json()).expect("an envelope is JSON");
+        Self::new(&envelope, webhook_id, url, &History::new(Utc::now()))
     }
 
     /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed.
