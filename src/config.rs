@@ -70,6 +70,8 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_event_bytes: usize,
+    /// Nesting of objects and arrays allowed in an envelope's `data`.
+    pub max_event_depth: usize,
     pub rotation_grace: Duration,
     pub disable_after: Duration,
     pub allow_private_targets: bool,
@@ -83,6 +85,10 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// Runtime threads of a worker process; 1 = a single-threaded runtime.
     pub threads: usize,
+    /// Bound on the subscription cache's estimated size.
+    pub cache_max_bytes: u64,
+    /// How long a cached account is trusted without a change announcement.
+    pub cache_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +153,7 @@ struct RawDelivery {
     timeout: String,
     connect_timeout: String,
     max_event_bytes: usize,
+    max_event_depth: usize,
     rotation_grace: String,
     disable_after: String,
     allow_private_targets: bool,
@@ -160,6 +167,8 @@ struct RawDelivery {
 struct RawWorker {
     shutdown_grace: String,
     threads: usize,
+    cache_max_bytes: u64,
+    cache_ttl: String,
 }
 
 #[derive(Deserialize)]
@@ -181,12 +190,27 @@ struct RawOps {
     listen: String,
 }
 
-/// Parses `"500ms"`, `"5s"`, `"2h"`, `"5d"`; zero is refused.
+/// The longest duration any key takes: far beyond any sensible setting, and far below what
+/// would overflow a clock or a timer when added to now.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+/// The longest retry step: the broker's per-message expiration is a 32-bit count of
+/// milliseconds (about 49 days), and a step's jitter adds up to 20 %.
+pub const MAX_RETRY_STEP: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses `"500ms"`, `"5s"`, `"2h"`, `"5d"`; zero and anything over [`MAX_DURATION`] are
+/// refused here, at start-up, rather than overflowing later.
 pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| invalid(key, format!("{text:?} is not a duration like \"5s\": {e}")))?;
     if d.is_zero() {
         return Err(invalid(key, "must be longer than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(invalid(
+            key,
+            format!("{text:?} is longer than the most allowed, 366 days"),
+        ));
     }
     Ok(d)
 }
@@ -291,6 +315,24 @@ impl Settings {
             .iter()
             .map(|s| parse_duration("delivery.retry_schedule", s))
             .collect::<Result<Vec<_>, _>>()?;
+        if retry_schedule.iter().any(|s| *s > MAX_RETRY_STEP) {
+            return Err(invalid(
+                "delivery.retry_schedule",
+                "a step may be at most 30 days (the broker's message expiration is bounded)",
+            ));
+        }
+        if retry_schedule.len() > 100 {
+            return Err(invalid("delivery.retry_schedule", "at most 100 steps"));
+        }
+        if !(1..=10_000).contains(&raw.delivery.max_event_depth) {
+            return Err(invalid("delivery.max_event_depth", "must be 1 to 10000"));
+        }
+        if raw.worker.cache_max_bytes < 1 << 20 {
+            return Err(invalid(
+                "worker.cache_max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if raw.amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1"));
         }
@@ -336,6 +378,7 @@ impl Settings {
                     &raw.delivery.connect_timeout,
                 )?,
                 max_event_bytes: raw.delivery.max_event_bytes,
+                max_event_depth: raw.delivery.max_event_depth,
                 rotation_grace: parse_duration(
                     "delivery.rotation_grace",
                     &raw.delivery.rotation_grace,
@@ -369,6 +412,8 @@ impl Settings {
                     0 => return Err(invalid("worker.threads", "must be at least 1")),
                     n => n,
                 },
+                cache_max_bytes: raw.worker.cache_max_bytes,
+                cache_ttl: parse_duration("worker.cache_ttl", &raw.worker.cache_ttl)?,
             },
             log: LogSettings { format },
             api: ApiSettings {

@@ -96,6 +96,7 @@ pub enum PoisonReason {
     InvalidField,
     UnknownType,
     RoutingKeyMismatch,
+    TooDeep,
 }
 
 impl PoisonReason {
@@ -107,6 +108,7 @@ impl PoisonReason {
             PoisonReason::InvalidField => "invalid_field",
             PoisonReason::UnknownType => "unknown_type",
             PoisonReason::RoutingKeyMismatch => "routing_key_mismatch",
+            PoisonReason::TooDeep => "too_deep",
         }
     }
 }
@@ -233,16 +235,53 @@ fn string_field(raw: &RawValue, name: &str) -> Result<String, Poison> {
     })
 }
 
+/// The limits an envelope is checked against at ingest (`delivery.max_event_bytes`,
+/// `delivery.max_event_depth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// No limit: for re-reading an envelope that ingest already accepted (see
+    /// [`Event::parse_accepted`]).
+    pub const NONE: Limits = Limits {
+        max_bytes: usize::MAX,
+        max_depth: usize::MAX,
+    };
+}
+
 impl Event {
     /// Parses a message body published with `routing_key`, in the order DESIGN §6 fixes: size
     /// first, then JSON, then each field, then the type and its agreement with the routing key.
-    pub fn parse(body: &[u8], routing_key: &str, max_bytes: usize) -> Result<Event, Poison> {
-        if body.len() > max_bytes {
+    pub fn parse(body: &[u8], routing_key: &str, limits: Limits) -> Result<Event, Poison> {
+        if body.len() > limits.max_bytes {
             return Err(Poison::new(
                 PoisonReason::TooLarge,
-                format!("body is {} bytes, the limit is {max_bytes}", body.len()),
+                format!(
+                    "body is {} bytes, the limit is {}",
+                    body.len(),
+                    limits.max_bytes
+                ),
             ));
         }
+        Self::parse_fields(body, Some(routing_key), limits.max_depth)
+    }
+
+    /// Re-reads an envelope that ingest accepted (a retry, the attempt log, a dead letter): no
+    /// size or depth limit and no routing key, so that nothing accepted once is refused later
+    /// (DESIGN §2). The fields are read exactly as at ingest, through borrowed raw values: never
+    /// through `serde_json::Value`, whose recursion limit is stricter than ingest.
+    pub fn parse_accepted(envelope: &[u8]) -> Result<Event, Poison> {
+        Self::parse_fields(envelope, None, usize::MAX)
+    }
+
+    fn parse_fields(
+        body: &[u8],
+        routing_key: Option<&str>,
+        max_depth: usize,
+    ) -> Result<Event, Poison> {
         let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| {
             Poison::new(PoisonReason::InvalidJson, format!("not a JSON object: {e}"))
         })?;
@@ -282,15 +321,23 @@ impl Event {
                 "field `data` must be a JSON object",
             ));
         }
+        if nesting_exceeds(data.get().as_bytes(), max_depth) {
+            return Err(Poison::new(
+                PoisonReason::TooDeep,
+                format!("field `data` is nested deeper than {max_depth} levels"),
+            ));
+        }
         let type_label = string_field(event_type, "type")?;
         let event_type: EventType = type_label
             .parse()
             .map_err(|e: UnknownEventType| Poison::new(PoisonReason::UnknownType, e.to_string()))?;
-        if event_type.label() != routing_key {
-            return Err(Poison::new(
-                PoisonReason::RoutingKeyMismatch,
-                format!("type is {type_label:?} but the routing key is {routing_key:?}"),
-            ));
+        if let Some(routing_key) = routing_key {
+            if event_type.label() != routing_key {
+                return Err(Poison::new(
+                    PoisonReason::RoutingKeyMismatch,
+                    format!("type is {type_label:?} but the routing key is {routing_key:?}"),
+                ));
+            }
         }
         Ok(Event {
             id,
@@ -319,6 +366,39 @@ impl Event {
     }
 }
 
+/// Whether the JSON text `json` nests objects and arrays deeper than `max` levels (`{}` is one).
+/// A loop with a counter, never recursion: the depth of the input cannot reach the stack.
+/// `json` is valid JSON (serde_json checked it), so brackets inside strings are the only ones
+/// to skip.
+pub fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Serializes a string as a JSON string literal.
 pub fn json_string(s: &str) -> String {
     // A `str` always serializes; the `expect` cannot fire.
@@ -329,7 +409,10 @@ pub fn json_string(s: &str) -> String {
 mod tests {
     use super::*;
 
-    const MAX: usize = 262_144;
+    const MAX: Limits = Limits {
+        max_bytes: 262_144,
+        max_depth: 32,
+    };
 
     fn envelope(fields: &str) -> String {
         format!("{{{fields}}}")
@@ -364,7 +447,7 @@ mod tests {
 
     #[test]
     fn size_is_checked_before_anything_else() {
-        let body = "x".repeat(MAX + 1);
+        let body = "x".repeat(MAX.max_bytes + 1);
         assert_eq!(
             reason(&body, "payment.card.success"),
             PoisonReason::TooLarge
@@ -407,5 +490,45 @@ mod tests {
             reason(&valid(), "payment.card.failed"),
             PoisonReason::RoutingKeyMismatch
         );
+    }
+
+    fn with_data(data: &str) -> String {
+        valid().replace(r#"{"amount":10.00,"currency_iso":"EUR"}"#, data)
+    }
+
+    #[test]
+    fn data_deeper_than_the_limit_is_too_deep_and_the_limit_itself_passes() {
+        let key = "payment.card.success";
+        let nested = |levels: usize| {
+            format!(
+                "{{\"a\":{}1{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert!(Event::parse(with_data(&nested(32)).as_bytes(), key, MAX).is_ok());
+        assert_eq!(reason(&with_data(&nested(33)), key), PoisonReason::TooDeep);
+        // 120,000 levels: refused by counting, with no stack to overflow.
+        assert_eq!(
+            reason(&with_data(&nested(120_000)), key),
+            PoisonReason::TooDeep
+        );
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count_as_nesting() {
+        let data = format!(r#"{{"s":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        let event = Event::parse(with_data(&data).as_bytes(), "payment.card.success", MAX).unwrap();
+        assert_eq!(event.data.get(), data);
+    }
+
+    #[test]
+    fn what_ingest_accepted_parses_again_byte_for_byte_without_limits() {
+        let data = r#"{"n":1e400,"s":"\ud800","m":10.00,"k":1,"k":2}"#;
+        let event = Event::parse(with_data(data).as_bytes(), "payment.card.success", MAX).unwrap();
+        let again = Event::parse_accepted(event.to_envelope_json().as_bytes()).unwrap();
+        assert_eq!(again.data.get(), data);
+        assert_eq!(again.id, event.id);
+        assert_eq!(again.event_type, event.event_type);
     }
 }

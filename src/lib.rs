@@ -14,6 +14,7 @@
 //!   [`broker::publisher::EventPublisher`] for upstream Rust services).
 //! - [`delivery`]: the HTTP client, wire formats, signing, SSRF guard and retry policy.
 //! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
+//! - [`messages`]: what travels on the queues: delivery jobs, dead letters, header names.
 //! - [`dlq`]: `hookrelay dlq`: list, show, replay and purge dead letters without reordering them.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
 //! - [`api`]: `hookrelay api`, the admin HTTP API (bearer tokens, OpenAPI) and the Webhooks page.
@@ -30,6 +31,7 @@ pub mod delivery;
 pub mod dlq;
 pub mod event;
 pub mod listen;
+pub mod messages;
 pub mod ops;
 pub mod shutdown;
 pub mod subscription;

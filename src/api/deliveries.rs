@@ -9,8 +9,8 @@ use super::webhooks::WebhookPath;
 use super::AppState;
 use crate::delivery::format::PreparedEvent;
 use crate::event::{Event, EventType};
+use crate::messages::DeliveryJob;
 use crate::subscription::attempts::{self, AttemptRecord, LOG_SIZE, RESEND_MAX_BYTES};
-use crate::worker::job::DeliveryJob;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -234,13 +234,12 @@ pub async fn resend(
             "the webhook is disabled; enable it before resending",
         ));
     }
-    let event =
-        Event::parse(envelope.get().as_bytes(), &record.event_type, usize::MAX).map_err(|e| {
-            ApiError::invalid(
-                "event_not_kept",
-                format!("the kept event is unreadable: {e}"),
-            )
-        })?;
+    let event = Event::parse_accepted(envelope.get().as_bytes()).map_err(|e| {
+        ApiError::invalid(
+            "event_not_kept",
+            format!("the kept event is unreadable: {e}"),
+        )
+    })?;
     let job = DeliveryJob::fresh(&event, &webhook.id, webhook.url.as_str());
     state
         .resender

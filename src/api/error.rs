@@ -111,8 +111,14 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotFound(_) => ApiError::not_found("webhook"),
             StoreError::Invalid(message) => ApiError::invalid("invalid_webhook", message),
-            e @ (StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Corrupt(_)) => {
-                ApiError::unavailable(format!("the subscription store failed: {e}"))
+            StoreError::Unreadable(e) => {
+                // The cause (a record's id, a key mismatch) is for the operators' log only.
+                tracing::error!(error = %e, "a stored webhook could not be read");
+                ApiError::unavailable("a stored webhook could not be read".to_owned())
+            }
+            e @ (StoreError::Redis(_) | StoreError::Timeout(_)) => {
+                tracing::error!(error = %e, "the subscription store failed");
+                ApiError::unavailable("the subscription store is unavailable; try again".to_owned())
             }
         }
     }

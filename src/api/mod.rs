@@ -214,6 +214,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;
+    store.verify_secret_key().await?;
     if !store.seals_secrets() {
         tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
     }

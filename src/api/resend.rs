@@ -7,7 +7,7 @@
 use crate::broker::publisher::{PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::config::Settings;
-use crate::worker::job::DeliveryJob;
+use crate::messages::DeliveryJob;
 use std::time::Duration;
 use tokio::sync::Mutex;
 

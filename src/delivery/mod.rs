@@ -10,7 +10,7 @@ pub mod signing;
 use crate::config::DeliverySettings;
 use crate::subscription::{Format, Webhook};
 use chrono::Utc;
-use format::PreparedEvent;
+use format::{BodyTooLarge, PreparedEvent};
 use policy::Verdict;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use std::sync::Arc;
@@ -26,16 +26,9 @@ pub const USER_AGENT_VALUE: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION
 pub struct AttemptReport {
     pub status: Option<u16>,
     pub error: Option<String>,
-    pub verdict: AttemptVerdict,
+    pub verdict: Verdict,
     pub duration: Duration,
     pub response_excerpt: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttemptVerdict {
-    Judged(Verdict),
-    /// No request was made: the target is not public.
-    Refused,
 }
 
 /// Sends deliveries; cheap to clone (the connection pool is shared).
@@ -79,7 +72,18 @@ impl Deliverer {
         if !self.allow_private_targets && literal_is_private(webhook.url.as_url()) {
             return refused(webhook, started);
         }
-        let request = self.request(webhook, event);
+        let request = match self.request(webhook, event) {
+            Ok(request) => request,
+            Err(e) => {
+                return AttemptReport {
+                    status: None,
+                    error: Some(e.to_string()),
+                    verdict: Verdict::BodyTooLarge,
+                    duration: started.elapsed(),
+                    response_excerpt: String::new(),
+                }
+            }
+        };
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -92,7 +96,7 @@ impl Deliverer {
                 AttemptReport {
                     status: Some(status),
                     error: None,
-                    verdict: AttemptVerdict::Judged(policy::classify(status, retry_after)),
+                    verdict: policy::classify(status, retry_after),
                     duration: started.elapsed(),
                     response_excerpt: excerpt,
                 }
@@ -101,21 +105,25 @@ impl Deliverer {
             Err(e) => AttemptReport {
                 status: None,
                 error: Some(describe(&e)),
-                verdict: AttemptVerdict::Judged(Verdict::Retry { at_least: None }),
+                verdict: Verdict::Retry { at_least: None },
                 duration: started.elapsed(),
                 response_excerpt: String::new(),
             },
         }
     }
 
-    fn request(&self, webhook: &Webhook, event: &PreparedEvent) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+    ) -> Result<reqwest::RequestBuilder, BodyTooLarge> {
         let now = Utc::now();
         let msg_id = event.event.id.as_str();
         let timestamp = now.timestamp();
         let mut headers = HeaderMap::with_capacity(5);
-        let body = match webhook.format {
+        let body = event.body(webhook.format)?;
+        match webhook.format {
             Format::Standard => {
-                let body = event.standard_body();
                 let signature = signing::standard_header(
                     &webhook.signing_secrets(now),
                     msg_id,
@@ -124,26 +132,24 @@ impl Deliverer {
                 );
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 headers.insert("webhook-signature", header_value(&signature));
-                body
             }
             Format::Inplayer => {
-                let body = event.inplayer_body();
                 let signature = signing::inplayer_signature(&webhook.secret, &body);
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/x-www-form-urlencoded"),
                 );
                 headers.insert("x-inplayer-signature", header_value(&signature));
-                body
             }
-        };
+        }
         headers.insert("webhook-id", header_value(msg_id));
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        self.client
+        Ok(self
+            .client
             .post(webhook.url.as_url().clone())
             .headers(headers)
-            .body(body)
+            .body(body))
     }
 }
 
@@ -159,7 +165,7 @@ fn refused(webhook: &Webhook, started: Instant) -> AttemptReport {
             "target {} is not a public address",
             webhook.url.as_url().host_str().unwrap_or("")
         )),
-        verdict: AttemptVerdict::Refused,
+        verdict: Verdict::Refused,
         duration: started.elapsed(),
         response_excerpt: String::new(),
     }

@@ -1,10 +1,12 @@
-//! Pure retry logic (DESIGN §3): what an attempt's result means, and when and where the next
-//! attempt waits. No I/O and no clock here; callers pass `now` and the jitter draw.
+//! Pure retry logic (DESIGN §3): what an attempt's result means ([`classify`]), and what
+//! follows from it ([`settle`]): delivered, the delay queue the next attempt waits in, or the
+//! reason it is dead-lettered. No I/O and no clock here; callers pass `now` and the jitter draw.
 
+use crate::messages::DeadReason;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-/// What one attempt came to, as far as the policy cares.
+/// What one attempt came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Delivered,
@@ -14,6 +16,52 @@ pub enum Verdict {
     },
     /// 410: the receiver wants no more; the webhook is disabled.
     Gone,
+    /// No request was made: the target is not public, or its scheme is not allowed.
+    Refused,
+    /// No request was made: the rendered body is over the limit.
+    BodyTooLarge,
+}
+
+impl Verdict {
+    /// The `result` label of `hookrelay_attempts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Delivered => "delivered",
+            Verdict::Retry { .. } => "failed",
+            Verdict::Gone => "gone",
+            Verdict::Refused => "refused",
+            Verdict::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+/// What the worker does after an attempt: one value, decided before any I/O.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    Retry(NextAttempt),
+    Dead(DeadReason),
+}
+
+/// Settles attempt number `attempt` (1 = the first) that came to `verdict`. `draw` is uniform
+/// in [0, 1) and picks the retry's jitter.
+pub fn settle(verdict: &Verdict, attempt: u32, schedule: &RetrySchedule, draw: f64) -> Settlement {
+    match verdict {
+        Verdict::Delivered => Settlement::Delivered,
+        Verdict::Retry { at_least } => match schedule.next(attempt, *at_least, draw) {
+            Some(next) => Settlement::Retry(next),
+            None => Settlement::Dead(DeadReason::Exhausted),
+        },
+        Verdict::Gone => Settlement::Dead(DeadReason::Gone),
+        Verdict::Refused => Settlement::Dead(DeadReason::TargetRefused),
+        Verdict::BodyTooLarge => Settlement::Dead(DeadReason::BodyTooLarge),
+    }
+}
+
+/// ±20 % around `step`: `draw` uniform in [0, 1) maps to [0.8, 1.2) × step. The one jitter of
+/// both retries and deferrals.
+pub fn jitter(step: Duration, draw: f64) -> Duration {
+    step.mul_f64(0.8 + 0.4 * draw.clamp(0.0, 1.0))
 }
 
 /// Classifies an HTTP status (plus its parsed `Retry-After`).
@@ -94,9 +142,22 @@ impl RetrySchedule {
             }
             _ => Some(NextAttempt {
                 step: scheduled,
-                expiration: scheduled.mul_f64(0.8 + 0.4 * draw),
+                expiration: jitter(scheduled, draw),
             }),
         }
+    }
+
+    /// Where a delivery deferred without an attempt waits (a slow endpoint, an open circuit, a
+    /// rate limit): the first step, then longer each time it is deferred again (capped at the
+    /// last step), so a long-slow endpoint does not cycle its backlog through the broker every
+    /// few seconds. `None` without a schedule: there is no delay queue to wait in.
+    pub fn deferral(&self, deferrals_so_far: u32, draw: f64) -> Option<NextAttempt> {
+        let last = self.steps.len().checked_sub(1)?;
+        let step = self.steps[(deferrals_so_far as usize).min(last)];
+        Some(NextAttempt {
+            step,
+            expiration: jitter(step, draw),
+        })
     }
 }
 
@@ -186,5 +247,60 @@ mod tests {
         );
         // A Retry-After shorter than the scheduled step changes nothing.
         assert_eq!(s.next(2, Some(secs(1)), 0.0).unwrap().step, secs(300));
+    }
+
+    /// Every row of DESIGN §3's outcome list that follows an attempt.
+    #[test]
+    fn each_outcome_settles_as_the_contract_says() {
+        let s = schedule();
+        let retry = |at_least| Verdict::Retry { at_least };
+        assert_eq!(
+            settle(&Verdict::Delivered, 1, &s, 0.5),
+            Settlement::Delivered
+        );
+        assert_eq!(
+            settle(&retry(None), 1, &s, 0.5),
+            Settlement::Retry(NextAttempt {
+                step: secs(5),
+                expiration: secs(5)
+            })
+        );
+        assert_eq!(
+            settle(&retry(Some(secs(60))), 1, &s, 0.0),
+            Settlement::Retry(NextAttempt {
+                step: secs(300),
+                expiration: secs(60)
+            })
+        );
+        assert_eq!(
+            settle(&retry(None), 4, &s, 0.5),
+            Settlement::Dead(DeadReason::Exhausted)
+        );
+        assert_eq!(
+            settle(&Verdict::Gone, 1, &s, 0.5),
+            Settlement::Dead(DeadReason::Gone)
+        );
+        assert_eq!(
+            settle(&Verdict::Refused, 2, &s, 0.5),
+            Settlement::Dead(DeadReason::TargetRefused)
+        );
+        assert_eq!(
+            settle(&Verdict::BodyTooLarge, 1, &s, 0.5),
+            Settlement::Dead(DeadReason::BodyTooLarge)
+        );
+        // No schedule: the first failure is the last.
+        assert_eq!(
+            settle(&retry(None), 1, &RetrySchedule::new(vec![]), 0.5),
+            Settlement::Dead(DeadReason::Exhausted)
+        );
+    }
+
+    #[test]
+    fn deferrals_wait_longer_each_time_up_to_the_last_step() {
+        let s = schedule();
+        assert_eq!(s.deferral(0, 0.5).unwrap().step, secs(5));
+        assert_eq!(s.deferral(1, 0.5).unwrap().step, secs(300));
+        assert_eq!(s.deferral(u32::MAX, 0.5).unwrap().step, secs(1800));
+        assert_eq!(RetrySchedule::new(vec![]).deferral(0, 0.5), None);
     }
 }

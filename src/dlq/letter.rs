@@ -7,7 +7,7 @@
 //! never guessed.
 
 use super::headers::{int, text, Death};
-use crate::worker::job::{DeadDelivery, DeliveryJob, ATTEMPTS_HEADER};
+use crate::messages::{header::ATTEMPTS as ATTEMPTS_HEADER, DeadDelivery, DeliveryJob};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};

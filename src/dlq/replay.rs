@@ -13,9 +13,9 @@ use super::snapshot::{Held, Snapshot};
 use super::{release_all, Dlq, DlqError, Selection};
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::event::{AccountId, Event};
+use crate::messages::DeliveryJob;
 use crate::subscription::store::{Store, StoreError};
 use crate::subscription::WebhookId;
-use crate::worker::job::DeliveryJob;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -202,14 +202,9 @@ fn resend_of(letter: &DeadLetter) -> Option<(Resend, Option<(AccountId, WebhookI
     }
 }
 
-/// An envelope that was valid when it was dead-lettered, parsed the way the worker parses it.
+/// An envelope that was valid when it was dead-lettered, read back as ingest accepted it.
 fn parse_envelope(envelope: &str) -> Option<Event> {
-    let label = serde_json::from_str::<serde_json::Value>(envelope)
-        .ok()?
-        .get("type")?
-        .as_str()?
-        .to_owned();
-    Event::parse(envelope.as_bytes(), &label, usize::MAX).ok()
+    Event::parse_accepted(envelope.as_bytes()).ok()
 }
 
 async fn webhook_state(

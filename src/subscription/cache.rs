@@ -3,20 +3,61 @@
 //! pub/sub channel; the listener here drops the entry and remembers the version, so a lookup that
 //! raced the write (and read the older version) cannot put a stale entry back. While the
 //! subscription to the channel is down, nothing is cached and lookups go to Redis.
+//!
+//! The cache is bounded: entries are weighed by their estimated size against
+//! `worker.cache_max_bytes` (least recently and least often used go first, moka's TinyLFU) and
+//! expire after `worker.cache_ttl`, so a worker that sees a million accounts keeps only what
+//! fits. An evicted invalidation marker (rare: it needs memory pressure within the moment a
+//! lookup races a change) can at worst let that lookup cache the older snapshot until the TTL.
 
-use super::store::{Snapshot, Store, StoreError};
+use super::store::{Snapshot, Store, StoreError, UnreadableWebhook};
 use super::Webhook;
 use crate::event::AccountId;
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// An account's webhooks, shared by every event of that account.
-pub type Webhooks = Arc<[Arc<Webhook>]>;
+/// An account's webhooks, shared by every event of that account: the readable ones (what the
+/// slice derefs to) and the records that could not be read.
+#[derive(Debug, Default)]
+pub struct AccountWebhooks {
+    webhooks: Vec<Arc<Webhook>>,
+    pub unreadable: Vec<UnreadableWebhook>,
+}
 
+impl Deref for AccountWebhooks {
+    type Target = [Arc<Webhook>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.webhooks
+    }
+}
+
+pub type Webhooks = Arc<AccountWebhooks>;
+
+/// What an account's webhooks say about one webhook id.
+pub enum Found<'a> {
+    Readable(&'a Webhook),
+    Unreadable(&'a UnreadableWebhook),
+    Missing,
+}
+
+impl AccountWebhooks {
+    pub fn find(&self, id: &super::WebhookId) -> Found<'_> {
+        if let Some(w) = self.webhooks.iter().find(|w| w.id == *id) {
+            return Found::Readable(w);
+        }
+        match self.unreadable.iter().find(|u| u.id == id.as_str()) {
+            Some(u) => Found::Unreadable(u),
+            None => Found::Missing,
+        }
+    }
+}
+
+#[derive(Clone)]
 enum Slot {
     Fresh {
         version: u64,
@@ -28,10 +69,52 @@ enum Slot {
     },
 }
 
+/// How big the cache may grow and how long an entry may be trusted without a change
+/// announcement (`worker.cache_max_bytes`, `worker.cache_ttl`).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    /// Bound on the estimated bytes of the cached entries.
+    pub max_bytes: u64,
+    /// An entry older than this is read again even without an announced change: a safety
+    /// net for a missed announcement, not the way changes normally arrive.
+    pub ttl: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_bytes: 32 << 20,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An estimate of what an entry costs in memory: the map's own overhead, the key, and each
+/// webhook's strings. Used to weigh entries against [`CacheLimits::max_bytes`].
+fn weigh(account: &AccountId, slot: &Slot) -> u32 {
+    const ENTRY: usize = 160;
+    const WEBHOOK: usize = 320;
+    let webhooks = match slot {
+        Slot::Fresh { webhooks, .. } => {
+            webhooks
+                .iter()
+                .map(|w| WEBHOOK + w.url.as_str().len() + w.description.len())
+                .sum::<usize>()
+                + webhooks.unreadable.len() * WEBHOOK
+        }
+        Slot::Invalidated { .. } => 0,
+    };
+    u32::try_from(ENTRY + account.as_str().len() + webhooks).unwrap_or(u32::MAX)
+}
+
 pub struct SubscriptionCache {
     store: Store,
-    // A std Mutex: held only for a map operation, never across an await.
-    slots: Mutex<HashMap<AccountId, Slot>>,
+    /// Bounded by estimated size and aged out by `ttl` (moka: reads are lock-free).
+    slots: moka::sync::Cache<AccountId, Slot>,
+    /// Serializes the read-compare-write of a slot (a miss filling it, an invalidation), so a
+    /// lookup that raced a change cannot put an older snapshot over the invalidation. Held for
+    /// a map operation only, never across an await (a std Mutex).
+    writes: Mutex<()>,
     /// Bumped on every flush; a lookup that began before one does not cache its result.
     epoch: AtomicU64,
     /// True while the change channel is subscribed, i.e. while cached entries can be trusted.
@@ -40,9 +123,19 @@ pub struct SubscriptionCache {
 
 impl SubscriptionCache {
     pub fn new(store: Store) -> Arc<Self> {
+        Self::with_limits(store, CacheLimits::default())
+    }
+
+    pub fn with_limits(store: Store, limits: CacheLimits) -> Arc<Self> {
+        let slots = moka::sync::Cache::builder()
+            .max_capacity(limits.max_bytes)
+            .weigher(weigh)
+            .time_to_live(limits.ttl)
+            .build();
         Arc::new(SubscriptionCache {
             store,
-            slots: Mutex::new(HashMap::new()),
+            slots,
+            writes: Mutex::new(()),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
         })
@@ -68,33 +161,46 @@ impl SubscriptionCache {
 
     /// The version an account's entry is cached at, if it is cached.
     pub fn cached_version(&self, account: &AccountId) -> Option<u64> {
-        match self.slots.lock().unwrap().get(account) {
-            Some(Slot::Fresh { version, .. }) => Some(*version),
+        match self.slots.get(account) {
+            Some(Slot::Fresh { version, .. }) => Some(version),
             _ => None,
         }
     }
 
+    /// Accounts cached now and their estimated bytes (after pending evictions are applied).
+    pub fn footprint(&self) -> (u64, u64) {
+        self.slots.run_pending_tasks();
+        (self.slots.entry_count(), self.slots.weighted_size())
+    }
+
     /// The account's webhooks: from the cache when warm, else from Redis (with its timeout).
     pub async fn lookup(&self, account: &AccountId) -> Result<Webhooks, StoreError> {
-        if let Some(Slot::Fresh { webhooks, .. }) = self.slots.lock().unwrap().get(account) {
+        if let Some(Slot::Fresh { webhooks, .. }) = self.slots.get(account) {
             metrics::counter!("hookrelay_cache_hits_total").increment(1);
-            return Ok(webhooks.clone());
+            return Ok(webhooks);
         }
         metrics::counter!("hookrelay_cache_misses_total").increment(1);
         let epoch = self.epoch.load(Ordering::Acquire);
         let live = self.is_live();
-        let Snapshot { version, webhooks } = self.store.snapshot(account).await?;
-        let webhooks: Webhooks = webhooks.into_iter().map(Arc::new).collect();
+        let Snapshot {
+            version,
+            webhooks,
+            unreadable,
+        } = self.store.snapshot(account).await?;
+        let webhooks: Webhooks = Arc::new(AccountWebhooks {
+            webhooks: webhooks.into_iter().map(Arc::new).collect(),
+            unreadable,
+        });
         if live && self.epoch.load(Ordering::Acquire) == epoch {
-            let mut slots = self.slots.lock().unwrap();
-            let newer_known = match slots.get(account) {
+            let _serial = self.writes.lock().unwrap();
+            let newer_known = match self.slots.get(account) {
                 Some(Slot::Fresh { version: v, .. }) | Some(Slot::Invalidated { version: v }) => {
-                    *v > version
+                    v > version
                 }
                 None => false,
             };
             if !newer_known {
-                slots.insert(
+                self.slots.insert(
                     account.clone(),
                     Slot::Fresh {
                         version,
@@ -108,18 +214,17 @@ impl SubscriptionCache {
 
     /// A change to `account` at `version` was announced.
     pub fn invalidate(&self, account: AccountId, version: u64) {
-        let mut slots = self.slots.lock().unwrap();
-        let keep =
-            matches!(slots.get(&account), Some(Slot::Fresh { version: v, .. }) if *v >= version);
+        let _serial = self.writes.lock().unwrap();
+        let keep = matches!(self.slots.get(&account), Some(Slot::Fresh { version: v, .. }) if v >= version);
         if !keep {
-            slots.insert(account, Slot::Invalidated { version });
+            self.slots.insert(account, Slot::Invalidated { version });
         }
     }
 
     /// Forgets everything: the change channel was lost, so any entry may have missed a change.
     pub fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.slots.lock().unwrap().clear();
+        self.slots.invalidate_all();
     }
 
     /// Follows the change channel until `shutdown`, resubscribing with backoff after a loss.

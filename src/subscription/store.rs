@@ -42,8 +42,88 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("stored webhook is unreadable: {0}")]
-    Corrupt(#[from] serde_json::Error),
+    /// A stored record that cannot be read: a fact about the data, not an outage, so it is
+    /// never waited out.
+    #[error("a stored record is unreadable: {0}")]
+    Unreadable(#[from] RecordError),
+}
+
+impl StoreError {
+    /// Whether Redis itself failed (worth waiting out), as opposed to a refusal or bad data.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StoreError::Redis(_) | StoreError::Timeout(_))
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Unreadable(RecordError::Json(e))
+    }
+}
+
+/// Why one stored webhook cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a webhook record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("its secret is encrypted, and redis.secret_key is not set")]
+    SecretNeedsKey,
+    #[error("its secret does not decrypt with this redis.secret_key")]
+    SecretWrongKey,
+    #[error("its secret is invalid")]
+    SecretInvalid,
+    #[error("its account id is invalid")]
+    Account,
+}
+
+/// A stored webhook that could not be read, with whatever of it could be: its deliveries are
+/// dead-lettered as `webhook_unreadable` (DESIGN §4) instead of failing the account's lookup.
+#[derive(Debug)]
+pub struct UnreadableWebhook {
+    /// The hash field it is stored under: its id, kept even if malformed so that on-call can
+    /// find the record.
+    pub id: String,
+    pub url: Option<String>,
+    pub events: Option<EventFilter>,
+    pub enabled: Option<bool>,
+    pub error: RecordError,
+}
+
+impl UnreadableWebhook {
+    /// Whether an event of type `t` may have been meant for it: when its filter or its
+    /// enabled flag cannot be read either, every event might be (at-least-once).
+    pub fn may_match(&self, t: crate::event::EventType) -> bool {
+        self.enabled != Some(false) && self.events.is_none_or(|e| e.matches(t))
+    }
+
+    /// Reads what can be read of a record that did not decode.
+    fn salvage(id: String, json: &str, error: RecordError) -> Self {
+        #[derive(Deserialize)]
+        struct Partial {
+            url: Option<Box<serde_json::value::RawValue>>,
+            events: Option<Box<serde_json::value::RawValue>>,
+            enabled: Option<bool>,
+        }
+        let partial: Option<Partial> = serde_json::from_str(json).ok();
+        let field = |raw: &Option<Box<serde_json::value::RawValue>>| {
+            raw.as_ref().map(|r| r.get().to_owned())
+        };
+        let (url, events, enabled) = match &partial {
+            Some(p) => (
+                field(&p.url).and_then(|u| serde_json::from_str::<String>(&u).ok()),
+                field(&p.events).and_then(|e| serde_json::from_str::<EventFilter>(&e).ok()),
+                p.enabled,
+            ),
+            None => (None, None, None),
+        };
+        UnreadableWebhook {
+            id,
+            url,
+            events,
+            enabled,
+            error,
+        }
+    }
 }
 
 impl From<UrlError> for StoreError {
@@ -143,16 +223,15 @@ fn seal_secret(sealer: Option<&Sealer>, secret: &Secret, aad: &str) -> String {
     }
 }
 
-fn open_secret(sealer: Option<&Sealer>, stored: &str, aad: &str) -> Result<Secret, StoreError> {
-    let corrupt = |what: &str| StoreError::Invalid(format!("stored secret {what}"));
+fn open_secret(sealer: Option<&Sealer>, stored: &str, aad: &str) -> Result<Secret, RecordError> {
     let text = match (stored.strip_prefix(SEALED), sealer) {
         (None, _) => stored.to_owned(),
-        (Some(_), None) => return Err(corrupt("is encrypted, and redis.secret_key is not set")),
+        (Some(_), None) => return Err(RecordError::SecretNeedsKey),
         (Some(sealed), Some(sealer)) => sealer
             .open(sealed, aad)
-            .ok_or_else(|| corrupt("does not decrypt with this redis.secret_key"))?,
+            .ok_or(RecordError::SecretWrongKey)?,
     };
-    Secret::parse(&text).map_err(|_| corrupt("is invalid"))
+    Secret::parse(&text).map_err(|_| RecordError::SecretInvalid)
 }
 
 impl Stored {
@@ -177,8 +256,7 @@ impl Stored {
         }
     }
 
-    fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, StoreError> {
-        let corrupt = |what: &str| StoreError::Invalid(format!("stored {what} is invalid"));
+    fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
         let aad = format!("{}/{}", self.account_id, self.id);
         let previous_secret = match (self.previous_secret, self.previous_secret_until) {
             (Some(s), Some(until)) => Some(PreviousSecret {
@@ -189,7 +267,7 @@ impl Stored {
         };
         Ok(Webhook {
             id: self.id,
-            account_id: AccountId::parse(&self.account_id).ok_or_else(|| corrupt("account"))?,
+            account_id: AccountId::parse(&self.account_id).ok_or(RecordError::Account)?,
             url: self.url,
             events: self.events,
             secret: open_secret(sealer, &self.secret, &aad)?,
@@ -208,7 +286,7 @@ fn encode(w: &Webhook, sealer: Option<&Sealer>) -> String {
     serde_json::to_string(&Stored::from_webhook(w, sealer)).expect("webhook serializes")
 }
 
-fn decode(json: &str, sealer: Option<&Sealer>) -> Result<Webhook, StoreError> {
+fn decode(json: &str, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
     serde_json::from_str::<Stored>(json)?.into_webhook(sealer)
 }
 
@@ -259,11 +337,30 @@ redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. v)
 return {v, ''}
 "#;
 
+/// The associated data of the key-check value (see [`Store::verify_secret_key`]).
+const KEY_CHECK_AAD: &str = "hookrelay secret-key-check";
+/// Stored webhooks tried when no key-check value exists yet, and SCAN calls to find them.
+const KEY_CHECK_SAMPLE: usize = 100;
+const KEY_CHECK_SCANS: usize = 20;
+
+/// Why the configured `redis.secret_key` cannot be used with what is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error("webhook secrets under redis prefix {0:?} are encrypted, but redis.secret_key is not set: set the key they were encrypted with")]
+    KeyMissing(String),
+    #[error("redis.secret_key does not open the webhook secrets stored under redis prefix {0:?} (they were encrypted with another key): set the key they were encrypted with")]
+    WrongKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// An account's webhooks as of one version.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
     pub webhooks: Vec<Webhook>,
+    /// Records that could not be read; each is logged with its id when read.
+    pub unreadable: Vec<UnreadableWebhook>,
 }
 
 #[derive(Clone)]
@@ -375,23 +472,32 @@ impl Store {
     pub async fn snapshot(&self, account: &AccountId) -> Result<Snapshot, StoreError> {
         let [webhooks, _, version] = self.keys(account);
         let mut conn = self.conn.clone();
-        let (version, values): (Option<u64>, Vec<String>) = self
+        let (version, entries): (Option<u64>, Vec<(String, String)>) = self
             .timed(
                 redis::pipe()
                     .atomic()
                     .get(&version)
-                    .hvals(&webhooks)
+                    .hgetall(&webhooks)
                     .query_async(&mut conn),
             )
             .await?;
-        let mut webhooks = values
-            .iter()
-            .map(|j| decode(j, self.sealer.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut webhooks = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
+        for (id, json) in entries {
+            match decode(&json, self.sealer.as_ref()) {
+                Ok(w) => webhooks.push(w),
+                Err(error) => {
+                    tracing::error!(%account, webhook_id = %id, %error,
+                        "stored webhook is unreadable; its deliveries are dead-lettered as webhook_unreadable");
+                    unreadable.push(UnreadableWebhook::salvage(id, &json, error));
+                }
+            }
+        }
         webhooks.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         Ok(Snapshot {
             version: version.unwrap_or(0),
             webhooks,
+            unreadable,
         })
     }
 
@@ -645,6 +751,78 @@ impl Store {
     }
 
     /// Deletes every key under this store's prefix (tests and `bench` clean up with it).
+    /// Refuses a `redis.secret_key` (or its absence) that cannot open the secrets already
+    /// stored under this prefix, so that a worker or API with the wrong key stops at start-up
+    /// instead of failing every delivery of every account with an encrypted secret.
+    ///
+    /// The first process with a key stores a check value sealed with it
+    /// (`<prefix>:secret-key-check`); later ones must open it. Before the check value exists,
+    /// a bounded sample of stored webhooks is tried instead.
+    pub async fn verify_secret_key(&self) -> Result<(), KeyCheckError> {
+        let check_key = format!("{}:secret-key-check", self.prefix);
+        let mut conn = self.conn.clone();
+        let stored: Option<String> = self.timed(conn.get(&check_key)).await?;
+        if let Some(sealed) = stored {
+            let sealed = sealed.strip_prefix(SEALED).unwrap_or(&sealed);
+            return match &self.sealer {
+                None => Err(KeyCheckError::KeyMissing(self.prefix.clone())),
+                Some(sealer) if sealer.open(sealed, KEY_CHECK_AAD).is_none() => {
+                    Err(KeyCheckError::WrongKey(self.prefix.clone()))
+                }
+                Some(_) => Ok(()),
+            };
+        }
+        self.verify_sample().await?;
+        if let Some(sealer) = &self.sealer {
+            let sealed = sealer.seal(&Secret::generate(), KEY_CHECK_AAD);
+            let _: bool = self.timed(conn.set_nx(&check_key, sealed)).await?;
+        }
+        Ok(())
+    }
+
+    /// Tries to open the secrets of up to [`KEY_CHECK_SAMPLE`] stored webhooks.
+    async fn verify_sample(&self) -> Result<(), KeyCheckError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:{{*}}:webhooks", self.prefix);
+        let mut cursor = 0u64;
+        let mut tried = 0;
+        for _ in 0..KEY_CHECK_SCANS {
+            let (next, keys): (u64, Vec<String>) = self
+                .timed(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for key in keys {
+                let values: Vec<String> = self.timed(conn.hvals(&key)).await?;
+                for json in values {
+                    match decode(&json, self.sealer.as_ref()) {
+                        Err(RecordError::SecretNeedsKey) => {
+                            return Err(KeyCheckError::KeyMissing(self.prefix.clone()))
+                        }
+                        Err(RecordError::SecretWrongKey) => {
+                            return Err(KeyCheckError::WrongKey(self.prefix.clone()))
+                        }
+                        _ => tried += 1,
+                    }
+                    if tried >= KEY_CHECK_SAMPLE {
+                        return Ok(());
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);

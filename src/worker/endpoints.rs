@@ -5,7 +5,12 @@
 //! instead, without a request (not counted as an attempt), so one slow or failing endpoint
 //! cannot take the worker's prefetch window, and its time, from the others. After a cool-down
 //! one probe is let through; its success closes the circuit.
+//!
+//! The state is bounded: an endpoint's entry is dropped as soon as it is idle (nothing in flight
+//! or waiting, circuit closed), and one whose circuit stays open unvisited (e.g. its webhook was
+//! deleted) is swept once it has been quiet for [`FORGET_AFTER_COOL_DOWNS`] cool-downs.
 
+use crate::delivery::policy::Verdict;
 use crate::subscription::WebhookId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,12 @@ pub const SLOW_IN_FLIGHT: usize = 4;
 /// How often a delivery waiting for a slot checks whether the endpoint turned slow.
 const RECHECK: Duration = Duration::from_millis(100);
 
+/// An open circuit nobody asked about for this many cool-downs is forgotten.
+pub const FORGET_AFTER_COOL_DOWNS: u32 = 10;
+
+/// Admissions between two sweeps of forgotten entries.
+const SWEEP_EVERY: u64 = 4096;
+
 struct Endpoint {
     slots: Arc<Semaphore>,
     /// Start of each request in flight, by permit number.
@@ -38,6 +49,28 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    fn new(cap: usize) -> Self {
+        Endpoint {
+            slots: Arc::new(Semaphore::new(cap)),
+            started: HashMap::new(),
+            next_permit: 0,
+            consecutive_failures: 0,
+            open_until: None,
+            probing: false,
+        }
+    }
+
+    /// Nothing to remember: no request in flight, none waiting for a slot (a waiter holds a
+    /// clone of `slots`; `holders` counts the clones that are expected, e.g. the map's own),
+    /// and a healthy record.
+    fn is_idle(&self, holders: usize) -> bool {
+        self.started.is_empty()
+            && Arc::strong_count(&self.slots) <= holders
+            && self.consecutive_failures == 0
+            && self.open_until.is_none()
+            && !self.probing
+    }
+
     /// Slow: [`SLOW_IN_FLIGHT`] requests (or the whole cap, if smaller) older than
     /// [`SLOW_AFTER`].
     fn is_slow(&self, now: Instant, cap: usize) -> bool {
@@ -61,6 +94,7 @@ pub struct Endpoints {
     cool_down: Duration,
     // A std Mutex: held for a map operation only, never across an await.
     states: Mutex<HashMap<WebhookId, Endpoint>>,
+    admissions: std::sync::atomic::AtomicU64,
 }
 
 /// An admitted request; holds its slot until dropped, and reports how it went.
@@ -83,7 +117,13 @@ impl Endpoints {
             cap,
             cool_down,
             states: Mutex::new(HashMap::new()),
+            admissions: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Endpoints with state kept now (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.states.lock().unwrap().len()
     }
 
     /// Waits for a slot of `webhook` while it is healthy; defers when it is slow or open.
@@ -105,15 +145,16 @@ impl Endpoints {
 
     fn check(&self, webhook: &WebhookId) -> Check {
         let mut states = self.states.lock().unwrap();
-        let state = states.entry(webhook.clone()).or_insert_with(|| Endpoint {
-            slots: Arc::new(Semaphore::new(self.cap)),
-            started: HashMap::new(),
-            next_permit: 0,
-            consecutive_failures: 0,
-            open_until: None,
-            probing: false,
-        });
         let now = Instant::now();
+        let n = self
+            .admissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep(&mut states, now);
+        }
+        let state = states
+            .entry(webhook.clone())
+            .or_insert_with(|| Endpoint::new(self.cap));
         let mut probe = false;
         if let Some(until) = state.open_until {
             if state.probing || now < until {
@@ -138,7 +179,11 @@ impl Endpoints {
         slot: OwnedSemaphorePermit,
     ) -> Permit {
         let mut states = self.states.lock().unwrap();
-        let state = states.get_mut(webhook).expect("checked before");
+        // The entry exists: a waiter's clone of its semaphore keeps it from being pruned.
+        // Should that ever not hold, a fresh entry is safe (only the slot accounting restarts).
+        let state = states
+            .entry(webhook.clone())
+            .or_insert_with(|| Endpoint::new(self.cap));
         let number = state.next_permit;
         state.next_permit += 1;
         state.started.insert(number, Instant::now());
@@ -158,6 +203,18 @@ impl Endpoints {
             .unwrap()
             .get(webhook)
             .is_some_and(|s| s.open_until.is_some())
+    }
+
+    /// Forgets open circuits nobody asked about for a long time (deleted or abandoned webhooks).
+    fn sweep(&self, states: &mut HashMap<WebhookId, Endpoint>, now: Instant) {
+        let quiet = self.cool_down * FORGET_AFTER_COOL_DOWNS;
+        states.retain(|_, s| {
+            let forgotten = s.started.is_empty()
+                && Arc::strong_count(&s.slots) == 1
+                && s.open_until
+                    .is_some_and(|until| now.saturating_duration_since(until) >= quiet);
+            !forgotten && !s.is_idle(1)
+        });
     }
 
     fn end_probe(&self, webhook: &WebhookId) {
@@ -190,10 +247,15 @@ impl Endpoints {
     }
 
     fn release(&self, permit: &Permit) {
-        if let Some(state) = self.states.lock().unwrap().get_mut(&permit.webhook) {
+        let mut states = self.states.lock().unwrap();
+        if let Some(state) = states.get_mut(&permit.webhook) {
             state.started.remove(&permit.number);
             if permit.probe {
                 state.probing = false;
+            }
+            // The map and this permit's slot hold the semaphore; anyone else is waiting.
+            if state.is_idle(2) {
+                states.remove(&permit.webhook);
             }
         }
     }
@@ -204,6 +266,16 @@ impl Permit {
     /// A permit dropped without a report (shutdown, a refused target) judges nothing.
     pub fn report(self, succeeded: bool) {
         self.endpoints.judge(&self, succeeded);
+    }
+
+    /// Reports an attempt's verdict: a 2xx counts for the endpoint, a failed request against
+    /// it; no request (refused, too large) or a 410 judges nothing.
+    pub fn judge(self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Delivered => self.report(true),
+            Verdict::Retry { .. } => self.report(false),
+            Verdict::Gone | Verdict::Refused | Verdict::BodyTooLarge => drop(self),
+        }
     }
 }
 
@@ -293,5 +365,29 @@ mod tests {
         assert!(deferred(&e).await);
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!deferred(&e).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_endpoint_leaves_no_state_behind() {
+        let e = Endpoints::new(10, Duration::from_secs(5));
+        go(&e).await.report(true);
+        assert_eq!(e.tracked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_circuit_nobody_asks_about_is_forgotten() {
+        let e = Endpoints::new(10, Duration::from_secs(5));
+        for _ in 0..OPEN_AFTER_FAILURES {
+            go(&e).await.report(false);
+        }
+        assert_eq!(e.tracked(), 1);
+        tokio::time::advance(Duration::from_secs(5) * (FORGET_AFTER_COOL_DOWNS + 1)).await;
+        let other: WebhookId = "wh_other".parse().unwrap();
+        for _ in 0..SWEEP_EVERY {
+            if let Admission::Go(p) = e.admit(&other).await {
+                p.report(true);
+            }
+        }
+        assert_eq!(e.tracked(), 0, "the forgotten circuit was swept");
     }
 }

@@ -1,24 +1,24 @@
-//! What the worker does with one message: consume → look up → deliver → settle. Settling an
-//! attempt publishes its follow-up (a delay queue or a dead letter) with confirms; the source
-//! message is acked only after every follow-up is confirmed, otherwise it comes back.
+//! What the worker does with one message: consume → look up → deliver → settle. Each attempt's
+//! outcome is decided first, as a value ([`settle`]); one `match` then publishes its follow-up
+//! (a delay queue or a dead letter) with confirms. The source message is acked only after every
+//! follow-up is confirmed, otherwise it comes back.
 
 use super::endpoints::{Admission, Endpoints};
-use super::job::{
-    dead_letter_id, DeadDelivery, DeadReason, DeliveryJob, History, ATTEMPTS_HEADER,
-    DEFERRALS_HEADER,
-};
 use crate::broker::headers;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::delivery::format::PreparedEvent;
-use crate::delivery::policy::{NextAttempt, RetrySchedule, Verdict};
-use crate::delivery::{AttemptReport, AttemptVerdict, Deliverer};
-use crate::event::{Event, Poison};
+use crate::delivery::policy::{settle, NextAttempt, RetrySchedule, Settlement};
+use crate::delivery::{AttemptReport, Deliverer};
+use crate::event::{Event, Limits, Poison};
+use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers, Dying};
+use crate::messages::{header, DeadDelivery, DeadReason, DeliveryJob, History};
 use crate::subscription::attempts::{AttemptLog, AttemptRecord};
-use crate::subscription::cache::{SubscriptionCache, Webhooks};
+use crate::subscription::cache::{Found, SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
+use backon::BackoffBuilder;
 use chrono::Utc;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use lapin::message::Delivery;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,20 +44,27 @@ pub struct Ctx {
     pub schedule: RetrySchedule,
     pub attempt_log: AttemptLog,
     pub endpoints: Arc<Endpoints>,
-    pub max_event_bytes: usize,
+    pub limits: Limits,
     pub shutdown: CancellationToken,
     /// False while subscription lookups fail (the worker then reports not ready).
     pub redis_ok: Arc<AtomicBool>,
 }
 
+/// A message body and where it goes, for [`Ctx::publish`].
+struct Letter<'a> {
+    queue: String,
+    body: &'a [u8],
+    headers: Headers,
+    /// Dead letters carry an id by which `hookrelay dlq` names them.
+    dead_letter: bool,
+    content_type: &'a str,
+    expiration: Option<Duration>,
+}
+
 impl Ctx {
     /// An event from `<prefix>.events`.
     pub async fn handle_event(&self, delivery: &Delivery) -> Result<(), HandleError> {
-        let event = match Event::parse(
-            &delivery.data,
-            delivery.routing_key.as_str(),
-            self.max_event_bytes,
-        ) {
+        let event = match Event::parse(&delivery.data, delivery.routing_key.as_str(), self.limits) {
             Ok(event) => event,
             Err(poison) => return self.dead_letter_event(delivery, &poison).await,
         };
@@ -65,25 +72,38 @@ impl Ctx {
             tracing::debug_span!("event", event_id = %event.id, account_id = %event.account_id);
         async {
             let webhooks = self.lookup(&event).await?;
-            let matching: Vec<Arc<Webhook>> = webhooks
-                .iter()
-                .filter(|w| w.enabled && w.events.matches(event.event_type))
-                .cloned()
-                .collect();
             metrics::counter!("hookrelay_events_total").increment(1);
-            if matching.is_empty() {
+            let t = event.event_type;
+            let matching: Vec<&Arc<Webhook>> = webhooks
+                .iter()
+                .filter(|w| w.enabled && w.events.matches(t))
+                .collect();
+            let unreadable: Vec<_> = webhooks
+                .unreadable
+                .iter()
+                .filter(|u| u.may_match(t))
+                .collect();
+            if matching.is_empty() && unreadable.is_empty() {
                 metrics::counter!("hookrelay_events_unmatched_total").increment(1);
                 return Ok(());
             }
             let prepared = PreparedEvent::new(event);
             let history = History::new(Utc::now());
-            let settled = join_all(
-                matching
-                    .iter()
-                    .map(|w| self.attempt_and_settle(w, &prepared, 1, &history)),
-            )
-            .await;
-            settled.into_iter().collect()
+            let attempts = matching
+                .iter()
+                .map(|w| self.attempt_and_settle(w, &prepared, 1, &history));
+            let refusals = unreadable.iter().map(|u| {
+                let dying = dying(
+                    &prepared,
+                    &u.id,
+                    u.url.as_deref().unwrap_or(""),
+                    0,
+                    &history,
+                );
+                self.publish_dead(DeadReason::WebhookUnreadable, dying)
+            });
+            let (attempted, refused) = join(join_all(attempts), join_all(refusals)).await;
+            attempted.into_iter().chain(refused).collect()
         }
         .instrument(span)
         .await
@@ -92,66 +112,59 @@ impl Ctx {
     /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
     pub async fn handle_retry(&self, delivery: &Delivery) -> Result<(), HandleError> {
         // A job without the header (written by an older version) counts as one attempt made.
-        let attempts_made = int_header(delivery, ATTEMPTS_HEADER).unwrap_or(1);
-        let deferrals = int_header(delivery, DEFERRALS_HEADER).unwrap_or(0);
+        let attempts_made = int_header(delivery, header::ATTEMPTS).unwrap_or(1);
+        let deferrals = int_header(delivery, header::DEFERRALS).unwrap_or(0);
         let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
             Ok(job) => job,
-            Err(e) => {
-                // Only hookrelay writes this queue; an unreadable job is a bug to look at, so it
-                // is parked in the deliveries DLQ as it is rather than dropped.
-                tracing::error!(error = %e, "unreadable delivery job");
-                return self.park_unreadable_job(delivery).await;
-            }
+            Err(e) => return self.park_invalid_job(delivery, &e.to_string()).await,
         };
-        let Ok(event) = job.event() else {
-            tracing::error!("delivery job carries an invalid event");
-            return self.park_unreadable_job(delivery).await;
+        let event = match job.event() {
+            Ok(event) => event,
+            Err(poison) => return self.park_invalid_job(delivery, &poison.to_string()).await,
         };
         let span = tracing::debug_span!("delivery", event_id = %event.id, account_id = %event.account_id,
-            webhook_id = %job.webhook_id, attempt = attempts_made + 1);
+            webhook_id = %job.webhook_id, attempt = attempts_made.saturating_add(1));
         async {
             let webhooks = self.lookup(&event).await?;
-            let dead = |reason| {
-                DeadDelivery::new(
-                    reason,
-                    &event,
-                    &job.webhook_id,
-                    &job.url,
-                    attempts_made,
-                    Some(job.first_attempt_at),
-                    None,
-                )
-            };
-            let mut dead_letter = match webhooks.iter().find(|w| w.id == job.webhook_id) {
-                None => dead(DeadReason::WebhookDeleted),
-                Some(w) if !w.enabled => dead(DeadReason::WebhookDisabled),
-                Some(w) => {
-                    let prepared = PreparedEvent::new(event);
+            // The job's envelope is what ingest accepted: reused as it is, never rebuilt.
+            let prepared = PreparedEvent::with_envelope(event, job.event.clone());
+            let history = job.history().deferred(deferrals);
+            let reason = match webhooks.find(&job.webhook_id) {
+                Found::Readable(w) if w.enabled => {
+                    let attempt = attempts_made.saturating_add(1);
                     return self
-                        .attempt_and_settle(
-                            w,
-                            &prepared,
-                            attempts_made + 1,
-                            &job.history().deferred(deferrals),
-                        )
+                        .attempt_and_settle(w, &prepared, attempt, &history)
                         .await;
                 }
+                Found::Readable(_) => DeadReason::WebhookDisabled,
+                Found::Unreadable(_) => DeadReason::WebhookUnreadable,
+                Found::Missing => DeadReason::WebhookDeleted,
             };
-            // No attempt was made now: the facts of the last one are the job's.
-            dead_letter.last_status = job.last_status;
-            dead_letter.last_error = job.last_error.clone();
-            dead_letter.last_attempt_at = job.last_attempt_at.map(|t| t.to_rfc3339());
-            self.publish_dead_delivery(&dead_letter).await
+            // No attempt is made now: the facts of the last one are the job's.
+            let dying = dying(
+                &prepared,
+                job.webhook_id.as_str(),
+                &job.url,
+                attempts_made,
+                &history,
+            );
+            self.publish_dead(reason, dying).await
         }
         .instrument(span)
         .await
     }
 
-    /// Reads the account's webhooks, waiting out a Redis failure while holding the message:
+    /// Reads the account's webhooks, waiting out a Redis outage while holding the message:
     /// unacked, it stops the broker from sending more once prefetch is full, so an outage
-    /// neither spins a requeue loop nor counts an attempt.
+    /// neither spins a requeue loop nor counts an attempt. A lookup fails only when Redis does
+    /// (an unreadable record is reported in the result, not as an error), so this never waits
+    /// out a permanent fault.
     async fn lookup(&self, event: &Event) -> Result<Webhooks, HandleError> {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .build();
         loop {
             match self.cache.lookup(&event.account_id).await {
                 Ok(webhooks) => {
@@ -167,16 +180,16 @@ impl Ctx {
                 }
                 Err(e) => tracing::debug!(error = %e, "subscription lookup failed; retrying"),
             }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// Makes attempt number `attempt` (unless the endpoint must wait) and publishes what
-    /// follows from it.
+    /// Admit → attempt → log → one `match` that publishes what follows from attempt number
+    /// `attempt` (1 = the first).
     async fn attempt_and_settle(
         &self,
         webhook: &Webhook,
@@ -186,117 +199,80 @@ impl Ctx {
     ) -> Result<(), HandleError> {
         let permit = match self.endpoints.admit(&webhook.id).await {
             Admission::Go(permit) => Some(permit),
-            // Without a delay queue there is nowhere to wait: the request is made anyway.
-            Admission::Defer if self.schedule.steps().is_empty() => None,
-            Admission::Defer => return self.defer(webhook, event, attempt - 1, history).await,
+            Admission::Defer => match self.schedule.deferral(history.deferrals, rand::random()) {
+                Some(next) => {
+                    let made = attempt.saturating_sub(1);
+                    return self.defer(webhook, event, made, history, next).await;
+                }
+                // Without a delay queue there is nowhere to wait: the request is made anyway.
+                None => None,
+            },
         };
         let report = self.deliverer.attempt(webhook, event).await;
         if let Some(permit) = permit {
-            match &report.verdict {
-                AttemptVerdict::Judged(Verdict::Delivered) => permit.report(true),
-                AttemptVerdict::Judged(Verdict::Retry { .. }) => permit.report(false),
-                _ => drop(permit),
-            }
+            permit.judge(&report.verdict);
         }
-        record_metrics(&report);
         self.log_attempt(webhook, event, attempt, &report);
-        tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
-            error = ?report.error, "attempt");
-        let dead = |reason| {
-            DeadDelivery::new(
-                reason,
-                &event.event,
-                &webhook.id,
-                webhook.url.as_str(),
-                attempt,
-                Some(history.first_attempt_at),
-                Some(&report),
-            )
-        };
-        match &report.verdict {
-            AttemptVerdict::Judged(Verdict::Delivered) => Ok(()),
-            AttemptVerdict::Judged(Verdict::Retry { at_least }) => {
-                match self.schedule.next(attempt, *at_least, rand::random()) {
-                    Some(next) => {
-                        let history = History::after(history.first_attempt_at, &report);
-                        let job = DeliveryJob::new(
-                            event.envelope(),
-                            &webhook.id,
-                            webhook.url.as_str(),
-                            &history,
-                        );
-                        let headers = Headers::default().int(ATTEMPTS_HEADER, attempt.into());
-                        self.publish_retry(&job, next, headers).await
-                    }
-                    None => {
-                        self.publish_dead_delivery(&dead(DeadReason::Exhausted))
-                            .await
-                    }
-                }
+        let history = history.after(report.status, report.error.as_deref());
+        match settle(&report.verdict, attempt, &self.schedule, rand::random()) {
+            Settlement::Delivered => Ok(()),
+            Settlement::Retry(next) => {
+                let job = DeliveryJob::new(
+                    event.envelope(),
+                    &webhook.id,
+                    webhook.url.as_str(),
+                    &history,
+                );
+                let headers = Headers::default().int(header::ATTEMPTS, attempt.into());
+                self.publish_retry(&job, next, headers).await
             }
-            AttemptVerdict::Judged(Verdict::Gone) => {
-                if let Err(e) = self
-                    .cache
-                    .store()
-                    .disable(&webhook.account_id, &webhook.id, "gone")
-                    .await
-                {
-                    tracing::warn!(error = %e, webhook_id = %webhook.id, "could not disable a gone webhook");
+            Settlement::Dead(reason) => {
+                if reason == DeadReason::Gone {
+                    self.disable_gone(webhook).await;
                 }
-                self.publish_dead_delivery(&dead(DeadReason::Gone)).await
-            }
-            AttemptVerdict::Refused => {
-                self.publish_dead_delivery(&dead(DeadReason::TargetRefused))
-                    .await
+                let dying = dying(
+                    event,
+                    webhook.id.as_str(),
+                    webhook.url.as_str(),
+                    attempt,
+                    &history,
+                );
+                self.publish_dead(reason, dying).await
             }
         }
     }
 
-    /// The endpoint is at its cap or its circuit is open: the delivery waits in the first delay
-    /// queue without a request, and without counting an attempt.
+    /// The endpoint is at its cap or its circuit is open: the delivery waits in a delay queue
+    /// without a request, and without counting an attempt.
     async fn defer(
         &self,
         webhook: &Webhook,
         event: &PreparedEvent,
         attempts_made: u32,
         history: &History,
+        next: NextAttempt,
     ) -> Result<(), HandleError> {
         metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
         tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow or circuit open: deferred");
-        // A new delivery waits the first step; one deferred again waits longer each time (still
-        // not counted as an attempt), so a long-slow endpoint does not cycle its backlog
-        // through the broker every few seconds.
-        let steps = self.schedule.steps();
-        let step = steps[(history.deferrals as usize).min(steps.len() - 1)];
-        let next = NextAttempt {
-            step,
-            expiration: step.mul_f64(0.8 + 0.4 * rand::random::<f64>()),
-        };
         let job = DeliveryJob::new(event.envelope(), &webhook.id, webhook.url.as_str(), history);
         let headers = Headers::default()
-            .int(ATTEMPTS_HEADER, attempts_made.into())
-            .int(DEFERRALS_HEADER, (history.deferrals + 1).into());
+            .int(header::ATTEMPTS, attempts_made.into())
+            .int(
+                header::DEFERRALS,
+                history.deferrals.saturating_add(1).into(),
+            );
         self.publish_retry(&job, next, headers).await
     }
 
-    async fn publish_retry(
-        &self,
-        job: &DeliveryJob,
-        next: NextAttempt,
-        headers: Headers,
-    ) -> Result<(), HandleError> {
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: &self.topology.retry_queue(next.step),
-                body: &job.to_bytes(),
-                message_id: None,
-                content_type: "application/json",
-                headers,
-                expiration_ms: Some(next.expiration.as_millis() as u64),
-            })
-            .await?;
-        Ok(())
+    /// 410 Gone: the receiver wants no more deliveries, so the webhook is disabled.
+    async fn disable_gone(&self, webhook: &Webhook) {
+        let store = self.cache.store();
+        if let Err(e) = store
+            .disable(&webhook.account_id, &webhook.id, "gone")
+            .await
+        {
+            tracing::warn!(error = %e, webhook_id = %webhook.id, "could not disable a gone webhook");
+        }
     }
 
     fn log_attempt(
@@ -306,31 +282,49 @@ impl Ctx {
         attempt: u32,
         report: &AttemptReport,
     ) {
-        self.attempt_log.record(
-            &webhook.account_id,
-            &webhook.id,
-            AttemptRecord::new(attempt, event, report),
-        );
+        metrics::counter!("hookrelay_attempts_total", "result" => report.verdict.label())
+            .increment(1);
+        metrics::histogram!("hookrelay_attempt_duration_seconds")
+            .record(report.duration.as_secs_f64());
+        tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
+            error = ?report.error, "attempt");
+        let record = AttemptRecord::new(attempt, event, report);
+        self.attempt_log
+            .record(&webhook.account_id, &webhook.id, record);
     }
 
-    async fn publish_dead_delivery(&self, dead: &DeadDelivery) -> Result<(), HandleError> {
-        metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => dead.reason.clone())
+    async fn publish_retry(
+        &self,
+        job: &DeliveryJob,
+        next: NextAttempt,
+        headers: Headers,
+    ) -> Result<(), HandleError> {
+        self.publish(Letter {
+            queue: self.topology.retry_queue(next.step),
+            body: &job.to_bytes(),
+            headers,
+            dead_letter: false,
+            content_type: "application/json",
+            expiration: Some(next.expiration),
+        })
+        .await
+    }
+
+    async fn publish_dead(&self, reason: DeadReason, dying: Dying<'_>) -> Result<(), HandleError> {
+        let dead = DeadDelivery::new(reason, dying);
+        metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => reason.as_str())
             .increment(1);
-        tracing::info!(reason = %dead.reason, webhook_id = %dead.webhook_id, "delivery dead-lettered");
-        let body = serde_json::to_vec(dead).expect("a dead letter serializes");
-        let id = dead_letter_id();
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: &self.topology.dlq_deliveries(),
-                body: &body,
-                message_id: Some(&id),
-                content_type: "application/json",
-                headers: dead.headers(),
-                expiration_ms: None,
-            })
-            .await?;
-        Ok(())
+        tracing::info!(%reason, event_id = %dead.event_id, account_id = %dead.account_id,
+            webhook_id = %dead.webhook_id, attempt = dead.attempts, "delivery dead-lettered");
+        self.publish(Letter {
+            queue: self.topology.dlq_deliveries(),
+            body: &dead.to_bytes(),
+            headers: dead.headers(),
+            dead_letter: true,
+            content_type: "application/json",
+            expiration: None,
+        })
+        .await
     }
 
     async fn dead_letter_event(
@@ -341,58 +335,72 @@ impl Ctx {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "events", "reason" => poison.reason.as_str())
             .increment(1);
         tracing::warn!(reason = poison.reason.as_str(), detail = %poison.detail, "poison event dead-lettered");
-        let id = dead_letter_id();
-        let headers = Headers::default()
-            .text("hookrelay-reason", poison.reason.as_str())
-            .text("hookrelay-error", super::job::truncate(&poison.detail))
-            .text(
-                "hookrelay-routing-key",
-                super::job::truncate(delivery.routing_key.as_str()),
-            );
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: &self.topology.dlq_events(),
-                body: &delivery.data,
-                message_id: Some(&id),
-                content_type: "application/octet-stream",
-                headers,
-                expiration_ms: None,
-            })
-            .await?;
-        Ok(())
+        self.publish(Letter {
+            queue: self.topology.dlq_events(),
+            body: &delivery.data,
+            headers: poison_headers(poison, delivery.routing_key.as_str()),
+            dead_letter: true,
+            content_type: "application/octet-stream",
+            expiration: None,
+        })
+        .await
     }
 
-    async fn park_unreadable_job(&self, delivery: &Delivery) -> Result<(), HandleError> {
-        let id = dead_letter_id();
+    /// Only hookrelay writes the deliveries queue; a message there that is not a delivery job is
+    /// a bug or a stray publish to look at, so it is parked as it is rather than dropped.
+    async fn park_invalid_job(&self, delivery: &Delivery, detail: &str) -> Result<(), HandleError> {
+        metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => DeadReason::InvalidJob.as_str())
+            .increment(1);
+        tracing::error!(detail, "not a delivery job; dead-lettered as invalid_job");
+        self.publish(Letter {
+            queue: self.topology.dlq_deliveries(),
+            body: &delivery.data,
+            headers: invalid_job_headers(detail),
+            dead_letter: true,
+            content_type: "application/octet-stream",
+            expiration: None,
+        })
+        .await
+    }
+
+    async fn publish(&self, letter: Letter<'_>) -> Result<(), HandleError> {
+        let id = letter.dead_letter.then(dead_letter_id);
         self.publisher
             .publish(Outgoing {
                 exchange: "",
-                routing_key: &self.topology.dlq_deliveries(),
-                body: &delivery.data,
-                message_id: Some(&id),
-                content_type: "application/octet-stream",
-                headers: Headers::default().text("hookrelay-reason", "invalid_job"),
-                expiration_ms: None,
+                routing_key: &letter.queue,
+                body: letter.body,
+                message_id: id.as_deref(),
+                content_type: letter.content_type,
+                headers: letter.headers,
+                // Expirations are at most the largest step (days): milliseconds fit a u64.
+                expiration_ms: letter.expiration.map(|e| e.as_millis() as u64),
             })
             .await?;
         Ok(())
     }
 }
 
-/// A non-negative integer header hookrelay wrote (`None` when absent).
+fn dying<'a>(
+    event: &'a PreparedEvent,
+    webhook_id: &'a str,
+    url: &'a str,
+    attempts: u32,
+    history: &'a History,
+) -> Dying<'a> {
+    Dying {
+        event: &event.event,
+        envelope: Some(event.envelope()),
+        webhook_id,
+        url,
+        attempts,
+        history,
+    }
+}
+
+/// A non-negative integer header hookrelay wrote (`None` when absent), saturating at the
+/// bounds of `u32` whatever a hostile publisher put there.
 fn int_header(delivery: &Delivery, key: &str) -> Option<u32> {
     let n = headers::int(delivery.properties.headers().as_ref()?, key)?;
     Some(n.clamp(0, i64::from(u32::MAX)) as u32)
-}
-
-fn record_metrics(report: &AttemptReport) {
-    let result = match &report.verdict {
-        AttemptVerdict::Judged(Verdict::Delivered) => "delivered",
-        AttemptVerdict::Judged(Verdict::Retry { .. }) => "failed",
-        AttemptVerdict::Judged(Verdict::Gone) => "gone",
-        AttemptVerdict::Refused => "refused",
-    };
-    metrics::counter!("hookrelay_attempts_total", "result" => result).increment(1);
-    metrics::histogram!("hookrelay_attempt_duration_seconds").record(report.duration.as_secs_f64());
 }

@@ -7,7 +7,6 @@
 
 pub mod endpoints;
 mod handle;
-pub mod job;
 mod session;
 
 use crate::broker::topology::Topology;
@@ -16,7 +15,7 @@ use crate::delivery::policy::RetrySchedule;
 use crate::delivery::Deliverer;
 use crate::ops::{self, Health};
 use crate::subscription::attempts::AttemptLog;
-use crate::subscription::cache::SubscriptionCache;
+use crate::subscription::cache::{CacheLimits, SubscriptionCache};
 use crate::subscription::store::Store;
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
@@ -67,7 +66,10 @@ impl Parts {
             schedule: RetrySchedule::new(d.retry_schedule.clone()),
             attempt_log: self.attempt_log.clone(),
             endpoints: self.endpoints.clone(),
-            max_event_bytes: d.max_event_bytes,
+            limits: crate::event::Limits {
+                max_bytes: d.max_event_bytes,
+                max_depth: d.max_event_depth,
+            },
             shutdown: self.shutdown.clone(),
             redis_ok: self.redis_ok.clone(),
         })
@@ -100,10 +102,17 @@ pub async fn start(
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;
+    store.verify_secret_key().await?;
     if !store.seals_secrets() {
         tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
     }
-    let cache = SubscriptionCache::new(store.clone());
+    let cache = SubscriptionCache::with_limits(
+        store.clone(),
+        CacheLimits {
+            max_bytes: settings.worker.cache_max_bytes,
+            ttl: settings.worker.cache_ttl,
+        },
+    );
     tokio::spawn(
         cache
             .clone()

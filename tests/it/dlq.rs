@@ -9,8 +9,9 @@ use hookrelay::broker::publisher::{Headers, NewEvent, Outgoing, Publisher};
 use hookrelay::dlq::replay::ReplayOptions;
 use hookrelay::dlq::{DeadLetter, Dlq, DlqError, DlqQueue, Filter, Selection};
 use hookrelay::event::{AccountId, Event, EventType};
+use hookrelay::messages::dead::{dead_letter_id, Dying};
+use hookrelay::messages::{DeadDelivery, DeadReason, DeliveryJob, History};
 use hookrelay::subscription::{Format, WebhookId};
-use hookrelay::worker::job::{dead_letter_id, DeadDelivery, DeadReason, DeliveryJob};
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use std::time::Duration;
@@ -65,12 +66,14 @@ fn event(account: &str, t: EventType) -> Event {
 fn dead(event: &Event, webhook: &WebhookId, reason: DeadReason) -> DeadDelivery {
     DeadDelivery::new(
         reason,
-        event,
-        webhook,
-        "https://example.com/hook",
-        3,
-        Some(Utc::now()),
-        None,
+        Dying {
+            event,
+            envelope: None,
+            webhook_id: webhook.as_str(),
+            url: "https://example.com/hook",
+            attempts: 3,
+            history: &History::new(Utc::now()),
+        },
     )
 }
 
@@ -730,7 +733,7 @@ async fn messages_the_broker_dead_lettered_past_their_delivery_limit_list_as_del
             body: &job.to_bytes(),
             message_id: None,
             content_type: "application/json",
-            headers: Headers::default().int(hookrelay::worker::job::ATTEMPTS_HEADER, 4),
+            headers: Headers::default().int(hookrelay::messages::header::ATTEMPTS, 4),
             expiration_ms: None,
         })
         .await
