@@ -8,5 +8,6 @@ mod delivery;
 mod dlq;
 mod faults;
 mod helpers;
+mod hostile;
 mod isolation;
 mod subscriptions;
