@@ -33,6 +33,8 @@ pub mod event;
 pub mod listen;
 pub mod messages;
 pub mod ops;
+#[cfg(test)]
+mod properties;
 pub mod shutdown;
 pub mod subscription;
 pub mod telemetry;
