@@ -3,6 +3,7 @@
 //! latency, the workers' CPU and peak RSS, and the broker's own ceiling measured the same way
 //! every time, so the ratio between the two is comparable across machines.
 
+mod cache;
 mod ceiling;
 mod procstat;
 mod receiver;
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     pub skip_ceiling: bool,
     /// How many webhooks (the first ones) never answer.
     pub hanging: usize,
+    /// Measure only the subscription cache's memory after this many distinct accounts.
+    pub cache_accounts: Option<usize>,
     pub json: bool,
 }
 
@@ -54,6 +57,27 @@ pub struct RunFigures {
 }
 
 pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
+    if let Some(accounts) = opts.cache_accounts {
+        let figures = cache::run(&settings, accounts).await?;
+        if opts.json {
+            crate::cli::print_json(&figures);
+        } else {
+            println!(
+                "subscription cache after {} distinct accounts ({} with a webhook), bound {} MB:\n  \
+                 kept {} entries, ~{:.1} MB estimated; {:.0} lookups/s\n  \
+                 process peak RSS {:.1} MB (before the lookups {:.1} MB)",
+                figures.accounts_seen,
+                figures.accounts_with_a_webhook,
+                figures.cache_max_bytes >> 20,
+                figures.entries_kept,
+                figures.estimated_bytes_kept as f64 / 1e6,
+                figures.lookups_per_second,
+                figures.peak_rss_mb,
+                figures.rss_before_mb,
+            );
+        }
+        return Ok(());
+    }
     let shutdown = CancellationToken::new();
     let bench = Bench::setup(&settings, &opts, shutdown.clone()).await?;
     let result = bench.measure(&settings, &opts).await;

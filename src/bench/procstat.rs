@@ -96,11 +96,18 @@ const USER_HZ: f64 = 100.0;
 pub fn peak_rss_mb(workers: &[WorkerProcess]) -> Option<f64> {
     workers
         .iter()
-        .filter_map(|w| std::fs::read_to_string(format!("/proc/{}/status", w.pid)).ok())
-        .filter_map(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb / 1024.0)
-        })
+        .filter_map(|w| peak_rss_kb(&format!("/proc/{}/status", w.pid)))
+        .map(|kb| kb as f64 / 1024.0)
         .reduce(f64::max)
+}
+
+/// This process's own peak resident set, in bytes (0 if /proc cannot be read).
+pub fn own_peak_rss_bytes() -> u64 {
+    peak_rss_kb("/proc/self/status").unwrap_or(0) * 1024
+}
+
+fn peak_rss_kb(status_file: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -88,6 +88,9 @@ pub struct BenchArgs {
     /// Make the first N webhooks hang (never answer), to measure endpoint isolation.
     #[arg(long, default_value_t = 0)]
     hanging: usize,
+    /// Measure only the subscription cache: its memory after N distinct accounts.
+    #[arg(long)]
+    cache_accounts: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -148,6 +151,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 rate: a.rate,
                 skip_ceiling: a.skip_ceiling,
                 hanging: a.hanging,
+                cache_accounts: a.cache_accounts,
                 json: a.json,
             };
             crate::bench::run(settings, options).await

@@ -141,6 +141,25 @@ pub struct NewWebhook {
     pub description: String,
 }
 
+impl NewWebhook {
+    /// The webhook it becomes in `account`: a fresh id and secret, enabled.
+    fn into_webhook(self, account: &AccountId) -> Webhook {
+        Webhook {
+            id: WebhookId::generate(),
+            account_id: account.clone(),
+            url: self.url,
+            events: self.events,
+            secret: Secret::generate(),
+            previous_secret: None,
+            format: self.format,
+            enabled: true,
+            description: self.description,
+            created_at: Utc::now(),
+            disabled_reason: None,
+        }
+    }
+}
+
 /// A change to a webhook; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct WebhookPatch {
@@ -501,24 +520,39 @@ impl Store {
         })
     }
 
+    /// Writes one new webhook per account in pipelined batches, for benchmark set-up only: it
+    /// skips the per-account rules (limit, duplicate URL) and the change announcements that
+    /// [`Store::create`] makes atomically, so it must only be used on fresh accounts.
+    pub async fn seed(&self, accounts: &[AccountId], new: &NewWebhook) -> Result<(), StoreError> {
+        for chunk in accounts.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for account in chunk {
+                let webhook = new.clone().into_webhook(account);
+                let [webhooks, urls, version] = self.keys(account);
+                pipe.hset(
+                    &webhooks,
+                    webhook.id.as_str(),
+                    encode(&webhook, self.sealer.as_ref()),
+                )
+                .ignore()
+                .hset(&urls, webhook.url.as_str(), webhook.id.as_str())
+                .ignore()
+                .incr(&version, 1)
+                .ignore()
+                .hset(self.index_key(), webhook.id.as_str(), account.as_str())
+                .ignore();
+            }
+            self.run_pipeline(&pipe).await?;
+        }
+        Ok(())
+    }
+
     pub async fn create(
         &self,
         account: &AccountId,
         new: NewWebhook,
     ) -> Result<Webhook, StoreError> {
-        let webhook = Webhook {
-            id: WebhookId::generate(),
-            account_id: account.clone(),
-            url: new.url,
-            events: new.events,
-            secret: Secret::generate(),
-            previous_secret: None,
-            format: new.format,
-            enabled: true,
-            description: new.description,
-            created_at: Utc::now(),
-            disabled_reason: None,
-        };
+        let webhook = new.into_webhook(account);
         // The index goes first: a webhook findable by id but not yet created reads as not found,
         // while the reverse order could leave a created webhook without its index.
         self.set_index(&webhook.id, account).await?;
