@@ -42,7 +42,7 @@ pub enum AttemptVerdict {
 #[derive(Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
-    allow_private_targets: bool,
+    targets: guard::TargetPolicy,
     /// `delivery.max_in_flight`: bounds connections, and so memory, with large fan-outs.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -62,7 +62,7 @@ impl Deliverer {
         }
         Ok(Deliverer {
             client: builder.build()?,
-            allow_private_targets: settings.allow_private_targets,
+            targets: guard::TargetPolicy::of(settings),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         })
     }
@@ -76,8 +76,9 @@ impl Deliverer {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        if !self.allow_private_targets && literal_is_private(webhook.url.as_url()) {
-            return refused(webhook, started);
+        // The scheme and IP-literal hosts; host names are checked by the guard's resolver.
+        if let Err(refusal) = self.targets.admits(webhook.url.as_url()) {
+            return refused(refusal, started);
         }
         let request = self.request(webhook, event);
         match request.send().await {
@@ -97,7 +98,7 @@ impl Deliverer {
                     response_excerpt: excerpt,
                 }
             }
-            Err(e) if guard::is_refusal(&e) => refused(webhook, started),
+            Err(e) if guard::is_refusal(&e) => refused(guard::TargetRefused::NotPublic, started),
             Err(e) => AttemptReport {
                 status: None,
                 error: Some(describe(&e)),
@@ -152,25 +153,14 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("ids and signatures are visible ASCII")
 }
 
-fn refused(webhook: &Webhook, started: Instant) -> AttemptReport {
+/// No request was made. The error names neither host nor address (see [`guard`]).
+fn refused(refusal: guard::TargetRefused, started: Instant) -> AttemptReport {
     AttemptReport {
         status: None,
-        error: Some(format!(
-            "target {} is not a public address",
-            webhook.url.as_url().host_str().unwrap_or("")
-        )),
+        error: Some(refusal.to_string()),
         verdict: AttemptVerdict::Refused,
         duration: started.elapsed(),
         response_excerpt: String::new(),
-    }
-}
-
-/// IP-literal hosts bypass the resolver, so they are checked here.
-fn literal_is_private(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => !guard::is_public(ip.into()),
-        Some(url::Host::Ipv6(ip)) => !guard::is_public(ip.into()),
-        _ => false,
     }
 }
 

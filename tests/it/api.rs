@@ -536,7 +536,7 @@ async fn every_invalid_webhook_is_refused_with_a_clear_error() {
             json!({"url": "https://10.0.0.8/hook", "events": ["*"]}),
             422,
             "target_not_public",
-            "10.0.0.8",
+            "public",
         ),
         (
             json!({"url": "https://169.254.169.254/latest", "events": ["*"]}),
@@ -566,13 +566,13 @@ async fn every_invalid_webhook_is_refused_with_a_clear_error() {
             json!({"url": "https://localhost/hook", "events": ["*"]}),
             422,
             "target_not_public",
-            "localhost",
+            "public",
         ),
         (
             json!({"url": "https://no-such-host.invalid/hook", "events": ["*"]}),
             422,
-            "unresolvable_host",
-            "no-such-host.invalid",
+            "target_not_public",
+            "public",
         ),
     ];
     for (body, status, code, needle) in cases {
