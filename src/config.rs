@@ -100,6 +100,13 @@ pub struct LogSettings {
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub admin_token: String,
+    /// Every request ends within this (504 otherwise).
+    pub request_timeout: Duration,
+    /// Test-sends one account may have in flight.
+    pub test_sends_per_account: usize,
+    /// Invalid tokens one client address may send per `failed_signin_window`.
+    pub failed_signin_limit: u32,
+    pub failed_signin_window: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +180,10 @@ struct RawLog {
 struct RawApi {
     listen: String,
     admin_token: String,
+    request_timeout: String,
+    test_sends_per_account: usize,
+    failed_signin_limit: u32,
+    failed_signin_window: String,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +385,19 @@ impl Settings {
             api: ApiSettings {
                 listen: parse_addr("api.listen", &raw.api.listen)?,
                 admin_token: raw.api.admin_token,
+                request_timeout: parse_duration("api.request_timeout", &raw.api.request_timeout)?,
+                test_sends_per_account: match raw.api.test_sends_per_account {
+                    0 => return Err(invalid("api.test_sends_per_account", "must be at least 1")),
+                    n => n,
+                },
+                failed_signin_limit: match raw.api.failed_signin_limit {
+                    0 => return Err(invalid("api.failed_signin_limit", "must be at least 1")),
+                    n => n,
+                },
+                failed_signin_window: parse_duration(
+                    "api.failed_signin_window",
+                    &raw.api.failed_signin_window,
+                )?,
             },
             ops: OpsSettings {
                 listen: parse_addr("ops.listen", &raw.ops.listen)?,
@@ -403,6 +427,13 @@ mod tests {
         assert_eq!(s.delivery.disable_after, Duration::from_secs(5 * 86_400));
         assert_eq!(s.delivery.max_event_bytes, 262_144);
         assert!(!s.delivery.allow_private_targets);
+        assert!(
+            s.api.request_timeout > s.delivery.timeout,
+            "a test-send can finish"
+        );
+        assert_eq!(s.api.test_sends_per_account, 2);
+        assert_eq!(s.api.failed_signin_limit, 5);
+        assert_eq!(s.api.failed_signin_window, Duration::from_secs(60));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::event::AccountId;
 use crate::subscription::store::{Store, StoreError};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -17,6 +17,7 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -64,19 +65,42 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
+        // No token at all is not a sign-in attempt: it cannot guess anything.
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        // Comparing hashes rather than the tokens: equal-length values, and a timing difference
-        // could only reveal a prefix of a hash, which does not help to find the token.
-        if token_hash(token) == state.admin_token_hash {
-            return Ok(Caller::Admin);
-        }
-        let account = account_of(token).ok_or_else(ApiError::unauthorized)?;
-        if is_issued(&state.store, &account, token).await? {
-            Ok(Caller::Account(account))
-        } else {
-            Err(ApiError::unauthorized())
+        // Absent when the router is served without connect info: then nothing is limited.
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let attempt = state.limits.signins.attempt(client)?;
+        match identify(state, token).await {
+            Ok(Some(caller)) => {
+                attempt.succeeded();
+                Ok(caller)
+            }
+            // Dropping the attempt without success counts it as a failure.
+            Ok(None) => Err(ApiError::unauthorized()),
+            Err(e) => {
+                attempt.succeeded(); // the store failed, not the caller
+                Err(e.into())
+            }
         }
     }
+}
+
+/// Who `token` is, if anyone.
+async fn identify(state: &AppState, token: &str) -> Result<Option<Caller>, StoreError> {
+    // Comparing hashes rather than the tokens: equal-length values, and a timing difference
+    // could only reveal a prefix of a hash, which does not help to find the token.
+    if token_hash(token) == state.admin_token_hash {
+        return Ok(Some(Caller::Admin));
+    }
+    let Some(account) = account_of(token) else {
+        return Ok(None);
+    };
+    Ok(is_issued(&state.store, &account, token)
+        .await?
+        .then_some(Caller::Account(account)))
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

@@ -3,13 +3,13 @@
 //! registration (the worker checks again on every connection).
 
 use super::auth::Caller;
-use super::error::{ApiError, Body, ErrorBody};
+use super::error::{ApiError, Body, ErrorBody, Path};
 use super::AppState;
 use crate::config::DeliverySettings;
 use crate::delivery::guard;
 use crate::subscription::store::{NewWebhook, WebhookPatch};
 use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
