@@ -1,6 +1,8 @@
 //! One integration-test binary against the real RabbitMQ and Redis (see `helpers`).
 
 mod api;
+mod api_abuse;
+mod api_harness;
 mod broker;
 mod cli;
 mod dead_letters;
