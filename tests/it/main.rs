@@ -12,3 +12,4 @@ mod faults;
 mod helpers;
 mod isolation;
 mod subscriptions;
+mod targets;
