@@ -2,7 +2,7 @@
 //! file → `HOOKRELAY__<SECTION>__<KEY>` environment variables; validated once, naming the key.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub struct ApiSettings {
     /// Invalid tokens one client address may send per `failed_signin_window`.
     pub failed_signin_limit: u32,
     pub failed_signin_window: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +186,7 @@ struct RawApi {
     test_sends_per_account: usize,
     failed_signin_limit: u32,
     failed_signin_window: String,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +290,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("delivery.retry_schedule")
+                    .with_list_parse_key("api.trusted_proxies")
                     .try_parsing(true)
                     .source(Some(env)),
             )
@@ -398,6 +402,20 @@ impl Settings {
                     "api.failed_signin_window",
                     &raw.api.failed_signin_window,
                 )?,
+                trusted_proxies: raw
+                    .api
+                    .trusted_proxies
+                    .iter()
+                    .filter(|text| !text.trim().is_empty())
+                    .map(|text| {
+                        text.trim().parse().map_err(|_| {
+                            invalid(
+                                "api.trusted_proxies",
+                                format!("{text:?} is not an IP address like 10.0.0.5"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             ops: OpsSettings {
                 listen: parse_addr("ops.listen", &raw.ops.listen)?,
@@ -434,6 +452,16 @@ mod tests {
         assert_eq!(s.api.test_sends_per_account, 2);
         assert_eq!(s.api.failed_signin_limit, 5);
         assert_eq!(s.api.failed_signin_window, Duration::from_secs(60));
+        let loopback: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(s.api.trusted_proxies, loopback);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_listed_comma_separated() {
+        let s = load(&[("HOOKRELAY__API__TRUSTED_PROXIES", "10.0.0.5, fd00::7")]).unwrap();
+        assert_eq!(s.api.trusted_proxies.len(), 2);
+        let err = load(&[("HOOKRELAY__API__TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap_err();
+        assert!(err.to_string().contains("api.trusted_proxies"), "{err}");
     }
 
     #[test]

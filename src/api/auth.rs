@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::event::AccountId;
 use crate::subscription::store::{Store, StoreError};
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -17,7 +17,6 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -67,11 +66,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, ApiError> {
         // No token at all is not a sign-in attempt: it cannot guess anything.
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        // Absent when the router is served without connect info: then nothing is limited.
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+        let client = state.limits.client_of(parts);
         let attempt = state.limits.signins.attempt(client)?;
         match identify(state, token).await {
             Ok(Some(caller)) => {

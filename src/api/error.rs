@@ -33,7 +33,9 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, for programs: `unauthorized`, `not_found`, `webhook_limit_reached`,
-    /// `duplicate_url`, `invalid_url`, `target_not_public`, `invalid_events`, `invalid_body`, …
+    /// `duplicate_url`, `invalid_url`, `target_not_public`, `invalid_events`, `invalid_body`,
+    /// `invalid_path`, `invalid_query`, `too_many_failed_signins`, `too_many_test_sends`,
+    /// `timeout`, `unavailable`, `store_error`, …
     #[schema(example = "webhook_limit_reached")]
     pub code: String,
     /// A sentence for people.

@@ -5,7 +5,8 @@
 //! - failed sign-ins (a bearer token that is not valid) are limited per client address:
 //!   `api.failed_signin_limit` per `api.failed_signin_window`, then 429 with `Retry-After` for
 //!   every token from that address (a valid one too: answering it would tell a guesser it found
-//!   one) until the window ends.
+//!   one) until the window ends. The address is the peer's, or, when the peer is one of
+//!   `api.trusted_proxies`, the client its `X-Forwarded-For` names.
 //!
 //! All state is bounded: the test-send map holds only accounts with a test-send in flight (at
 //! most [`MAX_TEST_SENDS`]); the sign-in windows live in a `moka` cache with a capacity and a TTL
@@ -14,12 +15,13 @@
 use super::error::ApiError;
 use crate::config::ApiSettings;
 use crate::event::AccountId;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,11 +33,15 @@ pub const MAX_TEST_SENDS: usize = 256;
 /// (which can only lift a limit early, never impose one).
 const MAX_TRACKED_ADDRESSES: u64 = 100_000;
 
+/// `X-Forwarded-For` entries looked at, from the right; a longer chain is not believed further.
+const MAX_FORWARDED_HOPS: usize = 16;
+
 /// The API's limits, shared by all requests.
 pub struct Limits {
     pub request_timeout: Duration,
     pub test_sends: Arc<TestSends>,
     pub signins: SigninLimiter,
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl Limits {
@@ -50,8 +56,46 @@ impl Limits {
                 settings.failed_signin_limit,
                 settings.failed_signin_window,
             ),
+            trusted_proxies: settings.trusted_proxies.clone(),
         }
     }
+
+    /// The client address of a request; None when the router is served without connect info
+    /// (then nothing is limited by address).
+    pub fn client_of(&self, parts: &Parts) -> Option<IpAddr> {
+        let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+        Some(client_address(
+            peer.ip(),
+            &parts.headers,
+            &self.trusted_proxies,
+        ))
+    }
+}
+
+/// The peer, unless it is a trusted proxy: then the rightmost `X-Forwarded-For` entry that is
+/// not a trusted proxy (entries further left were written by the client and prove nothing). An
+/// entry that is not an address ends the walk at the last trusted hop.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let canonical = |ip: IpAddr| ip.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| canonical(*t) == canonical(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev().take(MAX_FORWARDED_HOPS) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// Middleware: stops a request that runs past `limit` (dropping its future cancels whatever it
@@ -306,6 +350,46 @@ mod tests {
         first.succeeded();
         second.succeeded();
         assert!(limiter.attempt(client).is_ok());
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let trusted: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "10.0.0.5".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let proxy = ip("127.0.0.1");
+        let cases = [
+            (proxy, with(&[]), "127.0.0.1"),
+            (proxy, with(&["203.0.113.9"]), "203.0.113.9"),
+            // The client wrote the left part; the proxies appended the right.
+            (proxy, with(&["1.2.3.4, 203.0.113.9"]), "203.0.113.9"),
+            (
+                proxy,
+                with(&["1.2.3.4", "203.0.113.9, 10.0.0.5"]),
+                "203.0.113.9",
+            ),
+            (proxy, with(&["203.0.113.9, garbage"]), "127.0.0.1"),
+            (
+                ip("::ffff:127.0.0.1"),
+                with(&["203.0.113.9"]),
+                "203.0.113.9",
+            ),
+            // Anyone else's header is ignored.
+            (ip("198.51.100.1"), with(&["203.0.113.9"]), "198.51.100.1"),
+        ];
+        for (peer, headers, client) in cases {
+            assert_eq!(
+                client_address(peer, &headers, &trusted),
+                ip(client),
+                "{peer} {headers:?}"
+            );
+        }
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub struct AppState {
         title = "hookrelay admin API",
         description = "Manage webhook subscriptions (DESIGN §5). Send `Authorization: Bearer <token>`: \
                        the admin token acts on any account, an account token on its own account only; \
-                       another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`."
+                       another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`. \
+                       Invalid tokens are limited per client address (429 with Retry-After), and every \
+                       request ends within api.request_timeout (504)."
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -283,7 +283,7 @@ async fn checked_url(text: &str, settings: &DeliverySettings) -> Result<WebhookU
 }
 
 /// The guard's refusal, which names no host, address or resolver error.
-pub fn target_refused(refusal: guard::TargetRefused) -> ApiError {
+fn target_refused(refusal: guard::TargetRefused) -> ApiError {
     ApiError::invalid(
         "target_not_public",
         format!(

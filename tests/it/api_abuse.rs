@@ -440,3 +440,56 @@ async fn a_target_inside_the_network_is_refused_without_naming_it() {
     stop.cancel();
     api.cleanup().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    let http = client();
+    let limited = [
+        ("HOOKRELAY__API__FAILED_SIGNIN_LIMIT", "2"),
+        ("HOOKRELAY__API__FAILED_SIGNIN_WINDOW", "1m"),
+    ];
+    // The test connects from 127.0.0.1, a trusted proxy by default.
+    let api = api_alone(&limited).await;
+    let whoami = format!("{}/v1/whoami", api.base);
+    let from = |client: &str| http.get(&whoami).header("x-forwarded-for", client);
+
+    for _ in 0..2 {
+        let (status, _, _) = raw(from("203.0.113.9").bearer_auth("guess")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _, _) = raw(from("203.0.113.9").bearer_auth("guess")).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesser is limited"
+    );
+    let (status, _, _) = raw(from("198.51.100.1").bearer_auth(ADMIN)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another client behind the proxy is not"
+    );
+    // What the client itself wrote to the left of the proxy's entry changes nothing.
+    let (status, _, _) = raw(from("192.0.2.77, 203.0.113.9").bearer_auth(ADMIN)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    api.cleanup().await;
+
+    // From a peer that is not a trusted proxy, the header is ignored: rotating it does not help.
+    let mut untrusted = limited.to_vec();
+    untrusted.push(("HOOKRELAY__API__TRUSTED_PROXIES", "10.9.8.7"));
+    let api = api_alone(&untrusted).await;
+    let whoami = format!("{}/v1/whoami", api.base);
+    for n in 0..2 {
+        let request = http
+            .get(&whoami)
+            .header("x-forwarded-for", format!("203.0.113.{n}"))
+            .bearer_auth("guess");
+        assert_eq!(raw(request).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let request = http
+        .get(&whoami)
+        .header("x-forwarded-for", "203.0.113.99")
+        .bearer_auth("guess");
+    assert_eq!(raw(request).await.0, StatusCode::TOO_MANY_REQUESTS);
+    api.cleanup().await;
+}
