@@ -216,7 +216,8 @@ struct Window {
 
 /// One sign-in under way. It counts as a failure from the start, so that many guesses sent at
 /// once cannot all be checked before the first failure is counted; [`SigninAttempt::succeeded`]
-/// takes it back.
+/// takes it back. A request stopped mid-check (its timeout) keeps the count: rare, and erring
+/// towards the limit.
 pub struct SigninAttempt {
     window: Option<Arc<Window>>,
 }
