@@ -2,7 +2,7 @@
 //! file → `HOOKRELAY__<SECTION>__<KEY>` environment variables; validated once, naming the key.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -106,6 +106,15 @@ pub struct LogSettings {
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub admin_token: String,
+    /// Every request ends within this (504 otherwise).
+    pub request_timeout: Duration,
+    /// Test-sends one account may have in flight.
+    pub test_sends_per_account: usize,
+    /// Invalid tokens one client address may send per `failed_signin_window`.
+    pub failed_signin_limit: u32,
+    pub failed_signin_window: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +191,11 @@ struct RawLog {
 struct RawApi {
     listen: String,
     admin_token: String,
+    request_timeout: String,
+    test_sends_per_account: usize,
+    failed_signin_limit: u32,
+    failed_signin_window: String,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +314,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("delivery.retry_schedule")
+                    .with_list_parse_key("api.trusted_proxies")
                     .try_parsing(true)
                     .source(Some(env)),
             )
@@ -419,6 +434,33 @@ impl Settings {
             api: ApiSettings {
                 listen: parse_addr("api.listen", &raw.api.listen)?,
                 admin_token: raw.api.admin_token,
+                request_timeout: parse_duration("api.request_timeout", &raw.api.request_timeout)?,
+                test_sends_per_account: match raw.api.test_sends_per_account {
+                    0 => return Err(invalid("api.test_sends_per_account", "must be at least 1")),
+                    n => n,
+                },
+                failed_signin_limit: match raw.api.failed_signin_limit {
+                    0 => return Err(invalid("api.failed_signin_limit", "must be at least 1")),
+                    n => n,
+                },
+                failed_signin_window: parse_duration(
+                    "api.failed_signin_window",
+                    &raw.api.failed_signin_window,
+                )?,
+                trusted_proxies: raw
+                    .api
+                    .trusted_proxies
+                    .iter()
+                    .filter(|text| !text.trim().is_empty())
+                    .map(|text| {
+                        text.trim().parse().map_err(|_| {
+                            invalid(
+                                "api.trusted_proxies",
+                                format!("{text:?} is not an IP address like 10.0.0.5"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             ops: OpsSettings {
                 listen: parse_addr("ops.listen", &raw.ops.listen)?,
@@ -448,6 +490,23 @@ mod tests {
         assert_eq!(s.delivery.disable_after, Duration::from_secs(5 * 86_400));
         assert_eq!(s.delivery.max_event_bytes, 262_144);
         assert!(!s.delivery.allow_private_targets);
+        assert!(
+            s.api.request_timeout > s.delivery.timeout,
+            "a test-send can finish"
+        );
+        assert_eq!(s.api.test_sends_per_account, 2);
+        assert_eq!(s.api.failed_signin_limit, 5);
+        assert_eq!(s.api.failed_signin_window, Duration::from_secs(60));
+        let loopback: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(s.api.trusted_proxies, loopback);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_listed_comma_separated() {
+        let s = load(&[("HOOKRELAY__API__TRUSTED_PROXIES", "10.0.0.5, fd00::7")]).unwrap();
+        assert_eq!(s.api.trusted_proxies.len(), 2);
+        let err = load(&[("HOOKRELAY__API__TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap_err();
+        assert!(err.to_string().contains("api.trusted_proxies"), "{err}");
     }
 
     #[test]

@@ -64,19 +64,38 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
+        // No token at all is not a sign-in attempt: it cannot guess anything.
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        // Comparing hashes rather than the tokens: equal-length values, and a timing difference
-        // could only reveal a prefix of a hash, which does not help to find the token.
-        if token_hash(token) == state.admin_token_hash {
-            return Ok(Caller::Admin);
-        }
-        let account = account_of(token).ok_or_else(ApiError::unauthorized)?;
-        if is_issued(&state.store, &account, token).await? {
-            Ok(Caller::Account(account))
-        } else {
-            Err(ApiError::unauthorized())
+        let client = state.limits.client_of(parts);
+        let attempt = state.limits.signins.attempt(client)?;
+        match identify(state, token).await {
+            Ok(Some(caller)) => {
+                attempt.succeeded();
+                Ok(caller)
+            }
+            // Dropping the attempt without success counts it as a failure.
+            Ok(None) => Err(ApiError::unauthorized()),
+            Err(e) => {
+                attempt.succeeded(); // the store failed, not the caller
+                Err(e.into())
+            }
         }
     }
+}
+
+/// Who `token` is, if anyone.
+async fn identify(state: &AppState, token: &str) -> Result<Option<Caller>, StoreError> {
+    // Comparing hashes rather than the tokens: equal-length values, and a timing difference
+    // could only reveal a prefix of a hash, which does not help to find the token.
+    if token_hash(token) == state.admin_token_hash {
+        return Ok(Some(Caller::Admin));
+    }
+    let Some(account) = account_of(token) else {
+        return Ok(None);
+    };
+    Ok(is_issued(&state.store, &account, token)
+        .await?
+        .then_some(Caller::Account(account)))
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

@@ -3,7 +3,7 @@
 //! starts a fresh round of attempts through the broker with the same `webhook-id`.
 
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody, OptionalBody};
+use super::error::{ApiError, ErrorBody, OptionalBody, Path, Query};
 use super::examples;
 use super::webhooks::WebhookPath;
 use super::AppState;
@@ -11,7 +11,7 @@ use crate::delivery::format::PreparedEvent;
 use crate::event::{Event, EventType};
 use crate::messages::DeliveryJob;
 use crate::subscription::attempts::{self, AttemptRecord, LOG_SIZE, RESEND_MAX_BYTES};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::SecondsFormat;
@@ -50,6 +50,9 @@ pub struct TestResult {
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such webhook for this caller", body = ErrorBody),
         (status = 422, description = "Unknown event type, or one the webhook does not receive", body = ErrorBody),
+        (status = 429, description = "The account has api.test_sends_per_account test-sends in flight", body = ErrorBody),
+        (status = 503, description = "The server has too many test-sends in flight", body = ErrorBody),
+        (status = 504, description = "No answer within api.request_timeout", body = ErrorBody),
     ))]
 pub async fn send_test(
     State(state): State<Arc<AppState>>,
@@ -58,6 +61,8 @@ pub async fn send_test(
     OptionalBody(body): OptionalBody<TestRequest>,
 ) -> Result<Json<TestResult>, ApiError> {
     let (account, id) = path.resolve(&caller)?;
+    // Held until the answer: a test-send is an outbound request made on the caller's behalf.
+    let _slot = state.limits.test_sends.try_take(&account)?;
     let webhook = state.store.get(&account, &id).await?;
     let event_type = match body.event_type {
         None => examples::default_type(webhook.events),
@@ -151,10 +156,9 @@ pub async fn list_attempts(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(path): Path<WebhookPath>,
-    query: Result<Query<AttemptsQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<AttemptsQuery>,
 ) -> Result<Json<AttemptList>, ApiError> {
     let (account, id) = path.resolve(&caller)?;
-    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=LOG_SIZE as usize).contains(&limit) {
         return Err(ApiError::invalid(
@@ -241,11 +245,10 @@ pub async fn resend(
         )
     })?;
     let job = DeliveryJob::fresh(&event, &webhook.id, webhook.url.as_str());
-    state
-        .resender
-        .enqueue(&job)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    state.resender.enqueue(&job).await.map_err(|e| {
+        tracing::error!(error = %e, "resend: the broker did not take the delivery");
+        ApiError::unavailable("the delivery could not be queued; try again shortly")
+    })?;
     tracing::info!(account_id = %account, webhook_id = %id, event_id = %event.id, "event resent");
     Ok((
         StatusCode::ACCEPTED,

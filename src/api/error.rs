@@ -1,12 +1,14 @@
 //! The API's errors, always `{"error": {"code", "message"}}` with the status DESIGN §5 fixes, and
-//! the JSON body extractor that turns every way a body can be wrong into one of them.
+//! the extractors (JSON body, path, query) that turn every way a request can be wrong into one.
 
 use crate::subscription::store::StoreError;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::time::Duration;
 use utoipa::ToSchema;
 
 /// Bodies larger than this are refused with 413; the largest valid one is a few KiB.
@@ -18,6 +20,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1) with 429 and 503.
+    pub retry_after: Option<Duration>,
 }
 
 /// The error body, as documented in the OpenAPI document.
@@ -29,7 +33,9 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, for programs: `unauthorized`, `not_found`, `webhook_limit_reached`,
-    /// `duplicate_url`, `invalid_url`, `target_not_public`, `invalid_events`, `invalid_body`, …
+    /// `duplicate_url`, `invalid_url`, `target_not_public`, `invalid_events`, `invalid_body`,
+    /// `invalid_path`, `invalid_query`, `too_many_failed_signins`, `too_many_test_sends`,
+    /// `timeout`, `unavailable`, `store_error`, …
     #[schema(example = "webhook_limit_reached")]
     pub code: String,
     /// A sentence for people.
@@ -42,7 +48,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub fn unauthorized() -> Self {
@@ -70,6 +83,19 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+
+    /// 504: the request ran past `api.request_timeout` and was stopped.
+    pub fn timed_out(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request did not finish within {} and was stopped (api.request_timeout); \
+                 for a test-send, the endpoint is slow to answer",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -89,11 +115,19 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
 
 impl From<StoreError> for ApiError {
+    /// The merchant's mistakes keep their 4xx; a failing or unreadable store is a 5xx whose
+    /// message tells nothing of Redis or of what is stored: the cause goes to the log.
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LimitReached(_) => ApiError::new(
@@ -110,16 +144,54 @@ impl From<StoreError> for ApiError {
                 format!("this account already has a webhook for {url}"),
             ),
             StoreError::NotFound(_) => ApiError::not_found("webhook"),
-            StoreError::Invalid(message) => ApiError::invalid("invalid_webhook", message),
-            StoreError::Unreadable(e) => {
-                // The cause (a record's id, a key mismatch) is for the operators' log only.
-                tracing::error!(error = %e, "a stored webhook could not be read");
-                ApiError::unavailable("a stored webhook could not be read".to_owned())
-            }
             e @ (StoreError::Redis(_) | StoreError::Timeout(_)) => {
                 tracing::error!(error = %e, "the subscription store failed");
-                ApiError::unavailable("the subscription store is unavailable; try again".to_owned())
+                ApiError::unavailable("the subscription store is unavailable; try again shortly")
+                    .retry_after(Duration::from_secs(5))
             }
+            StoreError::Url(e) => ApiError::invalid("invalid_webhook", e.to_string()),
+            StoreError::Unreadable(e) => {
+                tracing::error!(error = %e, "a stored record is unreadable");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "a stored record could not be read; the operators can see why in the API's log",
+                )
+            }
+        }
+    }
+}
+
+/// A path parameter. Unlike axum's `Path`, a rejection (e.g. a segment that is not UTF-8 once
+/// percent-decoded) is an [`ApiError`].
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// A query string. Unlike axum's `Query`, a rejection is an [`ApiError`] (422, like any other
+/// invalid field).
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(e) => Err(ApiError::invalid("invalid_query", e.body_text())),
         }
     }
 }

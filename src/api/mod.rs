@@ -9,12 +9,14 @@
 //! - [`deliveries`]: send an example, recent attempts, resend one attempt's event.
 //! - [`tokens`]: the admin's token routes and `/v1/whoami`.
 //! - [`examples`]: example events per type; [`resend`]: the broker connection for resends.
+//! - [`limits`]: the request timeout, test-sends per account, failed sign-ins per address.
 //! - [`page`]: the Webhooks page (HTML, CSS and JS beside it, built into the binary).
 
 pub mod auth;
 pub mod deliveries;
 pub mod error;
 pub mod examples;
+pub mod limits;
 pub mod page;
 pub mod resend;
 pub mod tokens;
@@ -53,6 +55,7 @@ pub struct AppState {
     pub resender: resend::Resender,
     /// SHA-256 of `api.admin_token`; the token itself is not kept.
     pub admin_token_hash: [u8; 32],
+    pub limits: limits::Limits,
 }
 
 #[derive(OpenApi)]
@@ -61,7 +64,9 @@ pub struct AppState {
         title = "hookrelay admin API",
         description = "Manage webhook subscriptions (DESIGN §5). Send `Authorization: Bearer <token>`: \
                        the admin token acts on any account, an account token on its own account only; \
-                       another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`."
+                       another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`. \
+                       Invalid tokens are limited per client address (429 with Retry-After), and every \
+                       request ends within api.request_timeout (504)."
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -157,6 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
     })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::from_fn_with_state(
+        state.limits.request_timeout,
+        limits::request_timeout,
+    ))
     .layer(axum::middleware::map_response(common_headers))
     .with_state(state)
 }
@@ -224,12 +233,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         deliverer: Deliverer::new(&settings.delivery).context("building the HTTP client")?,
         resender: resend::Resender::new(&settings),
         admin_token_hash: auth::token_hash(admin_token),
+        limits: limits::Limits::new(&settings.api),
     });
+    if settings.api.request_timeout <= settings.delivery.timeout {
+        tracing::warn!(
+            "api.request_timeout is not longer than delivery.timeout: a test-send to a slow \
+             endpoint will be answered 504 instead of reporting the endpoint's timeout"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone());
+    // The client address is what failed sign-ins are counted by.
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

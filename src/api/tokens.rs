@@ -2,10 +2,10 @@
 //! `/v1/whoami` (what a token may do, for the page's sign-in).
 
 use super::auth::{self, Caller, TokenInfo};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, Path};
 use super::webhooks::AccountPath;
 use super::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};

@@ -35,7 +35,7 @@ pub struct AttemptReport {
 #[derive(Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
-    allow_private_targets: bool,
+    targets: guard::TargetPolicy,
     /// `delivery.max_in_flight`: bounds connections, and so memory, with large fan-outs.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -55,7 +55,7 @@ impl Deliverer {
         }
         Ok(Deliverer {
             client: builder.build()?,
-            allow_private_targets: settings.allow_private_targets,
+            targets: guard::TargetPolicy::of(settings),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         })
     }
@@ -69,8 +69,9 @@ impl Deliverer {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        if !self.allow_private_targets && literal_is_private(webhook.url.as_url()) {
-            return refused(webhook, started);
+        // The scheme and IP-literal hosts; host names are checked by the guard's resolver.
+        if let Err(refusal) = self.targets.admits(webhook.url.as_url()) {
+            return refused(refusal, started);
         }
         let request = match self.request(webhook, event) {
             Ok(request) => request,
@@ -101,7 +102,7 @@ impl Deliverer {
                     response_excerpt: excerpt,
                 }
             }
-            Err(e) if guard::is_refusal(&e) => refused(webhook, started),
+            Err(e) if guard::is_refusal(&e) => refused(guard::TargetRefused::NotPublic, started),
             Err(e) => AttemptReport {
                 status: None,
                 error: Some(describe(&e)),
@@ -158,25 +159,14 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("ids and signatures are visible ASCII")
 }
 
-fn refused(webhook: &Webhook, started: Instant) -> AttemptReport {
+/// No request was made. The error names neither host nor address (see [`guard`]).
+fn refused(refusal: guard::TargetRefused, started: Instant) -> AttemptReport {
     AttemptReport {
         status: None,
-        error: Some(format!(
-            "target {} is not a public address",
-            webhook.url.as_url().host_str().unwrap_or("")
-        )),
+        error: Some(refusal.to_string()),
         verdict: Verdict::Refused,
         duration: started.elapsed(),
         response_excerpt: String::new(),
-    }
-}
-
-/// IP-literal hosts bypass the resolver, so they are checked here.
-fn literal_is_private(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => !guard::is_public(ip.into()),
-        Some(url::Host::Ipv6(ip)) => !guard::is_public(ip.into()),
-        _ => false,
     }
 }
 

@@ -160,7 +160,13 @@ impl FromStr for Format {
     }
 }
 
-/// A target URL: absolute http(s) with a host, no credentials, at most 2,048 characters.
+/// Longest webhook URL, in characters of its normalised form (what is stored and sent).
+pub const MAX_URL_LEN: usize = 2048;
+
+/// A target URL: absolute http(s) with a host, no credentials, at most [`MAX_URL_LEN`]
+/// characters, normalised so that one endpoint has one spelling (the duplicate-URL rule compares
+/// these): no `#fragment` (never sent anyway), no empty `?`, no trailing dot on the host, and the
+/// `url` crate's own normalisation (lower-case host, default port dropped, percent-encoding).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WebhookUrl(url::Url);
@@ -173,26 +179,32 @@ pub enum UrlError {
     Scheme,
     #[error("url must not carry a user name or password")]
     Credentials,
-    #[error("url is longer than 2048 characters")]
+    #[error(
+        "url is longer than {MAX_URL_LEN} characters once normalised (e.g. `{{` is sent as %7B)"
+    )]
     TooLong,
 }
 
 impl WebhookUrl {
     pub fn parse(text: &str, allow_http: bool) -> Result<Self, UrlError> {
-        if text.len() > 2048 {
+        // Bounds the parser's work; normalising can grow a URL at most threefold
+        // (percent-encoding) and shrink it by dropping a fragment, so the real limit is below.
+        if text.len() > 4 * MAX_URL_LEN {
             return Err(UrlError::TooLong);
         }
-        let url = url::Url::parse(text.trim()).map_err(|e| UrlError::Unparseable(e.to_string()))?;
+        let mut url =
+            url::Url::parse(text.trim()).map_err(|e| UrlError::Unparseable(e.to_string()))?;
         match url.scheme() {
             "https" => {}
             "http" if allow_http => {}
             _ => return Err(UrlError::Scheme),
         }
-        if url.host().is_none() {
-            return Err(UrlError::Unparseable("no host".into()));
-        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::Credentials);
+        }
+        normalise(&mut url)?;
+        if url.as_str().len() > MAX_URL_LEN {
+            return Err(UrlError::TooLong);
         }
         Ok(WebhookUrl(url))
     }
@@ -204,6 +216,28 @@ impl WebhookUrl {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+}
+
+/// Drops what does not change the endpoint: the fragment, an empty query, trailing dots of the
+/// host name ("example.com." is "example.com" to every resolver).
+fn normalise(url: &mut url::Url) -> Result<(), UrlError> {
+    url.set_fragment(None);
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(domain)) => Some(domain.trim_end_matches('.').to_owned()),
+        Some(_) => None,
+        None => return Err(UrlError::Unparseable("no host".into())),
+    };
+    if let Some(host) = host {
+        if host.is_empty() {
+            return Err(UrlError::Unparseable("no host".into()));
+        }
+        url.set_host(Some(&host))
+            .map_err(|e| UrlError::Unparseable(e.to_string()))?;
+    }
+    Ok(())
 }
 
 impl TryFrom<String> for WebhookUrl {
@@ -318,6 +352,56 @@ mod tests {
         assert_eq!(
             WebhookUrl::parse("https://u:p@example.com", true),
             Err(UrlError::Credentials)
+        );
+    }
+
+    #[test]
+    fn one_endpoint_has_one_spelling() {
+        let canonical = "https://example.com/hook?a=1";
+        for spelling in [
+            "https://example.com/hook?a=1#frag",
+            "https://EXAMPLE.com./hook?a=1",
+            "https://example.com:443/hook?a=1#",
+            " https://example.com../hook?a=1 ",
+        ] {
+            assert_eq!(
+                WebhookUrl::parse(spelling, false).unwrap().as_str(),
+                canonical,
+                "{spelling}"
+            );
+        }
+        for (spelling, normal) in [
+            ("https://example.com/hook?", "https://example.com/hook"),
+            ("https://example.com/hook?#x", "https://example.com/hook"),
+            ("https://example.com.", "https://example.com/"),
+            ("https://93.184.216.34./h", "https://93.184.216.34/h"),
+        ] {
+            assert_eq!(WebhookUrl::parse(spelling, false).unwrap().as_str(), normal);
+        }
+        assert!(WebhookUrl::parse("https://./h", false).is_err());
+    }
+
+    #[test]
+    fn the_length_limit_holds_for_the_normalised_url() {
+        let braces = format!("https://example.com/{}", "{".repeat(2000));
+        assert!(braces.len() <= MAX_URL_LEN);
+        assert_eq!(WebhookUrl::parse(&braces, false), Err(UrlError::TooLong));
+        let long_fragment = format!("https://example.com/h#{}", "x".repeat(3000));
+        assert_eq!(
+            WebhookUrl::parse(&long_fragment, false).unwrap().as_str(),
+            "https://example.com/h"
+        );
+        let longest = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
+        assert_eq!(
+            WebhookUrl::parse(&longest, false).unwrap().as_str(),
+            longest
+        );
+        let over = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 19));
+        assert_eq!(WebhookUrl::parse(&over, false), Err(UrlError::TooLong));
+        let stored = WebhookUrl::parse(&longest, false).unwrap();
+        assert_eq!(
+            WebhookUrl::try_from(String::from(stored.clone())),
+            Ok(stored)
         );
     }
 }

@@ -37,7 +37,7 @@ pub enum StoreError {
     #[error("no webhook {0}")]
     NotFound(WebhookId),
     #[error("invalid webhook: {0}")]
-    Invalid(String),
+    Url(#[from] UrlError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
@@ -123,12 +123,6 @@ impl UnreadableWebhook {
             enabled,
             error,
         }
-    }
-}
-
-impl From<UrlError> for StoreError {
-    fn from(e: UrlError) -> Self {
-        StoreError::Invalid(e.to_string())
     }
 }
 

@@ -1,6 +1,8 @@
 //! One integration-test binary against the real RabbitMQ and Redis (see `helpers`).
 
 mod api;
+mod api_abuse;
+mod api_harness;
 mod broker;
 mod cli;
 mod dead_letters;
@@ -11,3 +13,4 @@ mod helpers;
 mod hostile;
 mod isolation;
 mod subscriptions;
+mod targets;
