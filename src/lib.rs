@@ -40,6 +40,14 @@ pub mod subscription;
 pub mod telemetry;
 pub mod worker;
 
+/// Prints a JSON document on stdout (the `--json` output of every command).
+pub fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
 /// `len` random characters of `[A-Za-z0-9]`, for ids.
 pub fn random_token(len: usize) -> String {
     use rand::distr::{Alphanumeric, SampleString};

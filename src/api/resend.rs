@@ -32,11 +32,7 @@ impl Resender {
         Resender {
             url: settings.amqp.url.clone(),
             timeout: settings.amqp.publish_timeout,
-            topology: Topology::new(
-                &settings.amqp.prefix,
-                &settings.delivery.retry_schedule,
-                settings.amqp.delivery_limit,
-            ),
+            topology: Topology::from_settings(settings),
             current: Mutex::new(None),
         }
     }

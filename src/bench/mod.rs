@@ -60,7 +60,7 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     if let Some(accounts) = opts.cache_accounts {
         let figures = cache::run(&settings, accounts).await?;
         if opts.json {
-            crate::cli::print_json(&figures);
+            crate::print_json(&figures);
         } else {
             println!(
                 "subscription cache after {} distinct accounts ({} with a webhook), bound {} MB:\n  \
@@ -85,7 +85,7 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     shutdown.cancel();
     let report = result?;
     if opts.json {
-        crate::cli::print_json(&report);
+        crate::print_json(&report);
     } else {
         print_report(&report);
     }
@@ -130,11 +130,7 @@ impl Bench {
         // The receiver is on loopback over http.
         settings.delivery.allow_http = true;
         settings.delivery.allow_private_targets = true;
-        let topology = Topology::new(
-            &settings.amqp.prefix,
-            &settings.delivery.retry_schedule,
-            settings.amqp.delivery_limit,
-        );
+        let topology = Topology::from_settings(&settings);
         let conn = crate::broker::connect(&settings.amqp.url, "hookrelay bench").await?;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = Publisher::new(&conn, settings.amqp.publish_timeout).await?;

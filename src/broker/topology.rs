@@ -22,6 +22,16 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The topology the settings describe: `amqp.prefix`, `delivery.retry_schedule` and
+    /// `amqp.delivery_limit`. The one way the binary's commands build it.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self::new(
+            &settings.amqp.prefix,
+            &settings.delivery.retry_schedule,
+            settings.amqp.delivery_limit,
+        )
+    }
+
     pub fn new(prefix: &str, retry_steps: &[Duration], delivery_limit: u32) -> Self {
         Topology {
             prefix: prefix.to_owned(),

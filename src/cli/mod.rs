@@ -160,11 +160,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
-    let topology = crate::broker::topology::Topology::new(
-        &settings.amqp.prefix,
-        &settings.delivery.retry_schedule,
-        settings.amqp.delivery_limit,
-    );
+    let topology = crate::broker::topology::Topology::from_settings(settings);
     let conn = crate::broker::connect(&settings.amqp.url, "hookrelay topology")
         .await
         .context("connecting to RabbitMQ (amqp.url)")?;
@@ -195,10 +191,4 @@ fn print_events(json: bool) {
     }
 }
 
-/// Prints a JSON document on stdout.
-pub(crate) fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
-}
+pub(crate) use crate::print_json;

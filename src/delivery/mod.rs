@@ -8,6 +8,7 @@ pub mod policy;
 pub mod signing;
 
 use crate::config::DeliverySettings;
+use crate::subscription::attempts::{AttemptRecord, RESEND_MAX_BYTES};
 use crate::subscription::{Format, Webhook};
 use chrono::Utc;
 use format::{BodyTooLarge, PreparedEvent};
@@ -29,6 +30,25 @@ pub struct AttemptReport {
     pub verdict: Verdict,
     pub duration: Duration,
     pub response_excerpt: String,
+}
+
+impl AttemptReport {
+    /// The attempt log's record of attempt number `attempt` of `event`; the envelope is kept
+    /// for resending when it is small enough.
+    pub fn to_record(&self, attempt: u32, event: &PreparedEvent) -> AttemptRecord {
+        let envelope = event.envelope();
+        AttemptRecord {
+            at: Utc::now(),
+            attempt,
+            event_id: event.event.id.to_string(),
+            event_type: event.event.event_type.label().to_owned(),
+            status: self.status,
+            error: self.error.clone(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            response_excerpt: self.response_excerpt.clone(),
+            event: (envelope.get().len() <= RESEND_MAX_BYTES).then(|| envelope.to_owned()),
+        }
+    }
 }
 
 /// Sends deliveries; cheap to clone (the connection pool is shared).

@@ -5,68 +5,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::fmt;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const SECRET_PREFIX: &str = "whsec_";
-
-/// A webhook secret `whsec_<base64>` whose key is 24 to 64 bytes. The string form is kept too:
-/// the InPlayer signature is keyed with the whole string.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
-    text: String,
-    key: Vec<u8>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SecretError {
-    #[error("a secret starts with `whsec_`")]
-    MissingPrefix,
-    #[error("the part after `whsec_` is not base64")]
-    NotBase64,
-    #[error("the key is {0} bytes; 24 to 64 are accepted")]
-    BadLength(usize),
-}
-
-impl Secret {
-    pub fn parse(text: &str) -> Result<Secret, SecretError> {
-        let encoded = text
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(SecretError::MissingPrefix)?;
-        let key = B64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
-        if !(24..=64).contains(&key.len()) {
-            return Err(SecretError::BadLength(key.len()));
-        }
-        Ok(Secret {
-            text: text.to_owned(),
-            key,
-        })
-    }
-
-    /// 32 fresh random bytes.
-    pub fn generate() -> Secret {
-        let key: [u8; 32] = rand::random();
-        Secret {
-            text: format!("{SECRET_PREFIX}{}", B64.encode(key)),
-            key: key.to_vec(),
-        }
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.text
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::subscription::secret::{Secret, SecretError};
 
 /// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
 pub fn standard_signature(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(&secret.key).expect("HMAC takes a key of any length");
+    let mut mac = HmacSha256::new_from_slice(secret.key()).expect("HMAC takes a key of any length");
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -103,8 +49,8 @@ pub fn verify_standard(
 
 /// `sha256=<lowercase hex HMAC-SHA256 of the body keyed with the whole secret string>`.
 pub fn inplayer_signature(secret: &Secret, body: &[u8]) -> String {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.text.as_bytes()).expect("HMAC takes a key of any length");
+    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes a key of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -170,7 +116,7 @@ mod tests {
         );
         assert_eq!(Secret::parse("abc"), Err(SecretError::MissingPrefix));
         assert_eq!(Secret::parse("whsec_!!"), Err(SecretError::NotBase64));
-        assert_eq!(Secret::generate().key.len(), 32);
+        assert_eq!(Secret::generate().key().len(), 32);
     }
 
     #[test]

@@ -126,11 +126,7 @@ impl Dlq {
         let conn = crate::broker::connect(&settings.amqp.url, "hookrelay dlq").await?;
         Ok(Dlq {
             conn,
-            topology: Topology::new(
-                &settings.amqp.prefix,
-                &settings.delivery.retry_schedule,
-                settings.amqp.delivery_limit,
-            ),
+            topology: Topology::from_settings(settings),
             publish_timeout: settings.amqp.publish_timeout,
         })
     }

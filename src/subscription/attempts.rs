@@ -6,8 +6,6 @@
 
 use super::store::{Store, StoreError};
 use super::WebhookId;
-use crate::delivery::format::PreparedEvent;
-use crate::delivery::AttemptReport;
 use crate::event::AccountId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -67,23 +65,6 @@ impl AttemptLog {
 }
 
 impl AttemptRecord {
-    /// The record of attempt number `attempt` of `event`, which ended with `report`; the
-    /// envelope is kept for resending when it is small enough.
-    pub fn new(attempt: u32, event: &PreparedEvent, report: &AttemptReport) -> Self {
-        let envelope = event.envelope();
-        AttemptRecord {
-            at: Utc::now(),
-            attempt,
-            event_id: event.event.id.to_string(),
-            event_type: event.event.event_type.label().to_owned(),
-            status: report.status,
-            error: report.error.clone(),
-            duration_ms: report.duration.as_millis() as u64,
-            response_excerpt: report.response_excerpt.clone(),
-            event: (envelope.get().len() <= RESEND_MAX_BYTES).then(|| envelope.to_owned()),
-        }
-    }
-
     fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }

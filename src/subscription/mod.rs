@@ -3,11 +3,12 @@
 
 pub mod attempts;
 pub mod cache;
+pub mod secret;
 pub mod store;
 
-use crate::delivery::signing::Secret;
 use crate::event::{AccountId, EventType};
 use chrono::{DateTime, Utc};
+pub use secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -9,10 +9,10 @@
 //! With `redis.secret_key` set, the secrets in the webhook JSON are sealed (XChaCha20-Poly1305,
 //! bound to the account and webhook id); secrets stored in plain text stay readable.
 
+use super::secret::Secret;
 use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
-use crate::delivery::signing::Secret;
 use crate::event::AccountId;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

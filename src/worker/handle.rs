@@ -13,7 +13,7 @@ use crate::delivery::{AttemptReport, Deliverer};
 use crate::event::{Event, Limits, Poison};
 use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers, Dying};
 use crate::messages::{header, DeadDelivery, DeadReason, DeliveryJob, History};
-use crate::subscription::attempts::{AttemptLog, AttemptRecord};
+use crate::subscription::attempts::AttemptLog;
 use crate::subscription::cache::{Found, SubscriptionCache, Webhooks};
 use crate::subscription::Webhook;
 use backon::BackoffBuilder;
@@ -288,7 +288,7 @@ impl Ctx {
             .record(report.duration.as_secs_f64());
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
-        let record = AttemptRecord::new(attempt, event, report);
+        let record = report.to_record(attempt, event);
         self.attempt_log
             .record(&webhook.account_id, &webhook.id, record);
     }

@@ -124,11 +124,7 @@ pub async fn start(
         );
     }
     let parts = Parts {
-        topology: Topology::new(
-            &settings.amqp.prefix,
-            &settings.delivery.retry_schedule,
-            settings.amqp.delivery_limit,
-        ),
+        topology: Topology::from_settings(&settings),
         cache,
         deliverer: Deliverer::new(&settings.delivery)?,
         attempt_log: AttemptLog::start(store, settings.delivery.disable_after),
