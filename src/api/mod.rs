@@ -3,6 +3,7 @@
 //! handlers' annotations, so it cannot drift from them.
 //!
 //! # Layout
+//! - [`access`]: the access log and request metrics of every request.
 //! - [`auth`]: who is calling (admin or an account), account tokens kept hashed in Redis.
 //! - [`error`]: the `{"error": {"code", "message"}}` responses and the JSON body extractor.
 //! - [`webhooks`]: list, create, read, update, delete, rotate-secret; the rules and SSRF check.
@@ -11,6 +12,7 @@
 //! - [`examples`]: example events per type; [`resend`]: the broker connection for resends.
 //! - [`page`]: the Webhooks page (HTML, CSS and JS beside it, built into the binary).
 
+pub mod access;
 pub mod auth;
 pub mod deliveries;
 pub mod error;
@@ -158,6 +160,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
     .layer(axum::middleware::map_response(common_headers))
+    .layer(axum::middleware::from_fn(access::observe))
     .with_state(state)
 }
 
@@ -229,6 +232,17 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
     let app = router(state.clone());
+    // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
+    let ready = crate::ops::Health::new(|| true);
+    let ops_addr = crate::ops::serve(settings.ops.listen, ready, shutdown.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "binding ops.listen {} (a worker on this host may use it: give one of them \
+                 another port)",
+                settings.ops.listen
+            )
+        })?;
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -236,7 +250,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         state.resender.close().await;
         served
     });
-    tracing::info!(%addr, prefix = %settings.redis.prefix, "API and Webhooks page listening");
+    tracing::info!(%addr, %ops_addr, prefix = %settings.redis.prefix,
+        "API and Webhooks page listening");
     Ok(RunningApi { addr, task })
 }
 

@@ -155,6 +155,7 @@ impl Ctx {
         loop {
             match self.cache.lookup(&event.account_id).await {
                 Ok(webhooks) => {
+                    crate::metrics::redis_ok(true);
                     let was_failing = !self.redis_ok.load(Ordering::Acquire);
                     if was_failing && !self.redis_ok.swap(true, Ordering::AcqRel) {
                         tracing::info!("subscription lookups answer again; resuming");
@@ -167,6 +168,7 @@ impl Ctx {
                 }
                 Err(e) => tracing::debug!(error = %e, "subscription lookup failed; retrying"),
             }
+            crate::metrics::redis_ok(false);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
                 _ = tokio::time::sleep(delay) => {}
@@ -190,6 +192,7 @@ impl Ctx {
             Admission::Defer if self.schedule.steps().is_empty() => None,
             Admission::Defer => return self.defer(webhook, event, attempt - 1, history).await,
         };
+        let _in_flight = crate::metrics::in_flight();
         let report = self.deliverer.attempt(webhook, event).await;
         if let Some(permit) = permit {
             match &report.verdict {
@@ -199,6 +202,9 @@ impl Ctx {
             }
         }
         record_metrics(&report);
+        if matches!(report.verdict, AttemptVerdict::Judged(Verdict::Delivered)) {
+            crate::metrics::delivered(event.event.created_at)
+        }
         self.log_attempt(webhook, event, attempt, &report);
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
@@ -218,6 +224,7 @@ impl Ctx {
             AttemptVerdict::Judged(Verdict::Retry { at_least }) => {
                 match self.schedule.next(attempt, *at_least, rand::random()) {
                     Some(next) => {
+                        crate::metrics::retry_scheduled(next.step);
                         let history = History::after(history.first_attempt_at, &report);
                         let job = DeliveryJob::new(
                             event.envelope(),
