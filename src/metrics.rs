@@ -205,6 +205,24 @@ pub fn worker_started() {
     prometheus();
     redis_ok(true);
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    // Counters exist at 0 from the start, so that rate() and alerts see the first increase.
+    let counters = [
+        EVENTS,
+        EVENTS_UNMATCHED,
+        DEFERRED,
+        BROKER_RECONNECTS,
+        CIRCUITS_OPENED,
+        CACHE_HITS,
+        CACHE_MISSES,
+        ATTEMPT_LOG_DROPPED,
+        ATTEMPT_LOG_ERRORS,
+    ];
+    for name in counters {
+        metrics::counter!(name).increment(0);
+    }
+    for result in ["delivered", "failed", "gone", "refused"] {
+        metrics::counter!(ATTEMPTS, "result" => result).increment(0);
+    }
 }
 
 /// A 2xx received for an event created at `created_at`.

@@ -185,6 +185,8 @@ async fn common_headers(mut response: Response) -> Response {
 /// A started API server.
 pub struct RunningApi {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are (`ops.listen`).
+    pub ops_addr: SocketAddr,
     task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -252,7 +254,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     });
     tracing::info!(%addr, %ops_addr, prefix = %settings.redis.prefix,
         "API and Webhooks page listening");
-    Ok(RunningApi { addr, task })
+    Ok(RunningApi {
+        addr,
+        ops_addr,
+        task,
+    })
 }
 
 /// `hookrelay api`: serves until SIGINT or SIGTERM.
