@@ -133,7 +133,7 @@ fn describe() {
     describe_histogram!(
         DELIVERY_LAG,
         Unit::Seconds,
-        "Event created_at to the 2xx that delivered it, retries included"
+        "Event created_at to the 2xx that delivered it, retries included (created_at in whole seconds reads up to 1 s high)"
     );
     describe_counter!(
         DEAD_LETTERS,

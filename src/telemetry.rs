@@ -49,42 +49,63 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        let mut line = Line::default();
+        line.push(
+            "timestamp",
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
         );
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("target".into(), Value::String(meta.target().to_owned()));
+        line.push("level", meta.level().as_str().into());
+        line.push("target", meta.target().into());
         let mut own = FieldMap(Map::new());
         event.record(&mut own);
-        // `message` first after the fixed keys, for people reading the raw line.
+        // `message` right after the fixed keys, for people reading the raw line.
         if let Some(message) = own.0.remove("message") {
-            line.insert("message".into(), message);
+            line.push("message", message);
         }
-        // Innermost span first, so `or_insert` keeps the innermost value of a repeated key.
-        let mut span_fields = Vec::new();
+        for (key, value) in own.0 {
+            line.push(&key, value);
+        }
+        // Innermost span first, so that the innermost value of a repeated key is kept.
         if let Some(scope) = ctx.event_scope() {
             for span in scope {
                 let extensions = span.extensions();
                 // JsonFields renders a span's fields as one JSON object; an empty span has "".
-                if let Some(fields) = extensions.get::<FormattedFields<N>>() {
-                    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields) {
-                        span_fields.push(map);
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields) {
+                    for (key, value) in map {
+                        line.push(&key, value);
                     }
                 }
             }
         }
-        for (key, value) in own.0 {
-            line.entry(key).or_insert(value);
+        writeln!(writer, "{}", line.to_json())
+    }
+}
+
+/// A JSON object in insertion order, first value of a key wins. (`serde_json::Map` sorts its
+/// keys unless the crate-wide `preserve_order` feature is on.)
+#[derive(Default)]
+struct Line(Vec<(String, Value)>);
+
+impl Line {
+    fn push(&mut self, key: &str, value: Value) {
+        if !self.0.iter().any(|(k, _)| k == key) {
+            self.0.push((key.to_owned(), value));
         }
-        for map in span_fields {
-            for (key, value) in map {
-                line.entry(key).or_insert(value);
-            }
-        }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+    }
+
+    fn to_json(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            // A string key and a Value always serialize.
+            .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
+            .collect();
+        format!("{{{}}}", fields.join(","))
     }
 }
 
@@ -135,7 +156,8 @@ mod tests {
         }
     }
 
-    fn json_lines(emit: impl FnOnce()) -> Vec<Value> {
+    /// Each line as emitted, and parsed.
+    fn json_lines(emit: impl FnOnce()) -> Vec<(String, Value)> {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -146,7 +168,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, emit);
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| (l.to_owned(), serde_json::from_str(l).unwrap()))
             .collect()
     }
 
@@ -160,7 +182,7 @@ mod tests {
             tracing::info!(reason = "exhausted", "delivery dead-lettered");
         });
         assert_eq!(lines.len(), 1);
-        let line = lines[0].as_object().unwrap();
+        let (raw, line) = (&lines[0].0, lines[0].1.as_object().unwrap());
         assert_eq!(line["message"], "delivery dead-lettered");
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["event_id"], "evt_1");
@@ -168,6 +190,13 @@ mod tests {
         assert_eq!(line["webhook_id"], "wh_1");
         assert_eq!(line["attempt"], 2);
         assert_eq!(line["reason"], "exhausted");
+        // The fixed keys lead, in this order, for people reading raw lines.
+        let at = |key: &str| raw.find(&format!("\"{key}\":")).unwrap();
+        assert!(raw.starts_with("{\"timestamp\":"), "{raw}");
+        assert!(
+            at("level") < at("target") && at("target") < at("message"),
+            "{raw}"
+        );
         assert!(
             !line.contains_key("fields") && !line.contains_key("span"),
             "{line:?}"
@@ -181,6 +210,6 @@ mod tests {
             let _span = span.enter();
             tracing::info!(attempt = 3u32, "retried");
         });
-        assert_eq!(lines[0]["attempt"], 3);
+        assert_eq!(lines[0].1["attempt"], 3);
     }
 }
