@@ -141,10 +141,13 @@ for path in sys.argv[1:]:
     check(kinds["PrometheusRule"][0]["spec"]["groups"] == alerts["groups"],
           f"{path}: the PrometheusRule's groups differ from deploy/prometheus/alerts.yaml")
 
-names = [r["alert"] for g in alerts["groups"] for r in g["rules"]]
+rules = [r for g in alerts["groups"] for r in g["rules"]]
+names = [r["alert"] for r in rules]
 runbook = open("docs/runbook.md").read().lower()
-for n in names:
+for r in rules:
+    n = r["alert"]
     check(f"## {n.lower()}" in runbook, f"docs/runbook.md has no section '## {n}'")
+    check(r["annotations"].get("runbook") == f"docs/runbook.md#{n.lower()}", f"{n}: runbook annotation does not point at its section")
 if problems:
     print("\n".join("   FAIL " + p for p in problems))
     sys.exit(1)
@@ -154,6 +157,9 @@ EOF
 # ---- Prometheus, Grafana -------------------------------------------------------------------------
 step "promtool check rules deploy/prometheus/alerts.yaml"
 "$promtool" check rules deploy/prometheus/alerts.yaml
+step "promtool test rules deploy/prometheus/alerts.test.yaml (each alert fires on made-up series as intended)"
+"$promtool" test rules deploy/prometheus/alerts.test.yaml
+echo "   $(grep -c 'alertname:' deploy/prometheus/alerts.test.yaml) alert evaluations, covering all $(grep -c '^      - alert:' deploy/prometheus/alerts.yaml) alerts"
 step "promtool check config --syntax-only deploy/prometheus/prometheus.yml"
 "$promtool" check config --syntax-only deploy/prometheus/prometheus.yml
 step "Grafana dashboard parses; every panel has a query and the templated datasource"
