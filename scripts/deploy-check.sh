@@ -47,6 +47,7 @@ if [[ ! -x $tools/venv/bin/kubernetes-validate ]]; then
   "$tools/venv/bin/pip" install -q kubernetes-validate
 fi
 py=$tools/venv/bin/python # has PyYAML, a dependency of kubernetes-validate
+command -v objcopy >/dev/null || { step "installing binutils (objcopy)"; apt_install binutils; }
 if ! command -v podman >/dev/null || ! command -v buildah >/dev/null; then
   step "installing podman and buildah"
   apt_install podman buildah || echo "!!! deploy-check: podman/buildah could not be installed: the image build is SKIPPED" >&2
