@@ -37,6 +37,8 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 
+scripts/deploy-check.sh   # deploy/ rendered and validated offline, image's runtime stage built (~15 s)
+
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"
 cargo run --locked --quiet -- bench --events 2000 --accounts 50
 

@@ -18,7 +18,8 @@
 //! - [`dlq`]: `hookrelay dlq`: list, show, replay and purge dead letters without reordering them.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
 //! - [`api`]: `hookrelay api`, the admin HTTP API (bearer tokens, OpenAPI) and the Webhooks page.
-//! - [`ops`], [`telemetry`], [`shutdown`]: health/metrics endpoints, logs, signals.
+//! - [`ops`], [`metrics`], [`telemetry`], [`shutdown`]: health/metrics endpoints, every metric
+//!   family, logs, signals.
 //! - [`bench`]: `hookrelay bench`, throughput and latency against the broker's ceiling.
 //! - [`cli`]: the subcommands of the `hookrelay` binary.
 
@@ -32,6 +33,7 @@ pub mod dlq;
 pub mod event;
 pub mod listen;
 pub mod messages;
+pub mod metrics;
 pub mod ops;
 #[cfg(test)]
 mod properties;

@@ -1,13 +1,13 @@
 //! The worker's ops endpoints on `ops.listen`: `/healthz` (the process is alive), `/readyz`
-//! (connected and consuming) and `/metrics` (Prometheus text).
+//! (connected and consuming) and `/metrics` (Prometheus text, see [`crate::metrics`]). The API
+//! serves the same three on its own `ops.listen`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Readiness, computed on each probe from the worker's live state.
@@ -24,18 +24,6 @@ impl Health {
     }
 }
 
-/// The process-wide Prometheus recorder; installed once even when a test runs several workers.
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may already be installed (a library user's): then ours just stays empty.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
 /// Binds `listen` (port 0 picks a free port) and serves until `shutdown`; returns the address.
 pub async fn serve(
     listen: SocketAddr,
@@ -44,11 +32,12 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let metrics = prometheus();
+    // Installed before the first scrape so that every family is described from the start.
+    crate::metrics::prometheus();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
         .with_state(health);
     tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());

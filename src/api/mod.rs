@@ -3,6 +3,7 @@
 //! handlers' annotations, so it cannot drift from them.
 //!
 //! # Layout
+//! - [`access`]: the access log and request metrics of every request.
 //! - [`auth`]: who is calling (admin or an account), account tokens kept hashed in Redis.
 //! - [`error`]: the `{"error": {"code", "message"}}` responses and the JSON body extractor.
 //! - [`webhooks`]: list, create, read, update, delete, rotate-secret; the rules and SSRF check.
@@ -12,6 +13,7 @@
 //! - [`limits`]: the request timeout, test-sends per account, failed sign-ins per address.
 //! - [`page`]: the Webhooks page (HTML, CSS and JS beside it, built into the binary).
 
+pub mod access;
 pub mod auth;
 pub mod deliveries;
 pub mod error;
@@ -167,6 +169,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         limits::request_timeout,
     ))
     .layer(axum::middleware::map_response(common_headers))
+    .layer(axum::middleware::from_fn(access::observe))
     .with_state(state)
 }
 
@@ -191,6 +194,8 @@ async fn common_headers(mut response: Response) -> Response {
 /// A started API server.
 pub struct RunningApi {
     pub addr: SocketAddr,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are (`ops.listen`).
+    pub ops_addr: SocketAddr,
     task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -245,6 +250,17 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
+    // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
+    let ready = crate::ops::Health::new(|| true);
+    let ops_addr = crate::ops::serve(settings.ops.listen, ready, shutdown.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "binding ops.listen {} (a worker on this host may use it: give one of them \
+                 another port)",
+                settings.ops.listen
+            )
+        })?;
     // The client address is what failed sign-ins are counted by.
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
@@ -254,8 +270,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         state.resender.close().await;
         served
     });
-    tracing::info!(%addr, prefix = %settings.redis.prefix, "API and Webhooks page listening");
-    Ok(RunningApi { addr, task })
+    tracing::info!(%addr, %ops_addr, prefix = %settings.redis.prefix,
+        "API and Webhooks page listening");
+    Ok(RunningApi {
+        addr,
+        ops_addr,
+        task,
+    })
 }
 
 /// `hookrelay api`: serves until SIGINT or SIGTERM.

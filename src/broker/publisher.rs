@@ -75,6 +75,19 @@ impl Publisher {
     }
 
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        let target = if msg.exchange.is_empty() {
+            msg.routing_key
+        } else {
+            msg.exchange
+        };
+        let published = self.publish_confirmed(msg).await;
+        if let Err(e) = &published {
+            crate::metrics::publish_failed(target, e)
+        }
+        published
+    }
+
+    async fn publish_confirmed(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type(msg.content_type.into())

@@ -8,7 +8,7 @@ use crate::broker::headers;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::delivery::format::PreparedEvent;
-use crate::delivery::policy::{settle, NextAttempt, RetrySchedule, Settlement};
+use crate::delivery::policy::{settle, NextAttempt, RetrySchedule, Settlement, Verdict};
 use crate::delivery::{AttemptReport, Deliverer};
 use crate::event::{Event, Limits, Poison};
 use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers, Dying};
@@ -168,6 +168,7 @@ impl Ctx {
         loop {
             match self.cache.lookup(&event.account_id).await {
                 Ok(webhooks) => {
+                    crate::metrics::redis_ok(true);
                     let was_failing = !self.redis_ok.load(Ordering::Acquire);
                     if was_failing && !self.redis_ok.swap(true, Ordering::AcqRel) {
                         tracing::info!("subscription lookups answer again; resuming");
@@ -180,6 +181,7 @@ impl Ctx {
                 }
                 Err(e) => tracing::debug!(error = %e, "subscription lookup failed; retrying"),
             }
+            crate::metrics::redis_ok(false);
             let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
@@ -208,15 +210,20 @@ impl Ctx {
                 None => None,
             },
         };
+        let _in_flight = crate::metrics::in_flight();
         let report = self.deliverer.attempt(webhook, event).await;
         if let Some(permit) = permit {
             permit.judge(&report.verdict);
+        }
+        if report.verdict == Verdict::Delivered {
+            crate::metrics::delivered(event.event.created_at);
         }
         self.log_attempt(webhook, event, attempt, &report);
         let history = history.after(report.status, report.error.as_deref());
         match settle(&report.verdict, attempt, &self.schedule, rand::random()) {
             Settlement::Delivered => Ok(()),
             Settlement::Retry(next) => {
+                crate::metrics::retry_scheduled(next.step);
                 let job = DeliveryJob::new(
                     event.envelope(),
                     &webhook.id,

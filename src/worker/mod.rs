@@ -99,6 +99,7 @@ pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
+    crate::metrics::worker_started();
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;
@@ -171,8 +172,10 @@ async fn run(
     let tracker = TaskTracker::new();
     loop {
         consuming.store(true, Ordering::Release);
+        crate::metrics::broker_connected(true);
         let ended = session.run(&ctx, &tracker, &parts.shutdown).await;
         consuming.store(false, Ordering::Release);
+        crate::metrics::broker_connected(false);
         match ended {
             Ended::Shutdown => {
                 session.stop_consuming().await;

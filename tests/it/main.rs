@@ -12,5 +12,6 @@ mod faults;
 mod helpers;
 mod hostile;
 mod isolation;
+mod metrics;
 mod subscriptions;
 mod targets;

@@ -1,0 +1,314 @@
+//! Every metric family hookrelay exports, in one place: its name, `# HELP` text and, for
+//! histograms, the buckets; the process-wide Prometheus recorder and its upkeep; and small
+//! functions the worker and the publisher call where something worth counting happens.
+//!
+//! Durations are histograms in seconds with explicit buckets, never client-side quantiles: a
+//! quantile cannot be summed across replicas, bucket counts can (`histogram_quantile` over
+//! `sum by (le) (rate(..._bucket[5m]))`). Label values are always from a small, known set (a
+//! result, a reason, a retry step, a route template), never an id, so series stay bounded.
+
+use chrono::{DateTime, Utc};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const EVENTS: &str = "hookrelay_events_total";
+pub const EVENTS_UNMATCHED: &str = "hookrelay_events_unmatched_total";
+pub const ATTEMPTS: &str = "hookrelay_attempts_total";
+pub const ATTEMPT_DURATION: &str = "hookrelay_attempt_duration_seconds";
+pub const DELIVERY_LAG: &str = "hookrelay_delivery_lag_seconds";
+pub const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
+pub const RETRIES: &str = "hookrelay_retries_total";
+pub const DEFERRED: &str = "hookrelay_deliveries_deferred_total";
+pub const IN_FLIGHT: &str = "hookrelay_in_flight_deliveries";
+pub const BROKER_CONNECTED: &str = "hookrelay_broker_connected";
+pub const BROKER_RECONNECTS: &str = "hookrelay_broker_reconnects_total";
+pub const REDIS_OK: &str = "hookrelay_redis_ok";
+pub const PUBLISH_FAILURES: &str = "hookrelay_publish_failures_total";
+pub const CIRCUITS_OPENED: &str = "hookrelay_circuits_opened_total";
+pub const CACHE_HITS: &str = "hookrelay_cache_hits_total";
+pub const CACHE_MISSES: &str = "hookrelay_cache_misses_total";
+pub const ATTEMPT_LOG_DROPPED: &str = "hookrelay_attempt_log_dropped_total";
+pub const ATTEMPT_LOG_ERRORS: &str = "hookrelay_attempt_log_errors_total";
+pub const BUILD_INFO: &str = "hookrelay_build_info";
+pub const API_REQUESTS: &str = "hookrelay_api_requests_total";
+pub const API_REQUEST_DURATION: &str = "hookrelay_api_request_duration_seconds";
+
+/// One attempt: a POST to a merchant, from a fast local receiver (ms) to `delivery.timeout`
+/// (15 s by default, so the last finite buckets straddle it).
+const ATTEMPT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+
+/// Event `created_at` → the 2xx: milliseconds when the first attempt succeeds, then the retry
+/// schedule's scale (5 s, 5 min, 30 min, 2 h, … up to about 3 days in all).
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0,
+    3600.0, 7200.0, 21600.0, 43200.0, 86400.0, 172800.0, 259200.0,
+];
+
+/// Admin API requests: Redis round trips, a test delivery at worst (`delivery.timeout`).
+const API_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes, so memory
+/// stays flat between scrapes (the exporter only drains on render or upkeep).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder, installed (with its descriptions, `build_info` and its
+/// upkeep thread) on first use; later calls, e.g. several workers in one test process, share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a library user's): then ours stays empty
+        // and theirs gets the samples.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        process_collector().describe();
+        let upkeep = handle.clone();
+        // A plain thread: the recorder outlives any one Tokio runtime (tests start several).
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the metrics upkeep thread; histograms drain on scrape only");
+        }
+        handle
+    })
+}
+
+/// `/metrics`: refreshes the process metrics, then renders every family.
+pub fn render() -> String {
+    let handle = prometheus();
+    process_collector().collect();
+    handle.render()
+}
+
+fn builder() -> PrometheusBuilder {
+    let buckets = [
+        (ATTEMPT_DURATION, ATTEMPT_BUCKETS),
+        (DELIVERY_LAG, LAG_BUCKETS),
+        (API_REQUEST_DURATION, API_BUCKETS),
+    ];
+    buckets
+        .into_iter()
+        .fold(PrometheusBuilder::new(), |b, (name, values)| {
+            // Only fails on an empty list, and these are constants.
+            b.set_buckets_for_metric(Matcher::Full(name.to_owned()), values)
+                .expect("bucket lists are not empty")
+        })
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …: the names
+    // Prometheus' own client libraries use, so stock dashboards work.
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// The `# HELP` line of every hookrelay family (the exporter prints one only when described).
+fn describe() {
+    describe_counter!(EVENTS, "Events consumed from <prefix>.events and parsed");
+    describe_counter!(
+        EVENTS_UNMATCHED,
+        "Events whose account had no enabled webhook for their type (acked, nothing sent)"
+    );
+    describe_counter!(
+        ATTEMPTS,
+        "HTTP delivery attempts by result: delivered (2xx), failed (retried), gone (410), refused (no request made: not a public target), body_too_large (no request made)"
+    );
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Duration of one delivery attempt, request sent to response or error"
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Event created_at to the 2xx that delivered it, retries included (created_at in whole seconds reads up to 1 s high)"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages dead-lettered, by queue (deliveries|events) and reason"
+    );
+    describe_counter!(
+        RETRIES,
+        "Deliveries scheduled for another attempt, by retry step (the delay queue they wait in)"
+    );
+    describe_counter!(
+        DEFERRED,
+        "Deliveries sent to wait in a delay queue without an attempt (endpoint slow or circuit open)"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Deliveries this worker is attempting or settling right now"
+    );
+    describe_gauge!(
+        BROKER_CONNECTED,
+        "1 while this worker has a broker session and consumes, else 0"
+    );
+    describe_counter!(
+        BROKER_RECONNECTS,
+        "Broker sessions lost and reopened by this worker"
+    );
+    describe_gauge!(
+        REDIS_OK,
+        "1 while subscription lookups in Redis succeed, 0 during a failure"
+    );
+    describe_counter!(
+        PUBLISH_FAILURES,
+        "Confirmed publishes that failed (nack, returned, timeout, connection), by target and reason"
+    );
+    describe_counter!(
+        CIRCUITS_OPENED,
+        "Times an endpoint's circuit opened because its requests were slow"
+    );
+    describe_counter!(
+        CACHE_HITS,
+        "Subscription lookups answered by the worker's cache"
+    );
+    describe_counter!(CACHE_MISSES, "Subscription lookups that went to Redis");
+    describe_counter!(
+        ATTEMPT_LOG_DROPPED,
+        "Attempt records dropped because the attempt log's queue was full"
+    );
+    describe_counter!(
+        ATTEMPT_LOG_ERRORS,
+        "Attempt log writes to Redis that failed"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which hookrelay is running"
+    );
+    describe_counter!(
+        API_REQUESTS,
+        "Admin API requests by method, route template and status"
+    );
+    describe_histogram!(
+        API_REQUEST_DURATION,
+        Unit::Seconds,
+        "Admin API request duration by method and route template"
+    );
+}
+
+/// A worker starts: installs the recorder before anything is counted, and its gauges exist
+/// from the first scrape on, before any message arrives (Redis is checked right after this).
+pub fn worker_started() {
+    prometheus();
+    redis_ok(true);
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    // Counters exist at 0 from the start, so that rate() and alerts see the first increase.
+    let counters = [
+        EVENTS,
+        EVENTS_UNMATCHED,
+        DEFERRED,
+        BROKER_RECONNECTS,
+        CIRCUITS_OPENED,
+        CACHE_HITS,
+        CACHE_MISSES,
+        ATTEMPT_LOG_DROPPED,
+        ATTEMPT_LOG_ERRORS,
+    ];
+    for name in counters {
+        metrics::counter!(name).increment(0);
+    }
+    for result in ["delivered", "failed", "gone", "refused", "body_too_large"] {
+        metrics::counter!(ATTEMPTS, "result" => result).increment(0);
+    }
+}
+
+/// A 2xx received for an event created at `created_at`.
+pub fn delivered(created_at: DateTime<Utc>) {
+    // A publisher's clock ahead of ours would give a negative lag: that is zero, not a sample
+    // below every bucket.
+    let lag = (Utc::now() - created_at).to_std().unwrap_or_default();
+    metrics::histogram!(DELIVERY_LAG).record(lag.as_secs_f64());
+}
+
+/// Counts a delivery in flight until the returned guard is dropped.
+#[must_use = "the delivery counts as in flight only while the guard lives"]
+pub fn in_flight() -> InFlight {
+    metrics::gauge!(IN_FLIGHT).increment(1.0);
+    InFlight(())
+}
+
+/// See [`in_flight`].
+pub struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Whether the worker has a broker session and consumes.
+pub fn broker_connected(connected: bool) {
+    metrics::gauge!(BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// Whether subscription lookups in Redis succeed.
+pub fn redis_ok(ok: bool) {
+    metrics::gauge!(REDIS_OK).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// A delivery scheduled for another attempt after `step` (its delay queue's name).
+pub fn retry_scheduled(step: Duration) {
+    let step = crate::broker::topology::duration_name(step);
+    metrics::counter!(RETRIES, "step" => step).increment(1);
+}
+
+/// A confirmed publish to `target` (the exchange, or the queue for the default exchange) failed.
+pub fn publish_failed(target: &str, error: &crate::broker::publisher::PublishError) {
+    use crate::broker::publisher::PublishError;
+    let reason = match error {
+        PublishError::Nacked => "nacked",
+        PublishError::Returned(_) => "returned",
+        PublishError::Timeout(_) => "timeout",
+        PublishError::Amqp(_) => "connection",
+    };
+    metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// One admin API request, with its route template (never the path: ids would explode series).
+pub fn api_request(method: &str, route: &str, status: u16, took: Duration) {
+    metrics::counter!(API_REQUESTS, "method" => method.to_owned(), "route" => route.to_owned(),
+        "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!(API_REQUEST_DURATION, "method" => method.to_owned(), "route" => route.to_owned())
+        .record(took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_lists_are_strictly_increasing() {
+        for buckets in [ATTEMPT_BUCKETS, LAG_BUCKETS, API_BUCKETS] {
+            assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{buckets:?}");
+        }
+    }
+
+    #[test]
+    fn attempt_buckets_straddle_the_default_request_timeout() {
+        // delivery.timeout is 15 s: a bucket at it and one above separate timeouts from the rest.
+        assert!(ATTEMPT_BUCKETS.contains(&15.0));
+        assert!(ATTEMPT_BUCKETS.iter().any(|&b| b > 15.0));
+    }
+
+    #[test]
+    fn lag_buckets_reach_the_whole_default_retry_schedule() {
+        // The default schedule adds up to about 3 days (110 h 5 min 5 s, +20 % jitter at most).
+        let schedule_secs = 5.0 + 300.0 + 1800.0 + 3600.0 * (2.0 + 5.0 + 10.0 + 14.0 + 20.0 + 24.0);
+        assert!(LAG_BUCKETS.last().copied().unwrap() >= schedule_secs * 0.8);
+    }
+}
