@@ -3,6 +3,8 @@
 
 pub mod attempts;
 pub mod cache;
+mod record;
+mod scripts;
 pub mod secret;
 pub mod store;
 

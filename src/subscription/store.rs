@@ -6,24 +6,27 @@
 //! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
 //!
-//! With `redis.secret_key` set, the secrets in the webhook JSON are sealed (XChaCha20-Poly1305,
-//! bound to the account and webhook id); secrets stored in plain text stay readable.
+//! - `<prefix>:secret-key-check` a value sealed with `redis.secret_key` ([`keycheck`]).
+//!
+//! The record's JSON and the sealing of its secrets are in `record`, the Lua scripts in
+//! `scripts`. With `redis.secret_key` set, secrets are sealed (XChaCha20-Poly1305, bound to the
+//! account and webhook id); secrets stored in plain text stay readable.
 
+use super::record::{decode, encode, Sealer};
+pub use super::record::{RecordError, UnreadableWebhook};
+use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
 use super::secret::Secret;
 use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
 use crate::event::AccountId;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+pub use keycheck::KeyCheckError;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+mod keycheck;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("account {0} already has {LIMIT} webhooks, the most an account may have")]
@@ -58,71 +61,6 @@ impl StoreError {
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
         StoreError::Unreadable(RecordError::Json(e))
-    }
-}
-
-/// Why one stored webhook cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("not a webhook record: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("its secret is encrypted, and redis.secret_key is not set")]
-    SecretNeedsKey,
-    #[error("its secret does not decrypt with this redis.secret_key")]
-    SecretWrongKey,
-    #[error("its secret is invalid")]
-    SecretInvalid,
-    #[error("its account id is invalid")]
-    Account,
-}
-
-/// A stored webhook that could not be read, with whatever of it could be: its deliveries are
-/// dead-lettered as `webhook_unreadable` (DESIGN §4) instead of failing the account's lookup.
-#[derive(Debug)]
-pub struct UnreadableWebhook {
-    /// The hash field it is stored under: its id, kept even if malformed so that on-call can
-    /// find the record.
-    pub id: String,
-    pub url: Option<String>,
-    pub events: Option<EventFilter>,
-    pub enabled: Option<bool>,
-    pub error: RecordError,
-}
-
-impl UnreadableWebhook {
-    /// Whether an event of type `t` may have been meant for it: when its filter or its
-    /// enabled flag cannot be read either, every event might be (at-least-once).
-    pub fn may_match(&self, t: crate::event::EventType) -> bool {
-        self.enabled != Some(false) && self.events.is_none_or(|e| e.matches(t))
-    }
-
-    /// Reads what can be read of a record that did not decode.
-    fn salvage(id: String, json: &str, error: RecordError) -> Self {
-        #[derive(Deserialize)]
-        struct Partial {
-            url: Option<Box<serde_json::value::RawValue>>,
-            events: Option<Box<serde_json::value::RawValue>>,
-            enabled: Option<bool>,
-        }
-        let partial: Option<Partial> = serde_json::from_str(json).ok();
-        let field = |raw: &Option<Box<serde_json::value::RawValue>>| {
-            raw.as_ref().map(|r| r.get().to_owned())
-        };
-        let (url, events, enabled) = match &partial {
-            Some(p) => (
-                field(&p.url).and_then(|u| serde_json::from_str::<String>(&u).ok()),
-                field(&p.events).and_then(|e| serde_json::from_str::<EventFilter>(&e).ok()),
-                p.enabled,
-            ),
-            None => (None, None, None),
-        };
-        UnreadableWebhook {
-            id,
-            url,
-            events,
-            enabled,
-            error,
-        }
     }
 }
 
@@ -162,209 +100,6 @@ pub struct WebhookPatch {
     pub format: Option<Format>,
     pub enabled: Option<bool>,
     pub description: Option<String>,
-}
-
-/// The stored form; the secret is kept because workers sign with it.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    id: WebhookId,
-    account_id: String,
-    url: WebhookUrl,
-    events: EventFilter,
-    secret: String,
-    #[serde(default)]
-    previous_secret: Option<String>,
-    #[serde(default)]
-    previous_secret_until: Option<DateTime<Utc>>,
-    format: Format,
-    enabled: bool,
-    description: String,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    disabled_reason: Option<String>,
-}
-
-/// Seals secrets at rest with `redis.secret_key`. A sealed secret is `sealed:v1:` and the base64
-/// of a random 24-byte nonce and the ciphertext; the account and webhook id are its associated
-/// data, so a sealed secret copied onto another webhook does not open.
-#[derive(Clone)]
-struct Sealer(XChaCha20Poly1305);
-
-const SEALED: &str = "sealed:v1:";
-
-impl Sealer {
-    fn new(key: &SecretKey) -> Sealer {
-        Sealer(XChaCha20Poly1305::new(&key.0.into()))
-    }
-
-    fn seal(&self, secret: &Secret, aad: &str) -> String {
-        // 24 random bytes: XChaCha's nonce is long enough to be drawn at random without a
-        // realistic chance of repeating.
-        let nonce: [u8; 24] = rand::random();
-        let payload = Payload {
-            msg: secret.expose().as_bytes(),
-            aad: aad.as_bytes(),
-        };
-        // Encryption only fails for messages of gigabytes; a secret is under 100 bytes.
-        let sealed = self
-            .0
-            .encrypt(XNonce::from_slice(&nonce), payload)
-            .expect("a secret seals");
-        format!("{SEALED}{}", B64.encode([&nonce[..], &sealed].concat()))
-    }
-
-    fn open(&self, sealed: &str, aad: &str) -> Option<String> {
-        let bytes = B64.decode(sealed).ok()?;
-        if bytes.len() < 24 {
-            return None;
-        }
-        let (nonce, msg) = bytes.split_at(24);
-        let payload = Payload {
-            msg,
-            aad: aad.as_bytes(),
-        };
-        let plain = self.0.decrypt(XNonce::from_slice(nonce), payload).ok()?;
-        String::from_utf8(plain).ok()
-    }
-}
-
-/// The stored form of a secret: sealed when there is a key, else the secret itself.
-fn seal_secret(sealer: Option<&Sealer>, secret: &Secret, aad: &str) -> String {
-    match sealer {
-        Some(sealer) => sealer.seal(secret, aad),
-        None => secret.expose().to_owned(),
-    }
-}
-
-fn open_secret(sealer: Option<&Sealer>, stored: &str, aad: &str) -> Result<Secret, RecordError> {
-    let text = match (stored.strip_prefix(SEALED), sealer) {
-        (None, _) => stored.to_owned(),
-        (Some(_), None) => return Err(RecordError::SecretNeedsKey),
-        (Some(sealed), Some(sealer)) => sealer
-            .open(sealed, aad)
-            .ok_or(RecordError::SecretWrongKey)?,
-    };
-    Secret::parse(&text).map_err(|_| RecordError::SecretInvalid)
-}
-
-impl Stored {
-    fn from_webhook(w: &Webhook, sealer: Option<&Sealer>) -> Stored {
-        let aad = format!("{}/{}", w.account_id, w.id);
-        Stored {
-            id: w.id.clone(),
-            account_id: w.account_id.as_str().to_owned(),
-            url: w.url.clone(),
-            events: w.events,
-            secret: seal_secret(sealer, &w.secret, &aad),
-            previous_secret: w
-                .previous_secret
-                .as_ref()
-                .map(|p| seal_secret(sealer, &p.secret, &aad)),
-            previous_secret_until: w.previous_secret.as_ref().map(|p| p.until),
-            format: w.format,
-            enabled: w.enabled,
-            description: w.description.clone(),
-            created_at: w.created_at,
-            disabled_reason: w.disabled_reason.clone(),
-        }
-    }
-
-    fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
-        let aad = format!("{}/{}", self.account_id, self.id);
-        let previous_secret = match (self.previous_secret, self.previous_secret_until) {
-            (Some(s), Some(until)) => Some(PreviousSecret {
-                secret: open_secret(sealer, &s, &aad)?,
-                until,
-            }),
-            _ => None,
-        };
-        Ok(Webhook {
-            id: self.id,
-            account_id: AccountId::parse(&self.account_id).ok_or(RecordError::Account)?,
-            url: self.url,
-            events: self.events,
-            secret: open_secret(sealer, &self.secret, &aad)?,
-            previous_secret,
-            format: self.format,
-            enabled: self.enabled,
-            description: self.description,
-            created_at: self.created_at,
-            disabled_reason: self.disabled_reason,
-        })
-    }
-}
-
-fn encode(w: &Webhook, sealer: Option<&Sealer>) -> String {
-    // Plain data with string keys: serialization cannot fail.
-    serde_json::to_string(&Stored::from_webhook(w, sealer)).expect("webhook serializes")
-}
-
-fn decode(json: &str, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
-    serde_json::from_str::<Stored>(json)?.into_webhook(sealer)
-}
-
-// Results below zero are refusals; otherwise the account's new version.
-const LIMIT_REACHED: i64 = -1;
-const DUPLICATE_URL: i64 = -2;
-const NOT_FOUND: i64 = -3;
-const CONFLICT: i64 = -4;
-
-/// KEYS: webhooks, urls, version. ARGV: id, url, json, limit, channel, account.
-const CREATE: &str = r#"
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, ''} end
-local owner = redis.call('HGET', KEYS[2], ARGV[2])
-if owner then return {-2, owner} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-local v = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. v)
-return {v, ''}
-"#;
-
-/// Compare-and-set of one webhook. ARGV: id, expected json, new json, old url, new url, channel,
-/// account.
-const UPDATE: &str = r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return {-3, ''} end
-if cur ~= ARGV[2] then return {-4, ''} end
-if ARGV[4] ~= ARGV[5] then
-  local owner = redis.call('HGET', KEYS[2], ARGV[5])
-  if owner and owner ~= ARGV[1] then return {-2, owner} end
-  redis.call('HDEL', KEYS[2], ARGV[4])
-  redis.call('HSET', KEYS[2], ARGV[5], ARGV[1])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-local v = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[6], ARGV[7] .. ' ' .. v)
-return {v, ''}
-"#;
-
-/// ARGV: id, channel, account.
-const DELETE: &str = r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return {-3, ''} end
-redis.call('HDEL', KEYS[2], cjson.decode(cur)['url'])
-redis.call('HDEL', KEYS[1], ARGV[1])
-local v = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. v)
-return {v, ''}
-"#;
-
-/// The associated data of the key-check value (see [`Store::verify_secret_key`]).
-const KEY_CHECK_AAD: &str = "hookrelay secret-key-check";
-/// Stored webhooks tried when no key-check value exists yet, and SCAN calls to find them.
-const KEY_CHECK_SAMPLE: usize = 100;
-const KEY_CHECK_SCANS: usize = 20;
-
-/// Why the configured `redis.secret_key` cannot be used with what is stored.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyCheckError {
-    #[error("webhook secrets under redis prefix {0:?} are encrypted, but redis.secret_key is not set: set the key they were encrypted with")]
-    KeyMissing(String),
-    #[error("redis.secret_key does not open the webhook secrets stored under redis prefix {0:?} (they were encrypted with another key): set the key they were encrypted with")]
-    WrongKey(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// An account's webhooks as of one version.
@@ -779,78 +514,6 @@ impl Store {
     }
 
     /// Deletes every key under this store's prefix (tests and `bench` clean up with it).
-    /// Refuses a `redis.secret_key` (or its absence) that cannot open the secrets already
-    /// stored under this prefix, so that a worker or API with the wrong key stops at start-up
-    /// instead of failing every delivery of every account with an encrypted secret.
-    ///
-    /// The first process with a key stores a check value sealed with it
-    /// (`<prefix>:secret-key-check`); later ones must open it. Before the check value exists,
-    /// a bounded sample of stored webhooks is tried instead.
-    pub async fn verify_secret_key(&self) -> Result<(), KeyCheckError> {
-        let check_key = format!("{}:secret-key-check", self.prefix);
-        let mut conn = self.conn.clone();
-        let stored: Option<String> = self.timed(conn.get(&check_key)).await?;
-        if let Some(sealed) = stored {
-            let sealed = sealed.strip_prefix(SEALED).unwrap_or(&sealed);
-            return match &self.sealer {
-                None => Err(KeyCheckError::KeyMissing(self.prefix.clone())),
-                Some(sealer) if sealer.open(sealed, KEY_CHECK_AAD).is_none() => {
-                    Err(KeyCheckError::WrongKey(self.prefix.clone()))
-                }
-                Some(_) => Ok(()),
-            };
-        }
-        self.verify_sample().await?;
-        if let Some(sealer) = &self.sealer {
-            let sealed = sealer.seal(&Secret::generate(), KEY_CHECK_AAD);
-            let _: bool = self.timed(conn.set_nx(&check_key, sealed)).await?;
-        }
-        Ok(())
-    }
-
-    /// Tries to open the secrets of up to [`KEY_CHECK_SAMPLE`] stored webhooks.
-    async fn verify_sample(&self) -> Result<(), KeyCheckError> {
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}:{{*}}:webhooks", self.prefix);
-        let mut cursor = 0u64;
-        let mut tried = 0;
-        for _ in 0..KEY_CHECK_SCANS {
-            let (next, keys): (u64, Vec<String>) = self
-                .timed(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for key in keys {
-                let values: Vec<String> = self.timed(conn.hvals(&key)).await?;
-                for json in values {
-                    match decode(&json, self.sealer.as_ref()) {
-                        Err(RecordError::SecretNeedsKey) => {
-                            return Err(KeyCheckError::KeyMissing(self.prefix.clone()))
-                        }
-                        Err(RecordError::SecretWrongKey) => {
-                            return Err(KeyCheckError::WrongKey(self.prefix.clone()))
-                        }
-                        _ => tried += 1,
-                    }
-                    if tried >= KEY_CHECK_SAMPLE {
-                        return Ok(());
-                    }
-                }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(())
-    }
-
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);
@@ -867,41 +530,5 @@ impl Store {
             conn.del::<_, ()>(chunk).await?;
         }
         Ok(keys.len() as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sealer(byte: u8) -> Sealer {
-        Sealer::new(&SecretKey([byte; 32]))
-    }
-
-    #[test]
-    fn a_sealed_secret_opens_only_with_its_key_and_webhook() {
-        let secret = Secret::generate();
-        let stored = seal_secret(Some(&sealer(1)), &secret, "68/wh_a");
-
-        assert!(stored.starts_with(SEALED));
-        assert!(!stored.contains(secret.expose()));
-        let opened = open_secret(Some(&sealer(1)), &stored, "68/wh_a").unwrap();
-        assert_eq!(opened.expose(), secret.expose());
-        assert!(open_secret(Some(&sealer(2)), &stored, "68/wh_a").is_err());
-        assert!(open_secret(Some(&sealer(1)), &stored, "68/wh_b").is_err());
-        let err = open_secret(None, &stored, "68/wh_a").unwrap_err();
-        assert!(err.to_string().contains("redis.secret_key"), "{err}");
-    }
-
-    #[test]
-    fn plain_secrets_stay_readable_with_or_without_a_key() {
-        let secret = Secret::generate();
-        let stored = seal_secret(None, &secret, "68/wh_a");
-
-        assert_eq!(stored, secret.expose());
-        for key in [None, Some(sealer(1))] {
-            let opened = open_secret(key.as_ref(), &stored, "68/wh_a").unwrap();
-            assert_eq!(opened.expose(), secret.expose());
-        }
     }
 }
