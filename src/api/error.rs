@@ -111,7 +111,10 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotFound(_) => ApiError::not_found("webhook"),
             StoreError::Invalid(message) => ApiError::invalid("invalid_webhook", message),
-            e @ (StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Corrupt(_)) => {
+            e @ (StoreError::Redis(_)
+            | StoreError::Timeout(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Connect(_)) => {
                 ApiError::unavailable(format!("the subscription store failed: {e}"))
             }
         }

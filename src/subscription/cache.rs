@@ -122,12 +122,13 @@ impl SubscriptionCache {
         self.slots.lock().unwrap().clear();
     }
 
-    /// Follows the change channel until `shutdown`, resubscribing with backoff after a loss.
-    pub async fn follow_changes(self: Arc<Self>, redis_url: String, shutdown: CancellationToken) {
+    /// Follows the change channel until `shutdown`, resubscribing with backoff after a loss
+    /// (on a cluster to the next reachable node, with sentinels to the current master).
+    pub async fn follow_changes(self: Arc<Self>, shutdown: CancellationToken) {
         let channel = self.store.changes_channel();
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.subscribe_once(&redis_url, &channel, &shutdown).await {
+            match self.subscribe_once(&channel, &shutdown).await {
                 Ok(()) => delay = Duration::from_millis(100),
                 Err(e) => tracing::warn!(error = %e, "subscription change channel lost; retrying"),
             }
@@ -143,13 +144,10 @@ impl SubscriptionCache {
 
     async fn subscribe_once(
         &self,
-        redis_url: &str,
         channel: &str,
         shutdown: &CancellationToken,
     ) -> Result<(), redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        let mut pubsub = self.store.redis().subscribe(channel).await?;
         // Subscribed: anything cached before may have missed a change made while we were not.
         self.flush();
         self.live.store(true, Ordering::Release);

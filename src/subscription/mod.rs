@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod cache;
+pub mod connection;
 pub mod store;
 
 use crate::delivery::signing::Secret;

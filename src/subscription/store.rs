@@ -9,6 +9,7 @@
 //! With `redis.secret_key` set, the secrets in the webhook JSON are sealed (XChaCha20-Poly1305,
 //! bound to the account and webhook id); secrets stored in plain text stay readable.
 
+use super::connection::{ConnectError, RedisConn};
 use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
@@ -19,7 +20,6 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -42,6 +42,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("stored webhook is unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
 }
@@ -268,28 +270,26 @@ pub struct Snapshot {
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     timeout: Duration,
     sealer: Option<Sealer>,
 }
 
 impl Store {
+    /// A store on the single server at `url` (tests and tools; `from_settings` for every mode).
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| StoreError::Timeout(timeout))??;
-        Ok(Store {
+        let conn = RedisConn::single(url, timeout).await?;
+        Ok(Store::on(conn, prefix, timeout))
+    }
+
+    fn on(conn: RedisConn, prefix: &str, timeout: Duration) -> Store {
+        Store {
             conn,
             prefix: prefix.to_owned(),
             timeout,
             sealer: None,
-        })
+        }
     }
 
     /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
@@ -300,13 +300,17 @@ impl Store {
         self
     }
 
-    /// Connects with the `[redis]` settings: URL, prefix, lookup timeout and secret key.
+    /// Connects with the `[redis]` settings: mode, URLs, TLS, prefix, lookup timeout and
+    /// secret key.
     pub async fn from_settings(redis: &crate::config::RedisSettings) -> Result<Store, StoreError> {
-        Ok(
-            Store::connect(&redis.url, &redis.prefix, redis.lookup_timeout)
-                .await?
-                .with_secret_key(redis.secret_key.as_ref()),
-        )
+        let conn = RedisConn::connect(redis).await?;
+        Ok(Store::on(conn, &redis.prefix, redis.lookup_timeout)
+            .with_secret_key(redis.secret_key.as_ref()))
+    }
+
+    /// The connection, for what needs more than the store's operations (pub/sub).
+    pub fn redis(&self) -> &RedisConn {
+        &self.conn
     }
 
     /// Whether secrets are encrypted at rest.
@@ -646,16 +650,10 @@ impl Store {
 
     /// Deletes every key under this store's prefix (tests and `bench` clean up with it).
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(k?);
-            }
-            keys
-        };
+        // Every master of a cluster is scanned; DEL of keys in several slots is split by the
+        // cluster client.
+        let keys = self.conn.scan_match(&pattern).await?;
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(500) {
             conn.del::<_, ()>(chunk).await?;

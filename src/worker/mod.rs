@@ -104,11 +104,7 @@ pub async fn start(
         tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
     }
     let cache = SubscriptionCache::new(store.clone());
-    tokio::spawn(
-        cache
-            .clone()
-            .follow_changes(settings.redis.url.clone(), shutdown.clone()),
-    );
+    tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
     if !cache.wait_live(settings.redis.lookup_timeout).await {
         tracing::warn!(
             "not yet following subscription changes; lookups bypass the cache until then"
