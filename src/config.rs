@@ -590,6 +590,82 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_need_their_keys_and_name_them() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Single);
+        assert!(s.redis.urls.is_empty());
+
+        let s = load(&[
+            ("HOOKRELAY__REDIS__MODE", "cluster"),
+            (
+                "HOOKRELAY__REDIS__URLS",
+                "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Cluster);
+        assert_eq!(s.redis.urls.len(), 2);
+
+        let refused = [
+            (vec![("HOOKRELAY__REDIS__MODE", "replicated")], "redis.mode"),
+            (vec![("HOOKRELAY__REDIS__MODE", "cluster")], "redis.urls"),
+            (
+                vec![("HOOKRELAY__REDIS__URLS", "redis://10.0.0.1:7000")],
+                "redis.urls",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "sentinel"),
+                    ("HOOKRELAY__REDIS__URLS", "redis://10.0.0.1:26379"),
+                ],
+                "redis.sentinel_master",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "cluster"),
+                    ("HOOKRELAY__REDIS__URLS", "rediss://a:7000,redis://b:7000"),
+                ],
+                "redis.urls",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "cluster"),
+                    ("HOOKRELAY__REDIS__URLS", "unix:///run/redis.sock"),
+                ],
+                "redis.urls",
+            ),
+        ];
+        for (env, key) in refused {
+            let err = load(&env).unwrap_err();
+            assert!(err.to_string().contains(key), "{env:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_refused_where_nothing_would_use_them() {
+        let err = load(&[("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem")]).unwrap_err();
+        assert!(err.to_string().contains("redis.tls"), "{err}");
+        let err = load(&[
+            ("HOOKRELAY__REDIS__URL", "rediss://cache:6380"),
+            ("HOOKRELAY__REDIS__TLS__CERT_FILE", "/etc/client.pem"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("redis.tls.key_file"), "{err}");
+        let err = load(&[("HOOKRELAY__REDIS__URL", "rediss://cache:6380/#insecure")]).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
+
+        let s = load(&[
+            ("HOOKRELAY__REDIS__URL", "rediss://cache:6380"),
+            ("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+    }
+
+    #[test]
     fn the_secret_key_is_optional_and_32_bytes_of_base64() {
         assert_eq!(load(&[]).unwrap().redis.secret_key, None);
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

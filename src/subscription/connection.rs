@@ -10,14 +10,16 @@
 //!
 //! Modes:
 //! - single: the crate's `ConnectionManager` (reconnects to the same address on loss).
-//! - cluster: the crate's async cluster client (`cluster-async`), which follows MOVED/ASK and
-//!   refreshes its slot map after a failover. Every multi-key command and pipeline must stay in
-//!   one slot: an account's keys carry `{<account>}` as hash tag for that reason.
-//! - sentinel: the crate's sentinel client only resolves the master once; [`SentinelConn`] keeps
+//! - cluster: the crate's async cluster client (`cluster-async`), which follows MOVED/ASK. It
+//!   does not notice on its own that a dead master was replaced (see [`Cluster::is_lost`]), so
+//!   it is held in a [`Renewing`] too. Every multi-key command and pipeline must stay in one
+//!   slot: an account's keys carry `{<account>}` as hash tag for that reason.
+//! - sentinel: the crate's sentinel client only resolves the master once; a [`Renewing`] keeps
 //!   one multiplexed connection to the master and, when it is lost or the node answers READONLY
-//!   (it was demoted), drops it so that the next command asks the sentinels again. That is how a
-//!   failover is followed; the command that met the loss fails (callers retry, as for any
-//!   Redis error).
+//!   (it was demoted), drops it so that the next command asks the sentinels again.
+//!
+//! That is how a failover is followed; the command that met the loss fails (callers retry, as
+//! for any Redis error).
 
 use crate::config::{RedisMode, RedisSettings, RedisTls};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -28,7 +30,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture};
 use redis::{ClientTlsConfig, ErrorKind, ServerErrorKind, TlsCertificates, TlsMode, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +45,11 @@ pub enum ConnectError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("connecting to Redis at {target}: {source}{hint}")]
+    // The cause is in the message rather than a `source`, so that it is said once.
+    #[error("connecting to Redis at {target}: {error}{hint}")]
     Redis {
         target: String,
-        source: RedisError,
+        error: RedisError,
         hint: &'static str,
     },
     #[error("connecting to Redis at {target}: no answer within {timeout:?}")]
@@ -68,7 +71,7 @@ pub enum RedisConn {
         client: Arc<Client>,
     },
     Cluster {
-        conn: ClusterConnection,
+        conn: ClusterConn,
         /// For pub/sub: any reachable node receives every PUBLISH of the cluster.
         seeds: Arc<[Client]>,
     },
@@ -128,7 +131,7 @@ impl RedisConn {
     pub async fn scan_match(&self, pattern: &str) -> Result<Vec<String>, RedisError> {
         match self {
             RedisConn::Cluster { conn, .. } => {
-                let mut conn = conn.clone();
+                let (_, mut conn) = conn.connection().await?;
                 let mut keys = Vec::new();
                 for (host, port) in cluster_masters(&mut conn).await? {
                     let node = || {
@@ -174,7 +177,10 @@ impl RedisConn {
     async fn check_versions(&self, timeout: Duration) -> Result<(), ConnectError> {
         let infos: Vec<(String, String)> = match self {
             RedisConn::Cluster { conn, .. } => {
-                let mut conn = conn.clone();
+                let (_, mut conn) = conn
+                    .connection()
+                    .await
+                    .map_err(|e| redis_error("the cluster", e))?;
                 let masters = cluster_masters(&mut conn)
                     .await
                     .map_err(|e| redis_error("the cluster", e))?;
@@ -250,68 +256,96 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// The master named by the sentinels, re-resolved after a loss (see the module comment).
-#[derive(Clone)]
-pub struct SentinelConn(Arc<SentinelShared>);
+/// A connection that is replaced when an error says it leads to the wrong place: the sentinel
+/// mode's master connection and the cluster mode's cluster connection. Cheap to clone.
+pub struct Renewing<S: Source>(Arc<RenewingShared<S>>);
 
-struct SentinelShared {
-    // A tokio Mutex: held across the sentinels' answers, and it makes concurrent commands that
-    // find no connection wait for one resolution instead of each asking the sentinels.
-    client: tokio::sync::Mutex<SentinelClient>,
+impl<S: Source> Clone for Renewing<S> {
+    fn clone(&self) -> Self {
+        Renewing(self.0.clone())
+    }
+}
+
+struct RenewingShared<S: Source> {
+    // A tokio Mutex: held while a new connection is opened, so that concurrent commands that
+    // find none wait for one opening instead of each opening their own.
+    source: tokio::sync::Mutex<S>,
     // A std Mutex: held only to clone or replace the handle, never across an await.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, S::Conn)>>,
     generation: AtomicU64,
-    config: AsyncConnectionConfig,
+    /// False from a loss to the next answer: one log line per outage, not one per command.
+    healthy: AtomicBool,
     timeout: Duration,
     db: i64,
 }
 
-impl SentinelConn {
-    /// The current master's connection, resolving it through the sentinels if there is none.
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+/// Opens the connections of a [`Renewing`] and says which errors make one unusable.
+pub trait Source: Send + 'static {
+    type Conn: ConnectionLike + Clone + Send + Sync + 'static;
+    /// For the log line of a replacement.
+    const WHAT: &'static str;
+    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>>;
+    fn is_lost(e: &RedisError) -> bool;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl<S: Source> Renewing<S> {
+    fn new(source: S, timeout: Duration, db: i64) -> Self {
+        Renewing(Arc::new(RenewingShared {
+            source: tokio::sync::Mutex::new(source),
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            timeout,
+            db,
+        }))
+    }
+
+    /// The current connection, opening one if there is none.
+    async fn connection(&self) -> Result<(u64, S::Conn), RedisError> {
         if let Some(current) = self.0.current.lock().unwrap().clone() {
             return Ok(current);
         }
-        let mut client = self.0.client.lock().await;
+        let mut source = self.0.source.lock().await;
         if let Some(current) = self.0.current.lock().unwrap().clone() {
             return Ok(current);
         }
-        let conn = tokio::time::timeout(
-            self.0.timeout,
-            client.get_async_connection_with_config(&self.0.config),
-        )
-        .await
-        .map_err(|_| timed_out("resolving the master through the sentinels"))??;
+        let conn = tokio::time::timeout(self.0.timeout, source.open())
+            .await
+            .map_err(|_| timed_out(S::WHAT))??;
         let generation = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *self.0.current.lock().unwrap() = Some((generation, conn.clone()));
-        tracing::info!("connected to the Redis master the sentinels name");
+        tracing::debug!(generation, "{} opened", S::WHAT);
         Ok((generation, conn))
     }
 
-    /// A client for the current master (pub/sub connects on its own).
-    async fn master_client(&self) -> Result<Client, RedisError> {
-        let mut client = self.0.client.lock().await;
-        tokio::time::timeout(self.0.timeout, client.async_get_client())
-            .await
-            .map_err(|_| timed_out("resolving the master through the sentinels"))?
-    }
-
-    /// After an error that means "not (or no longer) the master", forgets connection
-    /// `generation` so that the next command asks the sentinels again.
+    /// After an error that makes connection `generation` unusable, forgets it so that the next
+    /// command opens a new one.
     fn settle<T>(&self, generation: u64, result: &Result<T, RedisError>) {
-        let Err(e) = result else { return };
-        if !master_lost(e) {
-            return;
-        }
+        let e = match result {
+            Ok(_) => {
+                if !self.0.healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!("{} answers again", S::WHAT);
+                }
+                return;
+            }
+            Err(e) if S::is_lost(e) => e,
+            Err(_) => return,
+        };
         let mut current = self.0.current.lock().unwrap();
         if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-            tracing::warn!(error = %e, "lost the Redis master; asking the sentinels again");
             *current = None;
+            if self.0.healthy.swap(false, Ordering::AcqRel) {
+                tracing::warn!(error = %e, "{} lost; opening new ones until it answers", S::WHAT);
+            } else {
+                tracing::debug!(error = %e, "{} still lost", S::WHAT);
+            }
         }
     }
 }
 
-impl ConnectionLike for SentinelConn {
+impl<S: Source> ConnectionLike for Renewing<S> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (generation, mut conn) = self.connection().await?;
@@ -340,15 +374,74 @@ impl ConnectionLike for SentinelConn {
     }
 }
 
-/// Errors after which the connection cannot be the master's any more: the connection broke,
-/// or the node was demoted to a replica (READONLY) while we stayed connected.
-fn master_lost(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+/// The master the sentinels name (see the module comment).
+pub struct MasterOfSentinels {
+    client: SentinelClient,
+    config: AsyncConnectionConfig,
 }
+
+impl Source for MasterOfSentinels {
+    type Conn = MultiplexedConnection;
+    const WHAT: &'static str = "the connection to the Redis master the sentinels name";
+
+    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>> {
+        // Asks the sentinels, then checks that the node named considers itself the master.
+        Box::pin(self.client.get_async_connection_with_config(&self.config))
+    }
+
+    /// The connection broke, or the node was demoted to a replica (READONLY) while we stayed
+    /// connected.
+    fn is_lost(e: &RedisError) -> bool {
+        connection_broken(e) || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+    }
+}
+
+impl Renewing<MasterOfSentinels> {
+    /// A client for the current master (pub/sub connects on its own).
+    async fn master_client(&self) -> Result<Client, RedisError> {
+        let mut source = self.0.source.lock().await;
+        tokio::time::timeout(self.0.timeout, source.client.async_get_client())
+            .await
+            .map_err(|_| timed_out("resolving the master through the sentinels"))?
+    }
+}
+
+/// A Redis Cluster, reached through the seed nodes.
+pub struct Cluster {
+    client: redis::cluster::ClusterClient,
+}
+
+impl Source for Cluster {
+    type Conn = ClusterConnection;
+    const WHAT: &'static str = "the Redis Cluster connection";
+
+    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>> {
+        Box::pin(self.client.get_async_connection())
+    }
+
+    /// The cluster client refreshes its slot map on MOVED, but not when the master of a slot
+    /// stops answering: it then keeps retrying the dead address, also after the failover
+    /// (measured with scripts/redis-nodes.sh: lookups failed for over a minute). A new
+    /// connection reads the slot map afresh from the seeds. A transaction that a node refused
+    /// (EXECABORT, e.g. MOVED inside MULTI) is the same sign of a changed topology.
+    fn is_lost(e: &RedisError) -> bool {
+        connection_broken(e)
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(ServerErrorKind::ExecAbort)
+                    | ErrorKind::Server(ServerErrorKind::MasterDown)
+            )
+    }
+}
+
+fn connection_broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+pub type SentinelConn = Renewing<MasterOfSentinels>;
+pub type ClusterConn = Renewing<Cluster>;
 
 fn timed_out(what: &str) -> RedisError {
     RedisError::from(std::io::Error::new(
@@ -415,19 +508,20 @@ fn target_of(url: &str) -> String {
     }
 }
 
-fn redis_error(target: &str, source: RedisError) -> ConnectError {
-    // rustls says "invalid peer certificate: UnknownIssuer" without naming the setting to fix.
-    let text = source.to_string();
-    let hint = if text.contains("certificate") || text.contains("CertificateRequired") {
-        " (the server's TLS certificate did not verify against redis.tls.ca_file, or the \
-         system's trust roots when it is empty; or the server wants a client certificate, \
-         redis.tls.cert_file and key_file)"
+fn redis_error(target: &str, error: RedisError) -> ConnectError {
+    // rustls names the problem ("invalid peer certificate: UnknownIssuer") but not the setting.
+    let text = error.to_string();
+    let hint = if text.contains("CertificateRequired") {
+        " (the server requires a client certificate: set redis.tls.cert_file and key_file)"
+    } else if text.contains("certificate") {
+        " (the server's TLS certificate does not verify against redis.tls.ca_file, or against \
+         the system's trust roots when that is empty)"
     } else {
         ""
     };
     ConnectError::Redis {
         target: target.to_owned(),
-        source,
+        error,
         hint,
     }
 }
@@ -505,7 +599,8 @@ async fn connect_cluster(
         builder = builder.tls(TlsMode::Secure).certs(certs.clone());
     }
     let client = builder.build().map_err(|e| redis_error(&target, e))?;
-    let conn = timed(&target, timeout * 2, client.get_async_connection()).await?;
+    let conn = ClusterConn::new(Cluster { client }, timeout, 0);
+    timed(&target, timeout, conn.connection()).await?;
     let seeds = urls
         .iter()
         .map(|u| client_for(u, &certs))
@@ -578,16 +673,14 @@ async fn connect_sentinel(
             .set_client_to_sentinel_certificates(certs);
     }
     let client = builder.build().map_err(fail)?;
-    let conn = SentinelConn(Arc::new(SentinelShared {
-        client: tokio::sync::Mutex::new(client),
-        current: Mutex::new(None),
-        generation: AtomicU64::new(0),
-        config: AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout)),
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let conn = SentinelConn::new(
+        MasterOfSentinels { client, config },
         timeout,
-        db: master.redis_settings().db(),
-    }));
+        master.redis_settings().db(),
+    );
     timed(&target, timeout, conn.connection()).await?;
     Ok(RedisConn::Sentinel(conn))
 }
