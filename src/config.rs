@@ -62,6 +62,47 @@ pub struct RedisSettings {
     pub secret_key: Option<SecretKey>,
 }
 
+impl RedisSettings {
+    /// These settings as `HOOKRELAY__REDIS__*` variables, for a child process (bench's workers)
+    /// that must reach the same Redis the same way whatever layer they came from.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        use base64::Engine;
+        let path = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let mode = match self.mode {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        };
+        let secret_key = self
+            .secret_key
+            .as_ref()
+            .map(|k| base64::engine::general_purpose::STANDARD.encode(k.0))
+            .unwrap_or_default();
+        [
+            ("URL", self.url.clone()),
+            ("MODE", mode.to_owned()),
+            ("URLS", self.urls.join(",")),
+            ("SENTINEL_MASTER", self.sentinel_master.clone()),
+            ("PREFIX", self.prefix.clone()),
+            (
+                "LOOKUP_TIMEOUT",
+                humantime::format_duration(self.lookup_timeout).to_string(),
+            ),
+            ("SECRET_KEY", secret_key),
+            ("TLS__CA_FILE", path(&self.tls.ca_file)),
+            ("TLS__CERT_FILE", path(&self.tls.cert_file)),
+            ("TLS__KEY_FILE", path(&self.tls.key_file)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("HOOKRELAY__REDIS__{k}"), v))
+        .collect()
+    }
+}
+
 /// How hookrelay reaches Redis (`redis.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedisMode {
@@ -639,6 +680,33 @@ mod tests {
             let err = load(&env).unwrap_err();
             assert!(err.to_string().contains(key), "{env:?}: {err}");
         }
+    }
+
+    #[test]
+    fn redis_settings_survive_the_trip_through_the_environment() {
+        let env = [
+            ("HOOKRELAY__REDIS__MODE", "sentinel"),
+            ("HOOKRELAY__REDIS__URL", "rediss://:pw@ignored:6379/2"),
+            (
+                "HOOKRELAY__REDIS__URLS",
+                "rediss://10.0.0.1:26379,rediss://10.0.0.2:26379",
+            ),
+            ("HOOKRELAY__REDIS__SENTINEL_MASTER", "main"),
+            ("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem"),
+            ("HOOKRELAY__REDIS__LOOKUP_TIMEOUT", "1500ms"),
+            (
+                "HOOKRELAY__REDIS__SECRET_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+        ];
+        let original = load(&env).unwrap().redis;
+
+        let copied = Settings::load_with_env(None, original.to_env())
+            .unwrap()
+            .redis;
+
+        assert_eq!(format!("{copied:?}"), format!("{original:?}"));
+        assert_eq!(copied.secret_key, original.secret_key);
     }
 
     #[test]
