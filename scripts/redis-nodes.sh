@@ -89,7 +89,7 @@ cleanup() {
   done
   # Our queues and exchanges on the shared RabbitMQ (and any keys under our prefix; our own Redis
   # servers die with their directories).
-  SWEEP_MIN_IDLE=0 "$ROOT/scripts/sweep.sh" "$RUN_PREFIX" >/dev/null 2>&1 ||
+  SWEEP_MIN_IDLE=0 "$ROOT/scripts/sweep.sh" "$RUN_PREFIX-" >/dev/null 2>&1 ||
     printf 'redis-nodes: warning: could not sweep %s from RabbitMQ\n' "$RUN_PREFIX" >&2
   if [[ ${REDIS_NODES_KEEP:-0} == 1 ]]; then
     printf 'redis-nodes: kept %s\n' "$WORK" >&2
