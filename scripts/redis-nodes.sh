@@ -88,9 +88,15 @@ cleanup() {
     [[ -s $dir/redis.pid ]] && kill -KILL "$(cat "$dir/redis.pid")" 2>/dev/null
   done
   # Our queues and exchanges on the shared RabbitMQ (and any keys under our prefix; our own Redis
-  # servers die with their directories).
-  SWEEP_MIN_IDLE=0 "$ROOT/scripts/sweep.sh" "$RUN_PREFIX-" >/dev/null 2>&1 ||
-    printf 'redis-nodes: warning: could not sweep %s from RabbitMQ\n' "$RUN_PREFIX" >&2
+  # servers die with their directories). The broker may list a stopped worker's consumers for a
+  # moment, and sweep.sh keeps what has consumers: try again until nothing is kept.
+  for _ in 1 2 3 4 5; do
+    SWEEP_MIN_IDLE=0 "$ROOT/scripts/sweep.sh" "$RUN_PREFIX-" >"$WORK/sweep.log" 2>&1 &&
+      ! grep -q kept "$WORK/sweep.log" && break
+    sleep 2
+  done
+  grep -q kept "$WORK/sweep.log" &&
+    printf 'redis-nodes: warning: could not sweep %s from RabbitMQ\n' "$RUN_PREFIX-" >&2
   if [[ ${REDIS_NODES_KEEP:-0} == 1 ]]; then
     printf 'redis-nodes: kept %s\n' "$WORK" >&2
   else
