@@ -20,22 +20,28 @@
 //!
 //! That is how a failover is followed; the command that met the loss fails (callers retry, as
 //! for any Redis error).
+//!
+//! # Layout
+//! - `mod.rs`: [`RedisConn`], connecting in each mode, TLS settings, error messages.
+//! - `renewing.rs`: [`Renewing`], the sentinel and cluster connections that are replaced.
+//! - `nodes.rs`: the version guard and a cluster's masters.
+
+mod nodes;
+mod renewing;
+
+pub use nodes::{version_supported, MIN_VERSION};
+pub use renewing::{Cluster, ClusterConn, MasterOfSentinels, Renewing, SentinelConn, Source};
 
 use crate::config::{RedisMode, RedisSettings, RedisTls};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::aio::{MultiplexedConnection, PubSub};
-use redis::cluster_async::ClusterConnection;
+use nodes::{cluster_masters, info_field};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture};
-use redis::{ClientTlsConfig, ErrorKind, ServerErrorKind, TlsCertificates, TlsMode, Value};
+use redis::{ClientTlsConfig, TlsCertificates, TlsMode, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// The oldest Redis hookrelay runs against (DESIGN §7).
-pub const MIN_VERSION: (u32, u32) = (6, 2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -254,200 +260,6 @@ impl ConnectionLike for RedisConn {
             RedisConn::Sentinel(conn) => conn.get_db(),
         }
     }
-}
-
-/// A connection that is replaced when an error says it leads to the wrong place: the sentinel
-/// mode's master connection and the cluster mode's cluster connection. Cheap to clone.
-pub struct Renewing<S: Source>(Arc<RenewingShared<S>>);
-
-impl<S: Source> Clone for Renewing<S> {
-    fn clone(&self) -> Self {
-        Renewing(self.0.clone())
-    }
-}
-
-struct RenewingShared<S: Source> {
-    // A tokio Mutex: held while a new connection is opened, so that concurrent commands that
-    // find none wait for one opening instead of each opening their own.
-    source: tokio::sync::Mutex<S>,
-    // A std Mutex: held only to clone or replace the handle, never across an await.
-    current: Mutex<Option<(u64, S::Conn)>>,
-    generation: AtomicU64,
-    /// False from a loss to the next answer: one log line per outage, not one per command.
-    healthy: AtomicBool,
-    timeout: Duration,
-    db: i64,
-}
-
-/// Opens the connections of a [`Renewing`] and says which errors make one unusable.
-pub trait Source: Send + 'static {
-    type Conn: ConnectionLike + Clone + Send + Sync + 'static;
-    /// For the log line of a replacement.
-    const WHAT: &'static str;
-    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>>;
-    fn is_lost(e: &RedisError) -> bool;
-}
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-impl<S: Source> Renewing<S> {
-    fn new(source: S, timeout: Duration, db: i64) -> Self {
-        Renewing(Arc::new(RenewingShared {
-            source: tokio::sync::Mutex::new(source),
-            current: Mutex::new(None),
-            generation: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            timeout,
-            db,
-        }))
-    }
-
-    /// The current connection, opening one if there is none.
-    async fn connection(&self) -> Result<(u64, S::Conn), RedisError> {
-        if let Some(current) = self.0.current.lock().unwrap().clone() {
-            return Ok(current);
-        }
-        let mut source = self.0.source.lock().await;
-        if let Some(current) = self.0.current.lock().unwrap().clone() {
-            return Ok(current);
-        }
-        let conn = tokio::time::timeout(self.0.timeout, source.open())
-            .await
-            .map_err(|_| timed_out(S::WHAT))??;
-        let generation = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        *self.0.current.lock().unwrap() = Some((generation, conn.clone()));
-        tracing::debug!(generation, "{} opened", S::WHAT);
-        Ok((generation, conn))
-    }
-
-    /// After an error that makes connection `generation` unusable, forgets it so that the next
-    /// command opens a new one.
-    fn settle<T>(&self, generation: u64, result: &Result<T, RedisError>) {
-        let e = match result {
-            Ok(_) => {
-                if !self.0.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!("{} answers again", S::WHAT);
-                }
-                return;
-            }
-            Err(e) if S::is_lost(e) => e,
-            Err(_) => return,
-        };
-        let mut current = self.0.current.lock().unwrap();
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *current = None;
-            if self.0.healthy.swap(false, Ordering::AcqRel) {
-                tracing::warn!(error = %e, "{} lost; opening new ones until it answers", S::WHAT);
-            } else {
-                tracing::debug!(error = %e, "{} still lost", S::WHAT);
-            }
-        }
-    }
-}
-
-impl<S: Source> ConnectionLike for Renewing<S> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let (generation, mut conn) = self.connection().await?;
-            let result = conn.req_packed_command(cmd).await;
-            self.settle(generation, &result);
-            result
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let (generation, mut conn) = self.connection().await?;
-            let result = conn.req_packed_commands(pipeline, offset, count).await;
-            self.settle(generation, &result);
-            result
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.0.db
-    }
-}
-
-/// The master the sentinels name (see the module comment).
-pub struct MasterOfSentinels {
-    client: SentinelClient,
-    config: AsyncConnectionConfig,
-}
-
-impl Source for MasterOfSentinels {
-    type Conn = MultiplexedConnection;
-    const WHAT: &'static str = "the connection to the Redis master the sentinels name";
-
-    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>> {
-        // Asks the sentinels, then checks that the node named considers itself the master.
-        Box::pin(self.client.get_async_connection_with_config(&self.config))
-    }
-
-    /// The connection broke, or the node was demoted to a replica (READONLY) while we stayed
-    /// connected.
-    fn is_lost(e: &RedisError) -> bool {
-        connection_broken(e) || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
-    }
-}
-
-impl Renewing<MasterOfSentinels> {
-    /// A client for the current master (pub/sub connects on its own).
-    async fn master_client(&self) -> Result<Client, RedisError> {
-        let mut source = self.0.source.lock().await;
-        tokio::time::timeout(self.0.timeout, source.client.async_get_client())
-            .await
-            .map_err(|_| timed_out("resolving the master through the sentinels"))?
-    }
-}
-
-/// A Redis Cluster, reached through the seed nodes.
-pub struct Cluster {
-    client: redis::cluster::ClusterClient,
-}
-
-impl Source for Cluster {
-    type Conn = ClusterConnection;
-    const WHAT: &'static str = "the Redis Cluster connection";
-
-    fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>> {
-        Box::pin(self.client.get_async_connection())
-    }
-
-    /// The cluster client refreshes its slot map on MOVED, but not when the master of a slot
-    /// stops answering: it then keeps retrying the dead address, also after the failover
-    /// (measured with scripts/redis-nodes.sh: lookups failed for over a minute). A new
-    /// connection reads the slot map afresh from the seeds. A transaction that a node refused
-    /// (EXECABORT, e.g. MOVED inside MULTI) is the same sign of a changed topology.
-    fn is_lost(e: &RedisError) -> bool {
-        connection_broken(e)
-            || e.is_cluster_error()
-            || matches!(
-                e.kind(),
-                ErrorKind::ClusterConnectionNotFound
-                    | ErrorKind::Server(ServerErrorKind::ExecAbort)
-                    | ErrorKind::Server(ServerErrorKind::MasterDown)
-            )
-    }
-}
-
-fn connection_broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-}
-
-pub type SentinelConn = Renewing<MasterOfSentinels>;
-pub type ClusterConn = Renewing<Cluster>;
-
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
 }
 
 /// The system's trust roots and no client certificate.
@@ -691,93 +503,9 @@ async fn subscribed(client: &Client, channel: &str) -> Result<PubSub, RedisError
     Ok(pubsub)
 }
 
-/// The masters of a cluster (host, port), from `CLUSTER SLOTS` (6.2 has no CLUSTER SHARDS).
-async fn cluster_masters(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, RedisError> {
-    let reply = conn
-        .route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        )
-        .await?;
-    Ok(masters_of_slots(&reply))
-}
-
-/// The distinct masters in a `CLUSTER SLOTS` reply: each entry is [start, end, [host, port, id,
-/// ...], replicas...], the first node being the master.
-fn masters_of_slots(reply: &Value) -> Vec<(String, u16)> {
-    let Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    let mut masters: Vec<(String, u16)> = ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(fields) = range else {
-                return None;
-            };
-            let Value::Array(node) = fields.get(2)? else {
-                return None;
-            };
-            let host = match node.first()? {
-                Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
-                Value::SimpleString(s) => s.clone(),
-                _ => return None,
-            };
-            let port = match node.get(1)? {
-                Value::Int(p) => u16::try_from(*p).ok()?,
-                _ => return None,
-            };
-            Some((host, port))
-        })
-        .collect();
-    masters.sort();
-    masters.dedup();
-    masters
-}
-
-/// One `field:value` line of an INFO reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-/// Whether a `redis_version` is [`MIN_VERSION`] or later; an unreadable one is not.
-pub fn version_supported(version: &str) -> bool {
-    let mut parts = version.trim().split('.').map(|p| {
-        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse::<u32>().ok()
-    });
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= MIN_VERSION,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_from_6_2_on_are_supported() {
-        for ok in [
-            "6.2.0", "6.2.14", "7.0.15", "7.2.4", "8.0.0", "10.1.2", "6.2",
-        ] {
-            assert!(version_supported(ok), "{ok}");
-        }
-        for old in ["6.0.16", "5.0.7", "4.0.9", "6.1.99", "2.8.24"] {
-            assert!(!version_supported(old), "{old}");
-        }
-        for unreadable in ["", "unknown", "seven", "7", ".2.0"] {
-            assert!(!version_supported(unreadable), "{unreadable}");
-        }
-    }
-
-    #[test]
-    fn the_version_is_read_from_info_server() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
-        assert_eq!(info_field(info, "redis_version"), Some("7.0.15"));
-        assert_eq!(info_field(info, "redis_mode"), None);
-    }
 
     #[test]
     fn a_too_old_server_is_refused_naming_both_versions() {
@@ -790,49 +518,6 @@ mod tests {
             text.contains("6.0.16") && text.contains("6.2 or later"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn cluster_masters_are_the_first_node_of_each_slot_range() {
-        let node = |host: &str, port: i64| {
-            Value::Array(vec![
-                Value::BulkString(host.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let range = |start, end, master: Value, replica: Value| {
-            Value::Array(vec![Value::Int(start), Value::Int(end), master, replica])
-        };
-        let reply = Value::Array(vec![
-            range(0, 5460, node("127.0.0.1", 7001), node("127.0.0.1", 7004)),
-            range(
-                5461,
-                10922,
-                node("127.0.0.1", 7002),
-                node("127.0.0.1", 7005),
-            ),
-            range(
-                10923,
-                16000,
-                node("127.0.0.1", 7003),
-                node("127.0.0.1", 7006),
-            ),
-            range(
-                16001,
-                16383,
-                node("127.0.0.1", 7003),
-                node("127.0.0.1", 7006),
-            ),
-        ]);
-
-        let masters = masters_of_slots(&reply);
-
-        let expected: Vec<(String, u16)> = [7001, 7002, 7003]
-            .into_iter()
-            .map(|p| ("127.0.0.1".to_owned(), p))
-            .collect();
-        assert_eq!(masters, expected);
     }
 
     #[test]
