@@ -8,7 +8,8 @@
 #                CA, server and client certificates generated for the run with openssl. A worker
 #                over rediss:// with [redis.tls] delivers; a wrong CA, the system roots (which do
 #                not know the run's CA) and a missing client certificate are refused at start-up
-#                with a message naming the host.
+#                with a message naming the host. Then a TLS-only cluster of 3 masters (TLS on the
+#                cluster bus too): a worker over rediss:// seeds delivers.
 #   b) cluster   Redis Cluster of 3 masters + 3 replicas (redis-cli --cluster create). Webhooks
 #                added with the CLI and the API in mode "cluster", a worker delivers a steady
 #                stream; the master owning the test account's slot is killed (SIGKILL), the
@@ -402,6 +403,53 @@ part_tls() {
     FAILED=1
   fi
   log "tls: worker delivered over TLS; the server has no plain-text port (--port 0)"
+  kill -TERM "$WORKER_PID"
+  wait "$WORKER_PID" 2>/dev/null || true
+  tls_cluster
+}
+
+# A TLS-only cluster of 3 masters (TLS on the cluster bus too): the worker reaches every node it
+# discovers over TLS with the same [redis.tls] files.
+tls_cluster() {
+  local d=$WORK/certs ports p nodes=()
+  read -r -a ports <<<"$(free_ports 3)"
+  for p in "${ports[@]}"; do
+    start_redis "tls-cluster-$p" 0 --tls-port "$p" --tls-cert-file "$d/server.crt" \
+      --tls-key-file "$d/server.key" --tls-ca-cert-file "$d/ca.crt" --tls-auth-clients yes \
+      --tls-cluster yes --tls-replication yes --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 1000
+    nodes+=("127.0.0.1:$p")
+  done
+  for p in "${ports[@]}"; do wait_until 10 listening "$p" || die "tls: cluster node $p"; done
+  local tls_cli=(--tls --cacert "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key")
+  redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-yes \
+    >"$WORK/tls-cluster-create.log" 2>&1 || die "tls: cluster create failed"
+  tls_cluster_ok() {
+    cli -p "${ports[0]}" "${tls_cli[@]}" cluster info | grep -q 'cluster_state:ok'
+  }
+  wait_until 30 tls_cluster_ok || die "tls: cluster state not ok"
+  export HOOKRELAY__REDIS__MODE=cluster
+  export HOOKRELAY__REDIS__URLS="rediss://${nodes[0]},rediss://${nodes[1]}"
+  unset HOOKRELAY__REDIS__URL
+  export HOOKRELAY__REDIS__PREFIX=$RUN_PREFIX-tlscluster
+  export HOOKRELAY__AMQP__PREFIX=$RUN_PREFIX-tlscluster
+  local secret n case="Redis Cluster over rediss:// (3 TLS-only masters)"
+  LISTEN_PORT=$(free_ports 1)
+  secret=$(add_webhook tlscluster)
+  start_listener tlscluster "$secret"
+  start_worker tlscluster
+  : >"$WORK/tlscluster-published"
+  for n in $(seq 10); do
+    "$BIN" publish --type payment.card.success --account "$ACCOUNT" --id "evt_tlsc_$n" \
+      --data '{}' >/dev/null && echo "evt_tlsc_$n" >>"$WORK/tlscluster-published"
+  done
+  if wait_until 30 all_delivered tlscluster; then
+    TLS_RESULTS+=("$case|10 published, $(delivered_ids tlscluster | sort -u | wc -l) delivered")
+  else
+    TLS_RESULTS+=("$case|NOT all delivered (FAIL)")
+    FAILED=1
+  fi
+  log "tls: a worker delivered through a TLS-only Redis Cluster"
   kill -TERM "$WORKER_PID"
   wait "$WORKER_PID" 2>/dev/null || true
 }
