@@ -45,6 +45,9 @@ cargo run --locked --quiet -- bench --events 2000 --accounts 50
 echo "== fault injection: own RabbitMQ node and Redis; kill, cut, restart, outages (about 3 min)"
 scripts/faults.sh
 
+echo "== Redis over TLS, Redis Cluster and Sentinel failovers: own servers on own ports (about 1 min)"
+scripts/redis-nodes.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

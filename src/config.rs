@@ -47,11 +47,76 @@ pub struct AmqpSettings {
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
+    /// Single mode: the server. Sentinel mode: the scheme, credentials and database used to
+    /// reach the master the sentinels name (its host is not used).
     pub url: String,
+    pub mode: RedisMode,
+    /// Cluster: seed nodes. Sentinel: the sentinels. Empty in single mode.
+    pub urls: Vec<String>,
+    /// Sentinel: the monitored master's name.
+    pub sentinel_master: String,
+    pub tls: RedisTls,
     pub prefix: String,
     pub lookup_timeout: Duration,
     /// Encrypts webhook secrets at rest; `None` (the key is empty) keeps them in plain text.
     pub secret_key: Option<SecretKey>,
+}
+
+impl RedisSettings {
+    /// These settings as `HOOKRELAY__REDIS__*` variables, for a child process (bench's workers)
+    /// that must reach the same Redis the same way whatever layer they came from.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        use base64::Engine;
+        let path = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let mode = match self.mode {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        };
+        let secret_key = self
+            .secret_key
+            .as_ref()
+            .map(|k| base64::engine::general_purpose::STANDARD.encode(k.0))
+            .unwrap_or_default();
+        [
+            ("URL", self.url.clone()),
+            ("MODE", mode.to_owned()),
+            ("URLS", self.urls.join(",")),
+            ("SENTINEL_MASTER", self.sentinel_master.clone()),
+            ("PREFIX", self.prefix.clone()),
+            (
+                "LOOKUP_TIMEOUT",
+                humantime::format_duration(self.lookup_timeout).to_string(),
+            ),
+            ("SECRET_KEY", secret_key),
+            ("TLS__CA_FILE", path(&self.tls.ca_file)),
+            ("TLS__CERT_FILE", path(&self.tls.cert_file)),
+            ("TLS__KEY_FILE", path(&self.tls.key_file)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("HOOKRELAY__REDIS__{k}"), v))
+        .collect()
+    }
+}
+
+/// How hookrelay reaches Redis (`redis.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+/// `[redis.tls]`: PEM files for `rediss://` URLs; `None` = the system's roots / no client cert.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The 32-byte key of `redis.secret_key`; its `Debug` never shows the bytes.
@@ -150,9 +215,21 @@ struct RawAmqp {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: String,
+    mode: String,
+    urls: Vec<String>,
+    sentinel_master: String,
+    tls: RawRedisTls,
     prefix: String,
     lookup_timeout: String,
     secret_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedisTls {
+    ca_file: String,
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +362,128 @@ fn parse_url(key: &'static str, text: &str, schemes: &[&str]) -> Result<String, 
     Ok(text.to_owned())
 }
 
+fn parse_redis(raw: RawRedis) -> Result<RedisSettings, ConfigError> {
+    let mode = match raw.mode.as_str() {
+        "single" => RedisMode::Single,
+        "cluster" => RedisMode::Cluster,
+        "sentinel" => RedisMode::Sentinel,
+        other => {
+            return Err(invalid(
+                "redis.mode",
+                format!("{other:?} is not one of \"single\", \"cluster\", \"sentinel\""),
+            ))
+        }
+    };
+    let url = parse_redis_url("redis.url", &raw.redis_url_schemes(mode), &raw.url)?;
+    let urls: Vec<String> = raw
+        .urls
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .map(|u| parse_redis_url("redis.urls", &["redis", "rediss"], u))
+        .collect::<Result<_, _>>()?;
+    match mode {
+        RedisMode::Single if !urls.is_empty() => {
+            return Err(invalid(
+                "redis.urls",
+                "is only for redis.mode \"cluster\" or \"sentinel\"; single mode uses redis.url",
+            ))
+        }
+        RedisMode::Cluster | RedisMode::Sentinel if urls.is_empty() => {
+            return Err(invalid(
+                "redis.urls",
+                "must list the cluster's seed nodes (cluster) or the sentinels (sentinel)",
+            ))
+        }
+        _ => {}
+    }
+    let tls_urls = urls.iter().filter(|u| u.starts_with("rediss:")).count();
+    if tls_urls != 0 && tls_urls != urls.len() {
+        return Err(invalid(
+            "redis.urls",
+            "mixes redis:// and rediss://: the nodes are all reached over TLS or all in plain text",
+        ));
+    }
+    let sentinel_master = raw.sentinel_master.trim().to_owned();
+    if mode == RedisMode::Sentinel && sentinel_master.is_empty() {
+        return Err(invalid(
+            "redis.sentinel_master",
+            "must name the master the sentinels monitor (their `sentinel monitor <name> ...`)",
+        ));
+    }
+    let tls = parse_redis_tls(raw.tls)?;
+    let url_tls = url.starts_with("rediss:");
+    let tls_used_by_mode = match mode {
+        RedisMode::Single => url_tls,
+        RedisMode::Cluster => tls_urls > 0,
+        // The sentinels (urls) and the master (url's scheme) may each be TLS.
+        RedisMode::Sentinel => url_tls || tls_urls > 0,
+    };
+    if tls != RedisTls::default() && !tls_used_by_mode {
+        // Certificates configured for a plain-text URL would suggest TLS where there is none.
+        return Err(invalid(
+            "redis.tls",
+            "certificate files are set, but no Redis URL of this mode uses rediss://",
+        ));
+    }
+    Ok(RedisSettings {
+        url,
+        mode,
+        urls,
+        sentinel_master,
+        tls,
+        prefix: parse_prefix("redis.prefix", &raw.prefix)?,
+        lookup_timeout: parse_duration("redis.lookup_timeout", &raw.lookup_timeout)?,
+        secret_key: parse_secret_key("redis.secret_key", &raw.secret_key)?,
+    })
+}
+
+impl RawRedis {
+    /// A unix socket can only be a single server: cluster nodes and masters are named by address.
+    fn redis_url_schemes(&self, mode: RedisMode) -> Vec<&'static str> {
+        match mode {
+            RedisMode::Single => vec!["redis", "rediss", "unix"],
+            RedisMode::Cluster | RedisMode::Sentinel => vec!["redis", "rediss"],
+        }
+    }
+}
+
+/// A Redis URL; `#insecure` (the redis crate's "skip certificate checks") is refused: hookrelay
+/// always verifies the server's certificate.
+fn parse_redis_url(key: &'static str, schemes: &[&str], text: &str) -> Result<String, ConfigError> {
+    let text = parse_url(key, text, schemes)?;
+    if url::Url::parse(&text).is_ok_and(|u| u.fragment().is_some()) {
+        return Err(invalid(
+            key,
+            "a URL fragment (e.g. #insecure) is not supported: certificates are always verified",
+        ));
+    }
+    Ok(text)
+}
+
+fn parse_redis_tls(raw: RawRedisTls) -> Result<RedisTls, ConfigError> {
+    let path = |text: &str| {
+        let text = text.trim();
+        (!text.is_empty()).then(|| std::path::PathBuf::from(text))
+    };
+    let tls = RedisTls {
+        ca_file: path(&raw.ca_file),
+        cert_file: path(&raw.cert_file),
+        key_file: path(&raw.key_file),
+    };
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => Err(invalid(
+            "redis.tls.key_file",
+            "must be set with redis.tls.cert_file (a client certificate needs its key)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "redis.tls.cert_file",
+            "must be set with redis.tls.key_file (a client key needs its certificate)",
+        )),
+        _ => Ok(tls),
+    }
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -315,6 +514,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("delivery.retry_schedule")
                     .with_list_parse_key("api.trusted_proxies")
+                    .with_list_parse_key("redis.urls")
                     .try_parsing(true)
                     .source(Some(env)),
             )
@@ -379,12 +579,7 @@ impl Settings {
                     &raw.amqp.reconnect_timeout,
                 )?,
             },
-            redis: RedisSettings {
-                url: parse_url("redis.url", &raw.redis.url, &["redis", "rediss", "unix"])?,
-                prefix: parse_prefix("redis.prefix", &raw.redis.prefix)?,
-                lookup_timeout: parse_duration("redis.lookup_timeout", &raw.redis.lookup_timeout)?,
-                secret_key: parse_secret_key("redis.secret_key", &raw.redis.secret_key)?,
-            },
+            redis: parse_redis(raw.redis)?,
             delivery: DeliverySettings {
                 retry_schedule,
                 timeout: parse_duration("delivery.timeout", &raw.delivery.timeout)?,
@@ -537,6 +732,109 @@ mod tests {
         assert!(err.to_string().contains("log.format"), "{err}");
         let err = load(&[("HOOKRELAY__REDIS__SECRET_KEY", "c2hvcnQ=")]).unwrap_err();
         assert!(err.to_string().contains("redis.secret_key"), "{err}");
+    }
+
+    #[test]
+    fn redis_modes_need_their_keys_and_name_them() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Single);
+        assert!(s.redis.urls.is_empty());
+
+        let s = load(&[
+            ("HOOKRELAY__REDIS__MODE", "cluster"),
+            (
+                "HOOKRELAY__REDIS__URLS",
+                "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Cluster);
+        assert_eq!(s.redis.urls.len(), 2);
+
+        let refused = [
+            (vec![("HOOKRELAY__REDIS__MODE", "replicated")], "redis.mode"),
+            (vec![("HOOKRELAY__REDIS__MODE", "cluster")], "redis.urls"),
+            (
+                vec![("HOOKRELAY__REDIS__URLS", "redis://10.0.0.1:7000")],
+                "redis.urls",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "sentinel"),
+                    ("HOOKRELAY__REDIS__URLS", "redis://10.0.0.1:26379"),
+                ],
+                "redis.sentinel_master",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "cluster"),
+                    ("HOOKRELAY__REDIS__URLS", "rediss://a:7000,redis://b:7000"),
+                ],
+                "redis.urls",
+            ),
+            (
+                vec![
+                    ("HOOKRELAY__REDIS__MODE", "cluster"),
+                    ("HOOKRELAY__REDIS__URLS", "unix:///run/redis.sock"),
+                ],
+                "redis.urls",
+            ),
+        ];
+        for (env, key) in refused {
+            let err = load(&env).unwrap_err();
+            assert!(err.to_string().contains(key), "{env:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_settings_survive_the_trip_through_the_environment() {
+        let env = [
+            ("HOOKRELAY__REDIS__MODE", "sentinel"),
+            ("HOOKRELAY__REDIS__URL", "rediss://:pw@ignored:6379/2"),
+            (
+                "HOOKRELAY__REDIS__URLS",
+                "rediss://10.0.0.1:26379,rediss://10.0.0.2:26379",
+            ),
+            ("HOOKRELAY__REDIS__SENTINEL_MASTER", "main"),
+            ("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem"),
+            ("HOOKRELAY__REDIS__LOOKUP_TIMEOUT", "1500ms"),
+            (
+                "HOOKRELAY__REDIS__SECRET_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+        ];
+        let original = load(&env).unwrap().redis;
+
+        let copied = Settings::load_with_env(None, original.to_env())
+            .unwrap()
+            .redis;
+
+        assert_eq!(format!("{copied:?}"), format!("{original:?}"));
+        assert_eq!(copied.secret_key, original.secret_key);
+    }
+
+    #[test]
+    fn tls_files_are_refused_where_nothing_would_use_them() {
+        let err = load(&[("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem")]).unwrap_err();
+        assert!(err.to_string().contains("redis.tls"), "{err}");
+        let err = load(&[
+            ("HOOKRELAY__REDIS__URL", "rediss://cache:6380"),
+            ("HOOKRELAY__REDIS__TLS__CERT_FILE", "/etc/client.pem"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("redis.tls.key_file"), "{err}");
+        let err = load(&[("HOOKRELAY__REDIS__URL", "rediss://cache:6380/#insecure")]).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
+
+        let s = load(&[
+            ("HOOKRELAY__REDIS__URL", "rediss://cache:6380"),
+            ("HOOKRELAY__REDIS__TLS__CA_FILE", "/etc/ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
     }
 
     #[test]

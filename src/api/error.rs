@@ -144,7 +144,7 @@ impl From<StoreError> for ApiError {
                 format!("this account already has a webhook for {url}"),
             ),
             StoreError::NotFound(_) => ApiError::not_found("webhook"),
-            e @ (StoreError::Redis(_) | StoreError::Timeout(_)) => {
+            e @ (StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Connect(_)) => {
                 tracing::error!(error = %e, "the subscription store failed");
                 ApiError::unavailable("the subscription store is unavailable; try again shortly")
                     .retry_after(Duration::from_secs(5))

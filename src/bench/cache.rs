@@ -34,7 +34,9 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
         settings.redis.prefix,
         crate::random_token(6)
     );
-    let store = Store::connect(&settings.redis.url, &prefix, settings.redis.lookup_timeout).await?;
+    let mut redis = settings.redis.clone();
+    redis.prefix = prefix;
+    let store = Store::from_settings(&redis).await?;
     let ids: Vec<AccountId> = (0..accounts)
         .map(|i| AccountId::parse(&format!("acct{i}")).expect("a valid account id"))
         .collect();
@@ -54,11 +56,7 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
     let cache = SubscriptionCache::with_limits(store.clone(), limits);
     // Entries are only cached while changes are followed, as in a worker.
     let follow = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(
-        cache
-            .clone()
-            .follow_changes(settings.redis.url.clone(), follow.clone()),
-    );
+    tokio::spawn(cache.clone().follow_changes(follow.clone()));
     cache.wait_live(std::time::Duration::from_secs(5)).await;
     let rss_before = procstat::own_peak_rss_bytes();
     let started = Instant::now();

@@ -9,6 +9,7 @@ use super::WebhookId;
 use crate::event::AccountId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -107,14 +108,38 @@ pub async fn append_now(
 
 /// Appends the records, trims each log, and updates each webhook's "failing since" mark (set
 /// on a failure if unset, cleared by a success). Returns the failing webhooks with their mark.
+/// One pipeline per account, sent concurrently: on Redis Cluster a pipeline must stay in one
+/// slot, and an account's keys share one (its hash tag).
 async fn write_batch(
     store: &Store,
     batch: &mut Vec<(AccountId, WebhookId, AttemptRecord)>,
 ) -> Result<Vec<(AccountId, WebhookId, i64)>, StoreError> {
-    let mut pipe = redis::pipe();
-    let mut logs = Vec::with_capacity(batch.len());
-    let mut failed = Vec::new();
+    let mut by_account: HashMap<AccountId, Vec<(WebhookId, AttemptRecord)>> = HashMap::new();
     for (account, webhook, record) in batch.drain(..) {
+        by_account
+            .entry(account)
+            .or_default()
+            .push((webhook, record));
+    }
+    let writes = by_account
+        .into_iter()
+        .map(|(account, records)| write_account(store, account, records));
+    let mut failing = Vec::new();
+    for result in futures_util::future::join_all(writes).await {
+        failing.extend(result?);
+    }
+    Ok(failing)
+}
+
+async fn write_account(
+    store: &Store,
+    account: AccountId,
+    records: Vec<(WebhookId, AttemptRecord)>,
+) -> Result<Vec<(AccountId, WebhookId, i64)>, StoreError> {
+    let mut pipe = redis::pipe();
+    let mut logs = Vec::with_capacity(records.len());
+    let mut failed = Vec::new();
+    for (webhook, record) in records {
         let key = store.attempts_key(&account, &webhook);
         let json = serde_json::to_string(&record).expect("a record serializes");
         pipe.lpush(&key, json).ignore();
@@ -129,7 +154,7 @@ async fn write_batch(
                 .arg("NX")
                 .ignore();
             pipe.get(&failing);
-            failed.push((account, webhook));
+            failed.push(webhook);
         }
     }
     logs.sort();
@@ -141,7 +166,7 @@ async fn write_batch(
     Ok(failed
         .into_iter()
         .zip(since)
-        .filter_map(|((a, w), s)| Some((a, w, s?)))
+        .filter_map(|(w, s)| Some((account.clone(), w, s?)))
         .collect())
 }
 

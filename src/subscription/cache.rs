@@ -13,6 +13,7 @@
 use super::store::{Snapshot, Store, StoreError, UnreadableWebhook};
 use super::Webhook;
 use crate::event::AccountId;
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -215,7 +216,14 @@ impl SubscriptionCache {
     /// A change to `account` at `version` was announced.
     pub fn invalidate(&self, account: AccountId, version: u64) {
         let _serial = self.writes.lock().unwrap();
-        let keep = matches!(self.slots.get(&account), Some(Slot::Fresh { version: v, .. }) if v >= version);
+        // A marker or an entry at least as new already covers this change (announcements can
+        // arrive out of order with a racing lookup's own invalidation).
+        let keep = match self.slots.get(&account) {
+            Some(Slot::Fresh { version: v, .. }) | Some(Slot::Invalidated { version: v }) => {
+                v >= version
+            }
+            None => false,
+        };
         if !keep {
             self.slots.insert(account, Slot::Invalidated { version });
         }
@@ -227,34 +235,37 @@ impl SubscriptionCache {
         self.slots.invalidate_all();
     }
 
-    /// Follows the change channel until `shutdown`, resubscribing with backoff after a loss.
-    pub async fn follow_changes(self: Arc<Self>, redis_url: String, shutdown: CancellationToken) {
+    /// Follows the change channel until `shutdown`, resubscribing with backoff after a loss
+    /// (on a cluster to the next reachable node, with sentinels to the current master).
+    pub async fn follow_changes(self: Arc<Self>, shutdown: CancellationToken) {
         let channel = self.store.changes_channel();
-        let mut delay = Duration::from_millis(100);
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let mut delays = backoff.build();
         while !shutdown.is_cancelled() {
-            match self.subscribe_once(&redis_url, &channel, &shutdown).await {
-                Ok(()) => delay = Duration::from_millis(100),
+            match self.subscribe_once(&channel, &shutdown).await {
+                // A clean end (the server closed the stream): start the backoff over.
+                Ok(()) => delays = backoff.build(),
                 Err(e) => tracing::warn!(error = %e, "subscription change channel lost; retrying"),
             }
             self.live.store(false, Ordering::Release);
             self.flush();
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
     async fn subscribe_once(
         &self,
-        redis_url: &str,
         channel: &str,
         shutdown: &CancellationToken,
     ) -> Result<(), redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        let mut pubsub = self.store.redis().subscribe(channel).await?;
         // Subscribed: anything cached before may have missed a change made while we were not.
         self.flush();
         self.live.store(true, Ordering::Release);

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod cache;
+pub mod connection;
 mod record;
 mod scripts;
 pub mod secret;

@@ -12,6 +12,7 @@
 //! `scripts`. With `redis.secret_key` set, secrets are sealed (XChaCha20-Poly1305, bound to the
 //! account and webhook id); secrets stored in plain text stay readable.
 
+use super::connection::{ConnectError, RedisConn};
 use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
 use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
@@ -22,7 +23,6 @@ use crate::config::SecretKey;
 use crate::event::AccountId;
 use chrono::Utc;
 pub use keycheck::KeyCheckError;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use std::time::Duration;
 
@@ -49,12 +49,17 @@ pub enum StoreError {
     /// never waited out.
     #[error("a stored record is unreadable: {0}")]
     Unreadable(#[from] RecordError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 impl StoreError {
     /// Whether Redis itself failed (worth waiting out), as opposed to a refusal or bad data.
     pub fn is_outage(&self) -> bool {
-        matches!(self, StoreError::Redis(_) | StoreError::Timeout(_))
+        matches!(
+            self,
+            StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Connect(_)
+        )
     }
 }
 
@@ -113,28 +118,26 @@ pub struct Snapshot {
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     timeout: Duration,
     sealer: Option<Sealer>,
 }
 
 impl Store {
+    /// A store on the single server at `url` (tests and tools; `from_settings` for every mode).
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| StoreError::Timeout(timeout))??;
-        Ok(Store {
+        let conn = RedisConn::single(url, timeout).await?;
+        Ok(Store::on(conn, prefix, timeout))
+    }
+
+    fn on(conn: RedisConn, prefix: &str, timeout: Duration) -> Store {
+        Store {
             conn,
             prefix: prefix.to_owned(),
             timeout,
             sealer: None,
-        })
+        }
     }
 
     /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
@@ -145,13 +148,17 @@ impl Store {
         self
     }
 
-    /// Connects with the `[redis]` settings: URL, prefix, lookup timeout and secret key.
+    /// Connects with the `[redis]` settings: mode, URLs, TLS, prefix, lookup timeout and
+    /// secret key.
     pub async fn from_settings(redis: &crate::config::RedisSettings) -> Result<Store, StoreError> {
-        Ok(
-            Store::connect(&redis.url, &redis.prefix, redis.lookup_timeout)
-                .await?
-                .with_secret_key(redis.secret_key.as_ref()),
-        )
+        let conn = RedisConn::connect(redis).await?;
+        Ok(Store::on(conn, &redis.prefix, redis.lookup_timeout)
+            .with_secret_key(redis.secret_key.as_ref()))
+    }
+
+    /// The connection, for what needs more than the store's operations (pub/sub).
+    pub fn redis(&self) -> &RedisConn {
+        &self.conn
     }
 
     /// Whether secrets are encrypted at rest.
@@ -515,16 +522,10 @@ impl Store {
 
     /// Deletes every key under this store's prefix (tests and `bench` clean up with it).
     pub async fn purge_prefix(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(k?);
-            }
-            keys
-        };
+        // Every master of a cluster is scanned; DEL of keys in several slots is split by the
+        // cluster client.
+        let keys = self.conn.scan_match(&pattern).await?;
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(500) {
             conn.del::<_, ()>(chunk).await?;

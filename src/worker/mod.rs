@@ -114,11 +114,7 @@ pub async fn start(
             ttl: settings.worker.cache_ttl,
         },
     );
-    tokio::spawn(
-        cache
-            .clone()
-            .follow_changes(settings.redis.url.clone(), shutdown.clone()),
-    );
+    tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
     if !cache.wait_live(settings.redis.lookup_timeout).await {
         tracing::warn!(
             "not yet following subscription changes; lookups bypass the cache until then"

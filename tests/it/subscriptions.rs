@@ -212,11 +212,7 @@ async fn a_subscription_change_reaches_a_running_worker_within_a_second() {
 async fn following_cache(store: &Store) -> (std::sync::Arc<SubscriptionCache>, CancellationToken) {
     let cache = SubscriptionCache::new(store.clone());
     let shutdown = CancellationToken::new();
-    tokio::spawn(
-        cache
-            .clone()
-            .follow_changes(REDIS_URL.into(), shutdown.clone()),
-    );
+    tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
     assert!(cache.wait_live(Duration::from_secs(5)).await);
     (cache, shutdown)
 }

@@ -1,0 +1,635 @@
+#!/usr/bin/env bash
+# Proof that hookrelay works against production-shaped Redis (issue 10, DESIGN §6/§7): each part
+# starts Redis servers of its own (own ports, own data directories under a temporary directory;
+# the shared Redis on 6379 is never touched), runs the real binary against them, and prints what
+# it measured:
+#
+#   a) tls       Redis with only a TLS port (--port 0 --tls-port, client certificates required),
+#                CA, server and client certificates generated for the run with openssl. A worker
+#                over rediss:// with [redis.tls] delivers; a wrong CA, the system roots (which do
+#                not know the run's CA) and a missing client certificate are refused at start-up
+#                with a message naming the host. Then a TLS-only cluster of 3 masters (TLS on the
+#                cluster bus too): a worker over rediss:// seeds delivers.
+#   b) cluster   Redis Cluster of 3 masters + 3 replicas (redis-cli --cluster create). Webhooks
+#                added with the CLI and the API in mode "cluster", a worker delivers a steady
+#                stream; the master owning the test account's slot is killed (SIGKILL), the
+#                cluster fails over, deliveries go on. Lost must be 0.
+#   c) sentinel  1 master, 1 replica, 3 sentinels (quorum 2, down-after-milliseconds 1000): the
+#                same steps, with mode "sentinel". Lost must be 0.
+#
+# Deliveries go through the shared RabbitMQ on 127.0.0.1:5672 under a prefix of this run's own
+# (hrt-rn<pid>-...), removed at the end with scripts/sweep.sh. The receiver is `hookrelay listen`.
+# Per failover part it prints published, delivered, lost, duplicates, how long the worker's
+# /readyz said "not ready", and the longest pause between two deliveries; exits non-zero when
+# anything was lost or a check failed.
+#
+# Usage: scripts/redis-nodes.sh [tls] [cluster] [sentinel]      (default: all three)
+# Environment: REDIS_NODES_KEEP=1 keeps the temporary directory (logs) at the end;
+#              CARGO_TARGET_DIR is respected when locating the built binary.
+set -euo pipefail
+
+export LC_ALL=C
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+readonly PARTS=${*:-tls cluster sentinel}
+readonly ACCOUNT=acct-failover
+readonly STREAM_BEFORE_S=4  # steady publishing before the kill
+readonly STREAM_AFTER_S=6   # and after the failover
+readonly PUBLISH_GAP_S=0.05 # between two publishes of the loop
+readonly FAILOVER_MAX_S=30
+readonly DRAIN_MAX_S=60
+
+T0=$SECONDS
+log() { printf 'redis-nodes: [%3ds] %s\n' "$((SECONDS - T0))" "$*"; }
+die() {
+  printf 'redis-nodes: error: %s\n' "$*" >&2
+  exit 1
+}
+now() { printf '%s' "$EPOCHREALTIME"; }
+
+# --- what the script needs ----------------------------------------------------------------------
+
+ensure_tools() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v jq >/dev/null || missing+=(jq)
+  command -v curl >/dev/null || missing+=(curl)
+  ((${#missing[@]} == 0)) && return 0
+  local sudo=()
+  [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo)
+  log "installing ${missing[*]}"
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+    --no-install-recommends "${missing[@]}" >/dev/null
+}
+ensure_tools
+cargo build --locked --quiet --bin hookrelay
+readonly BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/hookrelay
+
+WORK=$(mktemp -d /tmp/hookrelay-redis-nodes.XXXXXX)
+readonly WORK
+readonly RUN_PREFIX=hrt-rn$$
+PIDS=()     # processes of ours to stop at the end (workers, api, listeners, publishers)
+REDIS_DIRS=() # each holds redis.pid of a redis-server of ours
+SUMMARY=()
+FAILED=0
+
+cleanup() {
+  local rc=$? pid dir
+  trap - EXIT INT TERM
+  set +e
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do
+    timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  for dir in "${REDIS_DIRS[@]}"; do
+    [[ -s $dir/redis.pid ]] && kill -KILL "$(cat "$dir/redis.pid")" 2>/dev/null
+  done
+  # Our queues and exchanges on the shared RabbitMQ (and any keys under our prefix; our own Redis
+  # servers die with their directories). The broker may list a stopped worker's consumers for a
+  # moment, and sweep.sh keeps what has consumers: try again until nothing is kept.
+  for _ in 1 2 3 4 5; do
+    SWEEP_MIN_IDLE=0 "$ROOT/scripts/sweep.sh" "$RUN_PREFIX-" >"$WORK/sweep.log" 2>&1 &&
+      ! grep -q kept "$WORK/sweep.log" && break
+    sleep 2
+  done
+  grep -q kept "$WORK/sweep.log" &&
+    printf 'redis-nodes: warning: could not sweep %s from RabbitMQ\n' "$RUN_PREFIX-" >&2
+  if [[ ${REDIS_NODES_KEEP:-0} == 1 ]]; then
+    printf 'redis-nodes: kept %s\n' "$WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- small helpers ------------------------------------------------------------------------------
+
+# wait_until SECONDS COMMAND...: retry COMMAND every 0.1 s until it succeeds or time runs out.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+listening() { ss -Hltn "sport = :$1" | grep -q .; }
+
+# A socket in any state uses the port (also an outgoing connection's).
+port_used() { ss -Htan "sport = :$1" | grep -q .; }
+
+# free_ports N: N consecutive ports that are free, and so are the N ports 10000 above them (the
+# cluster bus), printed space-separated. Below 32768, where Linux picks outgoing ports.
+free_ports() {
+  local n=$1 base p ok
+  for _ in $(seq 50); do
+    base=$((10000 + RANDOM % 12000))
+    ok=1
+    for ((p = base; p < base + n; p++)); do
+      if port_used "$p" || port_used "$((p + 10000))"; then ok=0; fi
+    done
+    ((ok)) && { seq -s ' ' "$base" "$((base + n - 1))"; return 0; }
+  done
+  die "no free ports found"
+}
+
+# start_redis NAME PORT ARGS...: a redis-server of ours in $WORK/NAME, daemonized.
+start_redis() {
+  local name=$1 port=$2
+  shift 2
+  local dir=$WORK/$name
+  mkdir -p "$dir"
+  REDIS_DIRS+=("$dir")
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save '' --appendonly no "$@"
+}
+
+cli() { timeout 10 redis-cli -h 127.0.0.1 "$@"; }
+
+# The environment every hookrelay process of a part runs with; parts add their [redis] keys.
+base_env() {
+  local part=$1
+  export HOOKRELAY__AMQP__PREFIX=$RUN_PREFIX-$part
+  export HOOKRELAY__REDIS__PREFIX=$RUN_PREFIX-$part
+  export HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS=true
+  export HOOKRELAY__DELIVERY__ALLOW_HTTP=true
+  export HOOKRELAY__DELIVERY__RETRY_SCHEDULE=500ms,1s,2s,4s,8s,16s
+  export HOOKRELAY__REDIS__LOOKUP_TIMEOUT=2s
+  # A worker stopped at the end (or by a failed check) goes within the cleanup's wait.
+  export HOOKRELAY__WORKER__SHUTDOWN_GRACE=5s
+  unset HOOKRELAY__REDIS__URL HOOKRELAY__REDIS__MODE HOOKRELAY__REDIS__URLS \
+    HOOKRELAY__REDIS__SENTINEL_MASTER HOOKRELAY__REDIS__TLS__CA_FILE \
+    HOOKRELAY__REDIS__TLS__CERT_FILE HOOKRELAY__REDIS__TLS__KEY_FILE
+}
+
+# start_listener PART SECRET...: `hookrelay listen` on $LISTEN_PORT (chosen before the webhook
+# was added, as its URL names it), each delivery one line "<receipt time> <json>" in
+# $WORK/PART-received.
+start_listener() {
+  local part=$1
+  shift
+  local args=() s
+  for s in "$@"; do args+=(--secret "$s"); done
+  "$BIN" listen --listen "127.0.0.1:$LISTEN_PORT" --json "${args[@]}" \
+    2>"$WORK/$part-listen.log" \
+    > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done \
+      >"$WORK/$part-received") &
+  PIDS+=($!)
+  wait_until 10 listening "$LISTEN_PORT" || die "$part: hookrelay listen did not start"
+}
+
+# start_worker PART: a worker with its ops port; waits for /readyz. Sets WORKER_PID, OPS_PORT.
+start_worker() {
+  local part=$1
+  OPS_PORT=$(free_ports 1)
+  HOOKRELAY__OPS__LISTEN=127.0.0.1:$OPS_PORT "$BIN" worker >"$WORK/$part-worker.log" 2>&1 &
+  WORKER_PID=$!
+  PIDS+=("$WORKER_PID")
+  wait_until 30 ready || die "$part: the worker did not become ready (see $WORK/$part-worker.log)"
+}
+
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$OPS_PORT/readyz") == 200 ]]; }
+
+# monitor_readiness FILE: one line "<time> <http status>" every 0.1 s until killed.
+monitor_readiness() {
+  while :; do
+    printf '%s %s\n' "$EPOCHREALTIME" \
+      "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$OPS_PORT/readyz")"
+    sleep 0.1
+  done >"$1"
+}
+
+# publish_stream PART STOPFILE: publishes evt_<part>_<n> to $ACCOUNT until STOPFILE exists; the
+# ids the broker confirmed go to $WORK/PART-published.
+publish_stream() {
+  local part=$1 stop=$2 n=0
+  while [[ ! -e $stop ]]; do
+    n=$((n + 1))
+    if "$BIN" publish --type payment.card.success --account "$ACCOUNT" --id "evt_${part}_$n" \
+      --data "{\"n\":$n}" >/dev/null 2>>"$WORK/$part-publish.log"; then
+      printf 'evt_%s_%d\n' "$part" "$n" >>"$WORK/$part-published"
+    fi
+    sleep "$PUBLISH_GAP_S"
+  done
+}
+
+delivered_ids() {
+  sed 's/^[^ ]* //' "$WORK/$1-received" | jq -r 'select(.verified) | .webhook_id'
+}
+all_delivered() {
+  [[ -z $(comm -23 <(sort -u "$WORK/$1-published") <(delivered_ids "$1" | sort -u)) ]]
+}
+
+# report PART KILLED_AT: the failover part's figures; counts a loss as a failure.
+report() {
+  local part=$1 killed_at=$2
+  local published delivered unique lost dups not_ready pause
+  published=$(sort -u "$WORK/$part-published" | wc -l)
+  delivered=$(delivered_ids "$part" | wc -l)
+  unique=$(delivered_ids "$part" | sort -u | wc -l)
+  lost=$(comm -23 <(sort -u "$WORK/$part-published") <(delivered_ids "$part" | sort -u) | wc -l)
+  dups=$((delivered - unique))
+  # Not ready: the sampling intervals that began with a non-200 answer.
+  not_ready=$(awk 'NR > 1 && prev != 200 { s += $1 - t } { t = $1; prev = $2 }
+    END { printf "%.1f", s }' "$WORK/$part-readyz")
+  # The longest gap between two receipts from 1 s before the kill on.
+  pause=$(awk -v k="$killed_at" '$1 >= k - 1 { if (t) { g = $1 - t; if (g > m) m = g } t = $1 }
+    END { printf "%.1f", m }' "$WORK/$part-received")
+  log "$part: published $published, delivered $unique (+$dups duplicates), lost $lost, worker not ready ${not_ready} s, longest delivery pause ${pause} s"
+  SUMMARY+=("$(printf '%-9s %9s %9s %5s %10s %14s %14s' "$part" "$published" "$unique" "$lost" \
+    "$dups" "${not_ready} s" "${pause} s")")
+  ((lost == 0)) || FAILED=1
+  ((published > 0)) || FAILED=1
+}
+
+# run_failover PART KILL_FN WAIT_FN: the steady stream, the kill, the failover, the drain.
+run_failover() {
+  local part=$1 kill_fn=$2 wait_fn=$3
+  local stop=$WORK/$part-stop
+  : >"$WORK/$part-published"
+  monitor_readiness "$WORK/$part-readyz" &
+  local monitor=$!
+  PIDS+=("$monitor")
+  publish_stream "$part" "$stop" &
+  local publisher=$!
+  PIDS+=("$publisher")
+  sleep "$STREAM_BEFORE_S"
+  local killed_at
+  killed_at=$(now)
+  "$kill_fn"
+  local t_kill=$SECONDS
+  wait_until "$FAILOVER_MAX_S" "$wait_fn" || die "$part: no failover within ${FAILOVER_MAX_S} s"
+  log "$part: failover done $((SECONDS - t_kill)) s after the kill"
+  sleep "$STREAM_AFTER_S"
+  : >"$stop"
+  wait "$publisher" || true
+  wait_until "$DRAIN_MAX_S" all_delivered "$part" || log "$part: not everything delivered within ${DRAIN_MAX_S} s"
+  wait_until 10 ready || log "$part: the worker is not ready at the end"
+  kill "$monitor" 2>/dev/null || true
+  report "$part" "$killed_at"
+}
+
+# add_webhook PART: the test account's webhook through the CLI; prints its secret.
+add_webhook() {
+  local part=$1 out
+  out=$("$BIN" webhooks add --account "$ACCOUNT" --url "http://127.0.0.1:$LISTEN_PORT/$part" \
+    --events '*' --json) || die "$part: webhooks add failed"
+  jq -r .secret <<<"$out"
+}
+
+# check_cli_and_api PART: webhooks list through the CLI; token issue, webhook create, list and
+# delete through the API; each must work in this part's mode.
+check_cli_and_api() {
+  local part=$1
+  local count
+  count=$("$BIN" webhooks list --account "$ACCOUNT" --json | jq '.webhooks | length')
+  [[ $count == 1 ]] || die "$part: webhooks list shows $count webhooks, expected 1"
+  local api_port admin api
+  admin=$(openssl rand -hex 16)
+  api_port=$(free_ports 1)
+  HOOKRELAY__API__LISTEN=127.0.0.1:$api_port HOOKRELAY__API__ADMIN_TOKEN=$admin \
+    "$BIN" api >"$WORK/$part-api.log" 2>&1 &
+  api=$!
+  PIDS+=("$api")
+  wait_until 20 listening "$api_port" || die "$part: the API did not start"
+  local base=http://127.0.0.1:$api_port/v1/accounts/api-check token id listed
+  token=$(curl -fsS -X POST -H "authorization: Bearer $admin" "$base/tokens" | jq -r .token)
+  id=$(curl -fsS -X POST -H "authorization: Bearer $token" -H 'content-type: application/json' \
+    -d '{"url":"http://127.0.0.1:9/api-check","events":["customer.registered"]}' \
+    "$base/webhooks" | jq -r .id)
+  listed=$(curl -fsS -H "authorization: Bearer $token" "$base/webhooks" | jq -r '.webhooks[].id')
+  [[ $listed == "$id" ]] || die "$part: API list shows '$listed', expected '$id'"
+  curl -fsS -o /dev/null -X DELETE -H "authorization: Bearer $token" "$base/webhooks/$id" ||
+    die "$part: API delete failed"
+  kill -TERM "$api"
+  wait "$api" 2>/dev/null || true
+  log "$part: CLI webhooks add/list and API token/create/list/delete work"
+}
+
+# --- a) TLS -------------------------------------------------------------------------------------
+
+make_certs() {
+  local d=$WORK/certs
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj '/CN=hookrelay test CA' \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj '/CN=some other CA' \
+      -keyout other-ca.key -out other-ca.crt 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+    openssl req -newkey rsa:2048 -nodes -subj '/CN=127.0.0.1' -keyout server.key \
+      -out server.csr 2>/dev/null
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj '/CN=hookrelay worker' -keyout client.key \
+      -out client.csr 2>/dev/null
+    # X.509 v3 (an extension makes it one): rustls refuses v1 certificates, also as client's.
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+      -extfile client.ext -out client.crt 2>/dev/null
+  )
+}
+
+# refused CASE EXPECTED_TEXT: `webhooks list` must fail, its message naming the host and
+# containing EXPECTED_TEXT.
+refused() {
+  local case=$1 expected=$2 err
+  if err=$("$BIN" webhooks list --account "$ACCOUNT" 2>&1 >/dev/null); then
+    log "tls: FAIL: $case: accepted"
+    TLS_RESULTS+=("$case|accepted (FAIL)")
+    FAILED=1
+  elif [[ $err == *127.0.0.1* && $err == *"$expected"* ]]; then
+    log "tls: $case: refused: $err"
+    TLS_RESULTS+=("$case|refused: ${err##*connecting to Redis at }")
+  else
+    log "tls: FAIL: $case: refused without naming the host or '$expected': $err"
+    TLS_RESULTS+=("$case|unclear error (FAIL)")
+    FAILED=1
+  fi
+}
+
+part_tls() {
+  log "tls: certificates and a TLS-only Redis"
+  make_certs
+  local d=$WORK/certs port
+  port=$(free_ports 1)
+  start_redis tls 0 --tls-port "$port" --tls-cert-file "$d/server.crt" \
+    --tls-key-file "$d/server.key" --tls-ca-cert-file "$d/ca.crt" --tls-auth-clients yes
+  wait_until 10 listening "$port" || die "tls: redis-server did not listen on $port"
+  base_env tls
+  export HOOKRELAY__REDIS__URL=rediss://127.0.0.1:$port/0
+  TLS_RESULTS=()
+
+  HOOKRELAY__REDIS__TLS__CA_FILE=$d/other-ca.crt HOOKRELAY__REDIS__TLS__CERT_FILE=$d/client.crt \
+    HOOKRELAY__REDIS__TLS__KEY_FILE=$d/client.key refused "wrong CA (ca_file of another CA)" certificate
+  HOOKRELAY__REDIS__TLS__CERT_FILE=$d/client.crt HOOKRELAY__REDIS__TLS__KEY_FILE=$d/client.key \
+    refused "no ca_file: system roots do not know the run's CA" certificate
+  HOOKRELAY__REDIS__TLS__CA_FILE=$d/ca.crt refused "right CA, no client certificate (mTLS)" "127.0.0.1"
+  if err=$(HOOKRELAY__REDIS__URL=redis://127.0.0.1:$port/0 "$BIN" webhooks list \
+    --account "$ACCOUNT" 2>&1 >/dev/null); then
+    log "tls: FAIL: plain redis:// to the TLS port was accepted"
+    FAILED=1
+  else
+    TLS_RESULTS+=("plain redis:// to the TLS-only port|refused: ${err##*connecting to Redis at }")
+  fi
+
+  export HOOKRELAY__REDIS__TLS__CA_FILE=$d/ca.crt
+  export HOOKRELAY__REDIS__TLS__CERT_FILE=$d/client.crt
+  export HOOKRELAY__REDIS__TLS__KEY_FILE=$d/client.key
+  LISTEN_PORT=$(free_ports 1)
+  local secret
+  secret=$(add_webhook tls)
+  start_listener tls "$secret"
+  start_worker tls
+  : >"$WORK/tls-published"
+  local n
+  for n in $(seq 20); do
+    "$BIN" publish --type payment.card.success --account "$ACCOUNT" --id "evt_tls_$n" \
+      --data '{}' >/dev/null && echo "evt_tls_$n" >>"$WORK/tls-published"
+  done
+  if wait_until 30 all_delivered "tls"; then
+    TLS_RESULTS+=("worker over rediss:// with ca_file + client cert|20 published, $(delivered_ids tls | sort -u | wc -l) delivered")
+  else
+    TLS_RESULTS+=("worker over rediss:// with ca_file + client cert|NOT all delivered (FAIL)")
+    FAILED=1
+  fi
+  log "tls: worker delivered over TLS; the server has no plain-text port (--port 0)"
+  kill -TERM "$WORKER_PID"
+  wait "$WORKER_PID" 2>/dev/null || true
+  tls_cluster
+}
+
+# A TLS-only cluster of 3 masters (TLS on the cluster bus too): the worker reaches every node it
+# discovers over TLS with the same [redis.tls] files.
+tls_cluster() {
+  local d=$WORK/certs ports p nodes=()
+  read -r -a ports <<<"$(free_ports 3)"
+  for p in "${ports[@]}"; do
+    start_redis "tls-cluster-$p" 0 --tls-port "$p" --tls-cert-file "$d/server.crt" \
+      --tls-key-file "$d/server.key" --tls-ca-cert-file "$d/ca.crt" --tls-auth-clients yes \
+      --tls-cluster yes --tls-replication yes --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 1000
+    nodes+=("127.0.0.1:$p")
+  done
+  for p in "${ports[@]}"; do wait_until 10 listening "$p" || die "tls: cluster node $p"; done
+  local tls_cli=(--tls --cacert "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key")
+  redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-yes \
+    >"$WORK/tls-cluster-create.log" 2>&1 || die "tls: cluster create failed"
+  tls_cluster_ok() {
+    cli -p "${ports[0]}" "${tls_cli[@]}" cluster info | grep -q 'cluster_state:ok'
+  }
+  wait_until 30 tls_cluster_ok || die "tls: cluster state not ok"
+  export HOOKRELAY__REDIS__MODE=cluster
+  export HOOKRELAY__REDIS__URLS="rediss://${nodes[0]},rediss://${nodes[1]}"
+  unset HOOKRELAY__REDIS__URL
+  export HOOKRELAY__REDIS__PREFIX=$RUN_PREFIX-tlscluster
+  export HOOKRELAY__AMQP__PREFIX=$RUN_PREFIX-tlscluster
+  local secret n case="Redis Cluster over rediss:// (3 TLS-only masters)"
+  LISTEN_PORT=$(free_ports 1)
+  secret=$(add_webhook tlscluster)
+  start_listener tlscluster "$secret"
+  start_worker tlscluster
+  : >"$WORK/tlscluster-published"
+  for n in $(seq 10); do
+    "$BIN" publish --type payment.card.success --account "$ACCOUNT" --id "evt_tlsc_$n" \
+      --data '{}' >/dev/null && echo "evt_tlsc_$n" >>"$WORK/tlscluster-published"
+  done
+  if wait_until 30 all_delivered tlscluster; then
+    TLS_RESULTS+=("$case|10 published, $(delivered_ids tlscluster | sort -u | wc -l) delivered")
+  else
+    TLS_RESULTS+=("$case|NOT all delivered (FAIL)")
+    FAILED=1
+  fi
+  log "tls: a worker delivered through a TLS-only Redis Cluster"
+  kill -TERM "$WORKER_PID"
+  wait "$WORKER_PID" 2>/dev/null || true
+}
+
+# --- b) cluster ---------------------------------------------------------------------------------
+
+CLUSTER_PORTS=()
+KILLED_PORT=""
+
+# The master port serving the slot of the test account's hash tag, asked from node $1.
+slot_owner() {
+  local slot
+  slot=$(cli -p "$1" cluster keyslot "$ACCOUNT")
+  cli -p "$1" cluster nodes | awk -v s="$slot" '
+    $3 ~ /master/ && $3 !~ /fail/ {
+      for (i = 9; i <= NF; i++) {
+        n = split($i, r, "-"); lo = r[1]; hi = (n == 2 ? r[2] : r[1])
+        if (s >= lo && s <= hi) { split($2, a, "[:@]"); print a[2] }
+      }
+    }'
+}
+
+kill_cluster_master() {
+  KILLED_PORT=$(slot_owner "${CLUSTER_PORTS[0]}")
+  [[ -n $KILLED_PORT ]] || die "cluster: no master found for the account's slot"
+  log "cluster: killing master 127.0.0.1:$KILLED_PORT (owns the slot of {$ACCOUNT})"
+  kill -KILL "$(cat "$WORK/cluster-$KILLED_PORT/redis.pid")"
+}
+
+cluster_failed_over() {
+  local p owner
+  for p in "${CLUSTER_PORTS[@]}"; do
+    [[ $p == "$KILLED_PORT" ]] && continue
+    owner=$(slot_owner "$p" 2>/dev/null) || continue
+    [[ -n $owner && $owner != "$KILLED_PORT" ]] &&
+      cli -p "$owner" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && return 0
+  done
+  return 1
+}
+
+part_cluster() {
+  log "cluster: 3 masters + 3 replicas"
+  read -r -a CLUSTER_PORTS <<<"$(free_ports 6)"
+  local p nodes=()
+  for p in "${CLUSTER_PORTS[@]}"; do
+    start_redis "cluster-$p" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 1000
+    nodes+=("127.0.0.1:$p")
+  done
+  for p in "${CLUSTER_PORTS[@]}"; do wait_until 10 listening "$p" || die "cluster: node $p"; done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$WORK/cluster-create.log" 2>&1 || die "cluster: create failed (see $WORK/cluster-create.log)"
+  cluster_ok() {
+    local q
+    for q in "${CLUSTER_PORTS[@]}"; do
+      cli -p "$q" cluster info | grep -q 'cluster_state:ok' || return 1
+    done
+  }
+  wait_until 30 cluster_ok || die "cluster: state not ok"
+  base_env cluster
+  export HOOKRELAY__REDIS__MODE=cluster
+  # Three seeds, enough to find the cluster whichever one is down; the master that will be
+  # killed first, so that the worker follows the change channel there and must move over.
+  local owner seeds
+  owner=$(slot_owner "${CLUSTER_PORTS[0]}")
+  seeds="redis://127.0.0.1:$owner"
+  for p in "${CLUSTER_PORTS[@]:0:3}"; do
+    [[ $p == "$owner" ]] || seeds+=",redis://127.0.0.1:$p"
+  done
+  export HOOKRELAY__REDIS__URLS=$seeds
+  LISTEN_PORT=$(free_ports 1)
+  local secret
+  secret=$(add_webhook cluster)
+  start_listener cluster "$secret"
+  check_cli_and_api cluster
+  start_worker cluster
+  run_failover cluster kill_cluster_master cluster_failed_over
+  # bench on the same config: 20 accounts spread over the masters' slots, and its clean-up
+  # (Store::purge_prefix) must find its keys on every master.
+  "$BIN" bench --events 300 --accounts 20 --workers 1 --skip-ceiling \
+    >"$WORK/cluster-bench.log" 2>&1 || die "cluster: bench failed (see $WORK/cluster-bench.log)"
+  local left=0
+  for p in "${CLUSTER_PORTS[@]}"; do
+    [[ $p == "$KILLED_PORT" ]] && continue
+    left=$((left + $(cli -p "$p" --scan --pattern 'hrbench-*' | wc -l)))
+  done
+  ((left == 0)) || die "cluster: bench left $left keys behind (purge_prefix missed a master)"
+  log "cluster: bench ran in cluster mode and its purge left no key on any node"
+}
+
+# --- c) sentinel --------------------------------------------------------------------------------
+
+SENTINEL_PORTS=()
+MASTER_PORT=""
+REPLICA_PORT=""
+
+master_addr() { cli -p "${SENTINEL_PORTS[0]}" sentinel get-master-addr-by-name hrmaster | tail -n 1; }
+
+kill_sentinel_master() {
+  log "sentinel: killing master 127.0.0.1:$MASTER_PORT"
+  kill -KILL "$(cat "$WORK/sentinel-master/redis.pid")"
+}
+
+sentinel_failed_over() {
+  [[ $(master_addr 2>/dev/null) == "$REPLICA_PORT" ]] &&
+    cli -p "$REPLICA_PORT" role 2>/dev/null | head -n 1 | grep -q master
+}
+
+part_sentinel() {
+  log "sentinel: 1 master, 1 replica, 3 sentinels"
+  local ports
+  read -r -a ports <<<"$(free_ports 5)"
+  MASTER_PORT=${ports[0]}
+  REPLICA_PORT=${ports[1]}
+  SENTINEL_PORTS=("${ports[@]:2:3}")
+  start_redis sentinel-master "$MASTER_PORT"
+  start_redis sentinel-replica "$REPLICA_PORT" --replicaof 127.0.0.1 "$MASTER_PORT"
+  local s i=0
+  for s in "${SENTINEL_PORTS[@]}"; do
+    i=$((i + 1))
+    mkdir -p "$WORK/sentinel-$i"
+    REDIS_DIRS+=("$WORK/sentinel-$i")
+    cat >"$WORK/sentinel-$i/sentinel.conf" <<EOF
+bind 127.0.0.1
+port $s
+daemonize yes
+pidfile $WORK/sentinel-$i/redis.pid
+logfile $WORK/sentinel-$i/sentinel.log
+dir $WORK/sentinel-$i
+sentinel monitor hrmaster 127.0.0.1 $MASTER_PORT 2
+sentinel down-after-milliseconds hrmaster 1000
+sentinel failover-timeout hrmaster 10000
+EOF
+    redis-server "$WORK/sentinel-$i/sentinel.conf" --sentinel
+  done
+  for s in "${SENTINEL_PORTS[@]}"; do wait_until 10 listening "$s" || die "sentinel $s"; done
+  replica_synced() { cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up'; }
+  wait_until 30 replica_synced || die "sentinel: the replica did not sync"
+  sentinels_see_replica() {
+    cli -p "${SENTINEL_PORTS[0]}" sentinel replicas hrmaster | grep -q "$REPLICA_PORT" &&
+      [[ $(cli -p "${SENTINEL_PORTS[0]}" sentinel sentinels hrmaster | grep -c '^name$') -ge 2 ]]
+  }
+  wait_until 30 sentinels_see_replica || die "sentinel: sentinels did not discover each other"
+  base_env sentinel
+  export HOOKRELAY__REDIS__MODE=sentinel
+  export HOOKRELAY__REDIS__URLS="redis://127.0.0.1:${SENTINEL_PORTS[0]},redis://127.0.0.1:${SENTINEL_PORTS[1]},redis://127.0.0.1:${SENTINEL_PORTS[2]}"
+  export HOOKRELAY__REDIS__SENTINEL_MASTER=hrmaster
+  LISTEN_PORT=$(free_ports 1)
+  local secret
+  secret=$(add_webhook sentinel)
+  start_listener sentinel "$secret"
+  check_cli_and_api sentinel
+  # The webhook must be on the replica before the master dies (replication is asynchronous).
+  cli -p "$MASTER_PORT" wait 1 5000 >/dev/null
+  start_worker sentinel
+  run_failover sentinel kill_sentinel_master sentinel_failed_over
+}
+
+# --- run ------------------------------------------------------------------------------------------
+
+for part in $PARTS; do
+  case $part in
+    tls) part_tls ;;
+    cluster) part_cluster ;;
+    sentinel) part_sentinel ;;
+    *) die "unknown part '$part' (tls, cluster, sentinel)" ;;
+  esac
+  base_env "$part"
+done
+
+echo
+if [[ -n ${TLS_RESULTS+x} ]]; then
+  echo "TLS checks"
+  for r in "${TLS_RESULTS[@]}"; do printf '  %-55s %s\n' "${r%%|*}" "${r#*|}"; done
+  echo
+fi
+if ((${#SUMMARY[@]} > 0)); then
+  printf '%-9s %9s %9s %5s %10s %14s %14s\n' scenario published delivered lost duplicates \
+    "not ready" "longest pause"
+  printf '%s\n' "${SUMMARY[@]}"
+fi
+((FAILED == 0)) || die "some checks failed (see above)"
+log "all passed"
