@@ -156,6 +156,14 @@ impl DeadLetter {
         letter
     }
 
+    /// The letter without its event and body: what a report keeps once the letter was sent.
+    pub fn without_body(mut self) -> DeadLetter {
+        self.event = None;
+        self.raw_body = None;
+        self.raw_body_base64 = None;
+        self
+    }
+
     /// The time `--older-than` compares: the last attempt, or when it was dead-lettered.
     pub fn age_reference(&self) -> Option<DateTime<Utc>> {
         self.last_attempt_at.or(self.dead_lettered_at)
