@@ -22,6 +22,7 @@ use crate::subscription::store::StoreError;
 use chrono::{DateTime, Utc};
 use lapin::Connection;
 use snapshot::{Held, Snapshot};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -363,7 +364,7 @@ impl Dlq {
                 };
                 let Some((at, held)) = next else { break };
                 if !dry_run {
-                    selected.ack(at, held.tag).await?;
+                    selected.ack(at, held.tag, &held.letter.id).await?;
                 }
                 done += 1;
                 sink(held.letter);
@@ -372,12 +373,44 @@ impl Dlq {
             Ok::<(), DlqError>(())
         }
         .await;
-        let (summary, released) = selected.release().await;
+        let (summary, released) = selected.release(self).await;
         result?;
         if !dry_run {
             released?;
         }
         Ok(summary)
+    }
+
+    /// Removes the letters of `queue` whose id is in `removed`: letters a command already
+    /// removed once, that the broker handed back because it dropped their acks (RabbitMQ's
+    /// quorum-queue client in a channel drops acks it had stashed when the channel closes).
+    /// A few rounds at most; each reads the queue once.
+    async fn sweep(&self, queue: DlqQueue, removed: &HashSet<String>) -> Result<(), DlqError> {
+        for _ in 0..3 {
+            let mut snapshot = self.open(queue).await?;
+            let mut swept = 0;
+            let result = async {
+                while let Some(held) = snapshot.next().await? {
+                    if removed.contains(&held.letter.id) {
+                        snapshot.ack(held.tag).await?;
+                        swept += 1;
+                    }
+                }
+                Ok::<(), DlqError>(())
+            }
+            .await;
+            let released = snapshot.release().await;
+            result?;
+            let released = released.map_err(DlqError::Unconfirmed)?;
+            if swept > 0 {
+                tracing::warn!(queue = %self.queue_name(queue), swept,
+                    "the broker handed back letters already removed; removed them again");
+            }
+            if swept == 0 || released.surplus == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     async fn open(&self, queue: DlqQueue) -> Result<Snapshot, DlqError> {
@@ -406,6 +439,8 @@ pub(crate) struct Selected<'a> {
     current: usize,
     /// With ids: every selected letter, read up front.
     buffered: Option<std::collections::VecDeque<(usize, Held)>>,
+    /// Per queue, the ids of the letters removed, in case the broker hands some back.
+    removed: Vec<HashSet<String>>,
     pub summary: Summary,
 }
 
@@ -427,20 +462,24 @@ impl<'a> Selected<'a> {
             snapshots: Vec::new(),
             current: 0,
             buffered: None,
+            removed: Vec::new(),
             summary: Summary::default(),
         };
         for queue in selection.queues() {
             match dlq.open(queue).await {
-                Ok(s) => selected.snapshots.push(s),
+                Ok(s) => {
+                    selected.snapshots.push(s);
+                    selected.removed.push(HashSet::new());
+                }
                 Err(e) => {
-                    let _ = selected.release().await; // nothing was acked yet
+                    let _ = selected.release(dlq).await; // nothing was acked yet
                     return Err(e);
                 }
             }
         }
         if !selection.ids.is_empty() {
             if let Err(e) = selected.read_up_front().await {
-                let _ = selected.release().await; // nothing was acked yet
+                let _ = selected.release(dlq).await; // nothing was acked yet
                 return Err(e);
             }
         }
@@ -511,19 +550,31 @@ impl<'a> Selected<'a> {
         }
     }
 
-    pub async fn ack(&self, at: usize, tag: snapshot::Tag) -> Result<(), DlqError> {
-        self.snapshots[at].ack(tag).await
+    /// Removes the letter `id` held at `tag` in queue number `at`.
+    pub async fn ack(&mut self, at: usize, tag: snapshot::Tag, id: &str) -> Result<(), DlqError> {
+        self.snapshots[at].ack(tag).await?;
+        self.removed[at].insert(id.to_owned());
+        Ok(())
     }
 
-    /// Hands back everything not acked, queue by queue; fails if a channel had ended before
-    /// its close (then acks sent shortly before may not have been applied).
-    async fn release(self) -> (Summary, Result<(), DlqError>) {
+    /// Hands back everything not acked, queue by queue; then, where the broker reports more
+    /// letters than were left, removes again by id any removed letter it handed back. Fails if
+    /// a channel had ended before its close (then acks sent shortly before may not have been
+    /// applied).
+    async fn release(self, dlq: &Dlq) -> (Summary, Result<(), DlqError>) {
         let mut summary = self.summary;
         let mut result = Ok(());
-        for s in self.snapshots {
+        for (s, removed) in self.snapshots.into_iter().zip(self.removed) {
             summary.note(&s);
-            if let Err(e) = s.release().await {
-                result = result.and(Err(DlqError::Unconfirmed(e)));
+            let queue = s.queue;
+            match s.release().await {
+                Ok(r) if r.surplus > 0 && !removed.is_empty() => {
+                    if let Err(e) = dlq.sweep(queue, &removed).await {
+                        result = result.and(Err(e));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => result = result.and(Err(DlqError::Unconfirmed(e))),
             }
         }
         (summary, result)

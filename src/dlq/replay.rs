@@ -495,7 +495,7 @@ impl Run<'_> {
     /// Settles the oldest letter: awaits its confirm, acks it if it is to be removed, reports.
     async fn settle_front(
         &mut self,
-        selected: &Selected<'_>,
+        selected: &mut Selected<'_>,
         sink: &mut impl FnMut(ReplayItem),
     ) -> Result<(), DlqError> {
         let Some(p) = self.pending.pop_front() else {
@@ -507,7 +507,7 @@ impl Run<'_> {
             Step::DryRun(index) => self.mark(index, true, Outcome::Replayed),
             Step::Sent(index, task) => match task.await {
                 Ok(Ok(())) => {
-                    selected.ack(p.at, p.tag).await?;
+                    selected.ack(p.at, p.tag, &p.letter.id).await?;
                     self.mark(index, true, Outcome::Replayed)
                 }
                 Ok(Err(e)) => self.mark(index, false, Outcome::Failed(e)),
@@ -521,7 +521,7 @@ impl Run<'_> {
                 let of = first.id.to_string();
                 if first.replayed {
                     if !dry_run {
-                        selected.ack(p.at, p.tag).await?;
+                        selected.ack(p.at, p.tag, &p.letter.id).await?;
                     }
                     Outcome::Duplicate { of }
                 } else {
@@ -600,7 +600,7 @@ impl Dlq {
             Err(e) => Err(e),
         };
         let counts = run.counts;
-        let (summary, released) = selected.release().await;
+        let (summary, released) = selected.release(self).await;
         result?;
         if !options.dry_run {
             released?;

@@ -23,17 +23,34 @@
 //! each full window's consumer is then cancelled, which on a quorum queue keeps what it holds
 //! (credit 0, status `cancelled`) and lets acks remove messages without pulling in new ones.
 //!
-//! Handing back: when the channel closes (or the connection drops, or this process dies), the
-//! queue handles one `down` for the channel and returns its consumers' messages consumer after
-//! consumer in the order of their keys: on 3.10 `maps:keys` of the channel's consumers, keyed
-//! `{Tag, Pid}` and sorted for maps of up to 32 keys; on 4.x explicitly sorted keys, which are
-//! the raft index of each consumer's registration. Our consumer tags sort in window order
-//! (`hookrelay-dlq-00000`, `-00001`, …), and registration follows window order, so both
-//! versions put the windows back in order, atomically, however the command ends. That is why a
-//! channel carries at most [`WINDOWS_PER_CHANNEL`] = 32 windows (2,097,120 letters); a longer
-//! queue uses further channels, closed one after the other, each only once the broker applied
-//! the one before: in order on a normal end or Ctrl-C, but a crash past 2 million letters may
-//! hand the channels' blocks back in another order (each block keeps its own order).
+//! Handing back: the channels are closed one at a time (on a normal end, and on SIGINT or
+//! SIGTERM, which every `dlq` command handles), and the queue handles each closed channel as one
+//! `down`, returning its consumers' messages consumer after consumer in the order of their keys:
+//! on 3.10 `maps:keys` of the channel's consumers, keyed `{Tag, Pid}` and sorted for maps of up
+//! to 32 keys; on 4.x explicitly sorted keys, the raft index of each consumer's registration.
+//! Our consumer tags sort in window order (`hookrelay-dlq-00000`, `-00001`, …) and registration
+//! follows window order, so both versions put the windows back in order. That is why a channel
+//! carries at most [`WINDOWS_PER_CHANNEL`] = 32 windows (2,097,120 letters); a longer queue uses
+//! further channels, each closed only once the broker took back the one before.
+//!
+//! What a crash does (the connection ends without the channels being closed, e.g. `kill -9`),
+//! as seen on 3.10: the held letters go back to the *end* of the queue, in their order, behind
+//! the letters never read. Nothing is lost and both parts keep their order (the queue is
+//! rotated), but the held part no longer comes first. A single window behaves the same; only a
+//! released snapshot keeps the queue exactly as it was.
+//!
+//! Acks need care too, as seen on 3.10: the quorum-queue client inside a channel keeps at most
+//! 32 commands in flight to the queue and stashes further acks until earlier commands were
+//! applied; when the channel closes, a stash not yet sent is dropped and those letters come
+//! back although their replay was confirmed (the close handshake does not wait for it). So a
+//! channel that acked stays open [`ACK_GRACE`] after its last ack, and a command that removed
+//! letters compares the queue's count after its release with what it left: if more letters
+//! are ready, it reads the queue again and removes, by id, any letter it had already removed
+//! (a letter dead-lettered meanwhile has a new id and stays).
+//!
+//! A passive declare of a quorum queue on 3.10 answers 0 messages and 0 consumers when the
+//! queue does not answer within 250 ms (a queue busy taking back 65,535 letters), so such an
+//! answer is asked again before it is believed.
 //!
 //! The broker applies a closed channel's returns a moment after it confirmed the close, so the
 //! queue reports those messages as held (not ready) until then. A snapshot therefore counts the
@@ -54,7 +71,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer, Queue};
+use lapin::{Channel, Connection, Consumer};
 use std::time::Duration;
 
 /// The most messages one consumer holds: `basic.qos` takes a 16-bit prefetch count.
@@ -68,9 +85,18 @@ pub const WINDOWS_PER_CHANNEL: usize = 32;
 /// one just closed) to go before counting it anyway.
 const QUIET: Duration = Duration::from_secs(5);
 
+/// How long a channel that acked stays open after its last ack. RabbitMQ's quorum-queue client
+/// in the channel keeps at most 32 commands in flight and stashes further acks until earlier
+/// ones were applied; a channel closed meanwhile drops the stash, and those letters come back.
+const ACK_GRACE: Duration = Duration::from_millis(500);
+
 /// How long to wait for the next of the counted messages before taking the rest as held by
 /// someone else (another `dlq` command) or removed meanwhile.
 const IDLE: Duration = Duration::from_secs(3);
+
+/// The same for a window's first message: a queue sending 65,535 letters at once, or still
+/// taking back a large release, can take seconds to start.
+const FIRST_IDLE: Duration = Duration::from_secs(30);
 
 /// Where a held message is: its channel and its delivery tag there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +115,9 @@ pub struct Held {
 struct Segment {
     channel: Channel,
     consumers: u32,
+    /// Letters read on this channel, and of those acked.
+    held: u32,
+    acked: u32,
 }
 
 /// One dead-letter queue, read in order and held unacked until [`Snapshot::release`].
@@ -112,6 +141,7 @@ pub struct Snapshot {
     stalled: bool,
     /// A channel to count on.
     probe: Channel,
+    last_ack: Option<tokio::time::Instant>,
 }
 
 impl Snapshot {
@@ -134,29 +164,31 @@ impl Snapshot {
     ) -> Result<Snapshot, DlqError> {
         let window = window.clamp(1, WINDOW);
         let probe = conn.create_channel().await?;
-        let counted = match quiet(&probe, name, 0).await {
+        let counted = match quiet(&probe, name).await {
             Ok(q) => q,
             // A failed passive declare closes the channel; nothing is held.
             Err(e) => return Err(DlqError::NoQueue(name.to_owned(), e)),
         };
-        if counted.consumer_count() > 0 {
-            tracing::warn!(queue = %name, consumers = counted.consumer_count(),
+        if counted.consumers > 0 {
+            tracing::warn!(queue = %name, consumers = counted.consumers,
                 "another consumer holds part of the queue; reading what it does not hold");
         }
-        let windows_needed = counted.message_count().div_ceil(window) as usize;
+        let windows_needed = counted.messages.div_ceil(window) as usize;
         let mut segments = Vec::new();
         for _ in 0..windows_needed.div_ceil(WINDOWS_PER_CHANNEL).max(1) {
             segments.push(Segment {
                 channel: conn.create_channel().await?,
                 consumers: 0,
+                held: 0,
+                acked: 0,
             });
         }
         Ok(Snapshot {
             queue,
             name: name.to_owned(),
-            depth: counted.message_count(),
+            depth: counted.messages,
             read: 0,
-            others: counted.consumer_count(),
+            others: counted.consumers,
             window,
             segments,
             current: None,
@@ -166,6 +198,7 @@ impl Snapshot {
             windows: 0,
             stalled: false,
             probe,
+            last_ack: None,
         })
     }
 
@@ -182,7 +215,12 @@ impl Snapshot {
             .current
             .as_mut()
             .expect("next_window always leaves a consumer");
-        let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+        let idle = if self.current_read == 0 {
+            FIRST_IDLE
+        } else {
+            IDLE
+        };
+        let delivery = match tokio::time::timeout(idle, consumer.next()).await {
             Err(_) => {
                 tracing::warn!(queue = %self.name, read = self.read, depth = self.depth,
                     "the rest of the queue did not arrive; another consumer may hold it");
@@ -194,6 +232,7 @@ impl Snapshot {
         };
         self.read += 1;
         self.current_read += 1;
+        self.segments[self.current_segment].held += 1;
         Ok(Some(Held {
             tag: Tag {
                 channel: self.current_segment,
@@ -248,44 +287,87 @@ impl Snapshot {
     }
 
     /// Removes one held message from the queue.
-    pub async fn ack(&self, tag: Tag) -> Result<(), DlqError> {
-        self.segments[tag.channel]
+    pub async fn ack(&mut self, tag: Tag) -> Result<(), DlqError> {
+        let segment = &mut self.segments[tag.channel];
+        segment
             .channel
             .basic_ack(tag.delivery, BasicAckOptions { multiple: false })
             .await?;
+        segment.acked += 1;
+        self.last_ack = Some(tokio::time::Instant::now());
         Ok(())
     }
 
     /// Closes the channels in order: every message not acked goes back, in its order. Returns
-    /// once the broker has taken them back. An error means a channel had already ended (every
+    /// once the broker has taken them back, with how many more letters are ready than this
+    /// snapshot left (see [`Released`]). An error means a channel had already ended (every
     /// unacked message went back with it), so acks sent shortly before may not have been
     /// applied.
-    pub async fn release(self) -> Result<(), lapin::Error> {
+    pub async fn release(self) -> Result<Released, lapin::Error> {
         let mut result = Ok(());
         let mut later: u32 = self.segments.iter().map(|s| s.consumers).sum();
+        // Letters never read stayed ready; each closed channel adds what it held, not acked.
+        let mut ready = self.depth - self.read;
+        let mut counted = None;
         for segment in &self.segments {
             later -= segment.consumers;
+            ready += segment.held - segment.acked;
+            if segment.acked > 0 {
+                // Acks still stashed in the channel when it closes are lost (see the module
+                // documentation): give the queue time to apply the last ones.
+                if let Some(at) = self.last_ack {
+                    tokio::time::sleep_until(at + ACK_GRACE).await;
+                }
+            }
             // The close handshake also means the broker processed the acks sent before it.
             let closed = segment.channel.close(200, "dlq done".into()).await;
             result = result.and(closed);
             // The next channel's returns must not overtake this one's: wait until the broker
-            // dropped this channel's consumers (those still holding messages count until then).
-            match quiet(&self.probe, &self.name, self.others + later).await {
-                Ok(q) if q.consumer_count() > self.others + later => {
-                    tracing::warn!(queue = %self.name, "the broker has not yet taken back what was read")
-                }
-                Ok(_) => {}
+            // dropped this channel's consumers and counts its letters as ready again.
+            let patience = QUIET + Duration::from_millis(u64::from(segment.held) / 10);
+            let wanted = Counted {
+                consumers: self.others + later,
+                messages: ready,
+            };
+            match settle(&self.probe, &self.name, wanted, patience).await {
+                Ok(c) => counted = Some(c),
                 Err(e) => tracing::debug!(error = %e, queue = %self.name, "counting after release"),
             }
         }
         let _ = self.probe.close(200, "dlq done".into()).await;
-        result
+        let surplus = counted.map_or(0, |c| c.messages.saturating_sub(ready));
+        if surplus > 0 && self.segments.iter().any(|s| s.acked > 0) {
+            tracing::debug!(queue = %self.name, surplus, "more letters ready than left");
+        }
+        result.map(|()| Released {
+            surplus,
+            acked: self.segments.iter().map(|s| s.acked).sum(),
+        })
     }
 }
 
-/// Counts `name` once at most `consumers` consumers hold it, or after [`QUIET`] as it is then.
-async fn quiet(probe: &Channel, name: &str, consumers: u32) -> Result<Queue, lapin::Error> {
-    let deadline = tokio::time::Instant::now() + QUIET;
+/// What a release found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Released {
+    /// Letters ready beyond those this snapshot left: letters dead-lettered meanwhile, or
+    /// acks the broker dropped (a command that removed letters then looks again, by id).
+    pub surplus: u32,
+    /// Letters this snapshot removed.
+    pub acked: u32,
+}
+
+/// What a passive declare reports of a queue.
+#[derive(Clone, Copy, Debug)]
+struct Counted {
+    consumers: u32,
+    messages: u32,
+}
+
+/// Counts `name`. RabbitMQ 3.10 answers a passive declare of a quorum queue with 0 messages and
+/// 0 consumers when the queue's leader does not answer within 250 ms (a busy queue, e.g. one
+/// taking back 65,535 letters), so a 0/0 answer is asked again before it is believed.
+async fn count(probe: &Channel, name: &str) -> Result<Counted, lapin::Error> {
+    let mut tries = 0;
     loop {
         let q = probe
             .queue_declare(
@@ -297,8 +379,47 @@ async fn quiet(probe: &Channel, name: &str, consumers: u32) -> Result<Queue, lap
                 FieldTable::default(),
             )
             .await?;
-        if q.consumer_count() <= consumers || tokio::time::Instant::now() >= deadline {
-            return Ok(q);
+        tries += 1;
+        let counted = Counted {
+            consumers: q.consumer_count(),
+            messages: q.message_count(),
+        };
+        if counted.consumers > 0 || counted.messages > 0 || tries == 3 {
+            return Ok(counted);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Waits until at most `wanted.consumers` hold `name` and at least `wanted.messages` are
+/// ready, or `patience` ran out (then warns); returns the last count.
+async fn settle(
+    probe: &Channel,
+    name: &str,
+    wanted: Counted,
+    patience: Duration,
+) -> Result<Counted, lapin::Error> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let c = count(probe, name).await?;
+        if c.consumers <= wanted.consumers && c.messages >= wanted.messages {
+            return Ok(c);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(queue = %name, "the broker has not yet taken back what was read");
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts `name` once nobody holds it, or after [`QUIET`] as it is then.
+async fn quiet(probe: &Channel, name: &str) -> Result<Counted, lapin::Error> {
+    let deadline = tokio::time::Instant::now() + QUIET;
+    loop {
+        let c = count(probe, name).await?;
+        if c.consumers == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(c);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

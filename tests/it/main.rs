@@ -6,6 +6,7 @@ mod cli;
 mod dead_letters;
 mod delivery;
 mod dlq;
+mod dlq_scale;
 mod faults;
 mod helpers;
 mod isolation;
