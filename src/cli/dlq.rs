@@ -19,14 +19,24 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Subcommand, Debug)]
 pub enum DlqAction {
-    /// List dead letters in queue order; nothing is removed or reordered.
+    /// List dead letters in queue order, streamed as they are read; nothing is removed or
+    /// reordered.
+    #[command(
+        after_help = "Example:\n  hookrelay dlq list --account 68 --reason exhausted --older-than 1h --json > letters.json"
+    )]
     List(ListArgs),
     /// Show one dead letter in full, with its event.
+    #[command(after_help = "Example:\n  hookrelay dlq show dl_Xb3kq9TzP0aLr2mN8vWy")]
     Show(ShowArgs),
     /// Send dead letters again: a delivery for a fresh round of attempts, a poison event back to
-    /// the events exchange. Each is removed once the broker confirmed it.
+    /// the events exchange. Each is removed once the broker confirmed it. Ctrl-C stops it with
+    /// nothing lost and nothing sent twice; run it again to continue.
+    #[command(
+        after_help = "Example:\n  hookrelay dlq replay --account 68 --webhook wh_2b1f9c3e --rate 50/s\n  hookrelay dlq replay dl_Xb3kq9TzP0aLr2mN8vWy --dry-run"
+    )]
     Replay(ReplayArgs),
     /// Remove dead letters for good.
+    #[command(after_help = "Example:\n  hookrelay dlq purge --reason webhook_deleted --yes")]
     Purge(PurgeArgs),
 }
 

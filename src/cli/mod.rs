@@ -274,3 +274,30 @@ pub(crate) fn table(header: &[&str]) -> comfy_table::Table {
         .set_header(header.to_vec());
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_has_an_example_in_its_help() {
+        let root = Cli::command();
+        let mut missing = Vec::new();
+        // An explicit stack: the command tree is walked without recursion.
+        let mut stack: Vec<(String, &clap::Command)> = root
+            .get_subcommands()
+            .map(|c| (c.get_name().to_owned(), c))
+            .collect();
+        while let Some((path, command)) = stack.pop() {
+            let help = command.get_after_help().map(|h| h.to_string());
+            if !help.is_some_and(|h| h.contains("Example")) {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands() {
+                stack.push((format!("{path} {}", sub.get_name()), sub));
+            }
+        }
+        assert!(missing.is_empty(), "no example in: {missing:?}");
+    }
+}

@@ -131,7 +131,7 @@ async fn reading_in_many_windows_keeps_the_order_even_when_the_connection_ends_w
 }
 
 #[tokio::test]
-async fn a_filter_finds_purges_and_keeps_the_order_of_letters_beyond_the_first_65535() {
+async fn a_filter_finds_and_purges_letters_beyond_the_first_65535() {
     let app = spawn_app_with("200ms", &[]).await;
     let webhook = WebhookId::generate();
     // 70,000 letters: two windows of 65,535 and 4,465. Three belong to account "far".
@@ -148,26 +148,13 @@ async fn a_filter_finds_purges_and_keeps_the_order_of_letters_beyond_the_first_6
         .list(DlqQueue::Deliveries, &by_account("far"), None)
         .await
         .unwrap();
-    let mut everything = Vec::with_capacity(written.len());
-    let summary = dlq
-        .list_each(
-            DlqQueue::Deliveries,
-            &Filter::default(),
-            None,
-            Control::none(),
-            |l| {
-                everything.push(l.id);
-                Ok(())
-            },
-        )
-        .await
-        .unwrap();
-
-    eprintln!("two listings of 70,000 letters: {:?}", started.elapsed());
+    eprintln!(
+        "a filtered listing of 70,000 letters: {:?}",
+        started.elapsed()
+    );
+    // In queue order, the last ones from the second window (the order of every letter across
+    // windows is shown with small windows above: the window size is only a parameter).
     assert_eq!(ids(&found), far.map(|i| written[i].clone()));
-    assert_eq!(summary.read(), 70_000);
-    assert!(!summary.interrupted && !summary.stalled);
-    assert_same_order(&everything, &written, "listing 70,000 letters");
 
     let purged = dlq
         .purge(

@@ -3,6 +3,7 @@
 mod api;
 mod broker;
 mod cli;
+mod cli_conventions;
 mod dead_letters;
 mod delivery;
 mod dlq;
