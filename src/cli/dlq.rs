@@ -447,7 +447,7 @@ impl Columns {
                 ("REASON", 16),
                 ("TYPE", 32),
                 ("ACCOUNT", 12),
-                ("WEBHOOK", 23),
+                ("WEBHOOK", 27),
                 ("ATTEMPTS", 8),
                 ("STATUS", 6),
                 ("LAST ATTEMPT", 20),

@@ -223,12 +223,12 @@ impl Dlq {
             conn,
             topology,
             publish_timeout,
-            window: snapshot::WINDOW,
+            window: snapshot::DEFAULT_WINDOW,
         })
     }
 
-    /// Reads in windows of `window` letters instead of 65,535 (tests show the order is kept
-    /// across many windows without writing hundreds of thousands of letters).
+    /// Reads in windows of `window` letters (1 to 65,535) instead of 8,192 (tests show the order
+    /// is kept across many windows without writing hundreds of thousands of letters).
     pub fn with_window(mut self, window: u32) -> Dlq {
         self.window = window;
         self

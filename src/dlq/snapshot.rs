@@ -22,6 +22,12 @@
 //! all of its window (so it has no credit left and the queue sends everything after it to `k`);
 //! each full window's consumer is then cancelled, which on a quorum queue keeps what it holds
 //! (credit 0, status `cancelled`) and lets acks remove messages without pulling in new ones.
+//! An ack before that gives a consumer credit back, so a window may get a few letters more
+//! than its size (the ones right after it, in order): a cancelled window is read to its end
+//! before the next one starts. Windows are 8,192 letters by default ([`DEFAULT_WINDOW`]): the
+//! broker sends a window at once and the client buffers what is not read yet, so a replay,
+//! slower than the broker, buffers at most a window (a first try with 65,535-letter windows
+//! used 190 MB for a replay and stalled once a window had been sent more than its size).
 //!
 //! Handing back: the channels are closed one at a time (on a normal end, and on SIGINT or
 //! SIGTERM, which every `dlq` command handles), and the queue handles each closed channel as one
@@ -76,6 +82,11 @@ use std::time::Duration;
 
 /// The most messages one consumer holds: `basic.qos` takes a 16-bit prefetch count.
 pub const WINDOW: u32 = u16::MAX as u32;
+
+/// The window used: the broker sends a window at once and the client buffers what is not read
+/// yet, so a replay (slower than the broker) would buffer up to a window of letters; 8,192
+/// keeps that to a few megabytes while 500,000 letters still fit in 62 windows (2 channels).
+pub const DEFAULT_WINDOW: u32 = 8_192;
 
 /// Windows per channel: RabbitMQ 3.10 returns a closed channel's consumers in the order of
 /// `maps:keys`, which is sorted only for maps of up to 32 keys.
@@ -136,6 +147,8 @@ pub struct Snapshot {
     current_segment: usize,
     current_size: u32,
     current_read: u32,
+    /// The current window was cancelled: it is read to its end, then the next one starts.
+    cancelled: bool,
     windows: usize,
     /// True once the rest of the counted messages did not arrive (held by someone else).
     stalled: bool,
@@ -151,7 +164,7 @@ impl Snapshot {
         queue: DlqQueue,
         name: &str,
     ) -> Result<Snapshot, DlqError> {
-        Self::open_with_window(conn, queue, name, WINDOW).await
+        Self::open_with_window(conn, queue, name, DEFAULT_WINDOW).await
     }
 
     /// As [`Snapshot::open`], with windows of `window` messages (tests use small ones to show
@@ -195,6 +208,7 @@ impl Snapshot {
             current_segment: 0,
             current_size: 0,
             current_read: 0,
+            cancelled: false,
             windows: 0,
             stalled: false,
             probe,
@@ -205,51 +219,60 @@ impl Snapshot {
     /// The next letter in queue order, held until [`Snapshot::release`]; `None` once the counted
     /// depth was read (letters dead-lettered after the count are left for the next command).
     pub async fn next(&mut self) -> Result<Option<Held>, DlqError> {
-        if self.read >= self.depth || self.stalled {
-            return Ok(None);
-        }
-        if self.current.is_none() || self.current_read == self.current_size {
-            self.next_window().await?;
-        }
-        let consumer = self
-            .current
-            .as_mut()
-            .expect("next_window always leaves a consumer");
-        let idle = if self.current_read == 0 {
-            FIRST_IDLE
-        } else {
-            IDLE
-        };
-        let delivery = match tokio::time::timeout(idle, consumer.next()).await {
-            Err(_) => {
-                tracing::warn!(queue = %self.name, read = self.read, depth = self.depth,
-                    "the rest of the queue did not arrive; another consumer may hold it");
-                self.stalled = true;
+        loop {
+            if self.read >= self.depth || self.stalled {
                 return Ok(None);
             }
-            Ok(None) => return Err(DlqError::ConsumerEnded(self.name.clone())),
-            Ok(Some(delivery)) => delivery?,
-        };
-        self.read += 1;
-        self.current_read += 1;
-        self.segments[self.current_segment].held += 1;
-        Ok(Some(Held {
-            tag: Tag {
-                channel: self.current_segment,
-                delivery: delivery.delivery_tag,
-            },
-            letter: DeadLetter::read(self.queue, &delivery.properties, &delivery.data),
-        }))
+            if self.current.is_none() {
+                self.next_window().await?;
+            }
+            if self.current_read >= self.current_size && !self.cancelled {
+                // Acks give a consumer credit back, so a window may have been sent more than
+                // its size (the letters right after it, in order): stop it, then read what it
+                // got before the next window starts.
+                let tag = self.current.as_ref().expect("a window is open").tag();
+                self.segments[self.current_segment]
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await?;
+                self.cancelled = true;
+            }
+            let consumer = self.current.as_mut().expect("a window is open");
+            let idle = if self.current_read == 0 {
+                FIRST_IDLE
+            } else {
+                IDLE
+            };
+            let delivery = match tokio::time::timeout(idle, consumer.next()).await {
+                Err(_) => {
+                    tracing::warn!(queue = %self.name, read = self.read, depth = self.depth,
+                        "the rest of the queue did not arrive; another consumer may hold it");
+                    self.stalled = true;
+                    return Ok(None);
+                }
+                // A cancelled window ends once it handed over what it got.
+                Ok(None) if self.cancelled => {
+                    self.current = None;
+                    continue;
+                }
+                Ok(None) => return Err(DlqError::ConsumerEnded(self.name.clone())),
+                Ok(Some(delivery)) => delivery?,
+            };
+            self.read += 1;
+            self.current_read += 1;
+            self.segments[self.current_segment].held += 1;
+            return Ok(Some(Held {
+                tag: Tag {
+                    channel: self.current_segment,
+                    delivery: delivery.delivery_tag,
+                },
+                letter: DeadLetter::read(self.queue, &delivery.properties, &delivery.data),
+            }));
+        }
     }
 
-    /// Cancels the full window (it keeps what it holds) and starts the next one.
+    /// Starts the next window (the previous one, cancelled, keeps what it holds).
     async fn next_window(&mut self) -> Result<(), DlqError> {
-        if let Some(full) = self.current.take() {
-            self.segments[self.current_segment]
-                .channel
-                .basic_cancel(full.tag(), BasicCancelOptions::default())
-                .await?;
-        }
         let segment = self.windows / WINDOWS_PER_CHANNEL;
         if segment >= self.segments.len() {
             // Counted windows are all used: the depth only shrinks while we read.
@@ -258,8 +281,8 @@ impl Snapshot {
         let size = (self.depth - self.read).min(self.window);
         self.current_segment = segment;
         let segment = &mut self.segments[segment];
-        // Exactly what is left of the count, at most a window: the broker sends no more than
-        // was counted, so a window ends where the next one begins.
+        // At most what is left of the count: until acks give credit back, the broker sends no
+        // more than was counted.
         segment
             .channel
             .basic_qos(size as u16, BasicQosOptions::default())
@@ -278,6 +301,7 @@ impl Snapshot {
         self.current = Some(consumer);
         self.current_size = size;
         self.current_read = 0;
+        self.cancelled = false;
         Ok(())
     }
 
