@@ -204,7 +204,9 @@ async fn a_replay_interrupted_halfway_and_run_again_sends_every_letter_once() {
         .collect();
     let events: HashSet<String> = letters.iter().map(|d| d.event_id.clone()).collect();
     let written = write_dead_deliveries(&app.prefix, n, |i| letters[i].clone()).await;
-    let dlq = Dlq::connect(&app.settings).await.unwrap();
+    // Windows of 500: acks give a window credit back while the next ones wait (a window is
+    // then sent more than its size, which must neither stall nor reorder the reading).
+    let dlq = Dlq::connect(&app.settings).await.unwrap().with_window(500);
     let token = CancellationToken::new();
     let halfway = InterruptAfter {
         after: n as u64 / 2,
