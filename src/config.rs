@@ -495,6 +495,15 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let raw: Raw = Self::layers(file, env)?.try_deserialize()?;
+        Self::validate(raw)
+    }
+
+    /// The layers merged, before validation: what `hookrelay config show` prints (redacted).
+    pub fn layers(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<config::Config, ConfigError> {
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("HOOKRELAY__"))
@@ -506,7 +515,7 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let raw: Raw = builder
+        Ok(builder
             .add_source(
                 config::Environment::with_prefix("HOOKRELAY")
                     .prefix_separator("__")
@@ -518,9 +527,7 @@ impl Settings {
                     .try_parsing(true)
                     .source(Some(env)),
             )
-            .build()?
-            .try_deserialize()?;
-        Self::validate(raw)
+            .build()?)
     }
 
     fn validate(raw: Raw) -> Result<Settings, ConfigError> {

@@ -1,15 +1,6 @@
-//! The `hookrelay` binary: parses the command line and hands it to the library.
-
-use clap::Parser;
+//! The `hookrelay` binary: parses the command line and hands it to the library, which also
+//! chooses the exit status by cause (`hookrelay::cli::exit`).
 
 fn main() -> std::process::ExitCode {
-    let cli = hookrelay::cli::Cli::parse();
-    match hookrelay::cli::main(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the error and its causes.
-            eprintln!("hookrelay: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    hookrelay::cli::exit::run_main()
 }

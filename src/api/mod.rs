@@ -9,6 +9,7 @@
 //! - [`webhooks`]: list, create, read, update, delete, rotate-secret; the rules and SSRF check.
 //! - [`deliveries`]: send an example, recent attempts, resend one attempt's event.
 //! - [`tokens`]: the admin's token routes and `/v1/whoami`.
+//! - [`status`]: why an account's deliveries fail (webhooks, attempts, dead letters).
 //! - [`examples`]: example events per type; [`resend`]: the broker connection for resends.
 //! - [`limits`]: the request timeout, test-sends per account, failed sign-ins per address.
 //! - [`page`]: the Webhooks page (HTML, CSS and JS beside it, built into the binary).
@@ -21,6 +22,7 @@ pub mod examples;
 pub mod limits;
 pub mod page;
 pub mod resend;
+pub mod status;
 pub mod tokens;
 pub mod webhooks;
 
@@ -140,6 +142,7 @@ fn documented_routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(deliveries::send_test))
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::resend))
+        .routes(routes!(status::account_status_route))
         .split_for_parts()
 }
 

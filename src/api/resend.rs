@@ -61,6 +61,12 @@ impl Resender {
         Ok(publisher)
     }
 
+    /// The broker URL, the deployment's names and the confirm timeout, for routes that open a
+    /// short connection of their own (the status route's dead-letter pass).
+    pub fn broker(&self) -> (&str, &Topology, Duration) {
+        (&self.url, &self.topology, self.timeout)
+    }
+
     /// Closes the connection, if one is open.
     pub async fn close(&self) {
         if let Some((conn, _)) = self.current.lock().await.take() {

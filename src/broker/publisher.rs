@@ -39,6 +39,12 @@ impl Headers {
             .insert(ShortString::from(key), AMQPValue::LongLongInt(value));
         self
     }
+
+    /// The table itself, for callers that publish with lapin directly (tests pipelining
+    /// publishes in a fixed order).
+    pub fn into_table(self) -> FieldTable {
+        self.0
+    }
 }
 
 /// One message to publish.

@@ -1,26 +1,42 @@
 //! `hookrelay dlq list|show|replay|purge`: the dead-letter queues for on-call (DESIGN §4, §6).
 
+use super::exit::{Interrupted, Unavailable, Usage};
+use super::progress::Reporter;
 use crate::config::Settings;
 use crate::dlq::replay::ReplayOptions;
-use crate::dlq::{DeadLetter, Dlq, DlqQueue, Filter, Outcome, ReplayReport, Selection};
+use crate::dlq::{
+    Control, DeadLetter, Dlq, DlqQueue, Filter, Outcome, ReplayItem, Selection, Summary,
+};
 use crate::subscription::store::Store;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::SecondsFormat;
 use clap::{Args, Subcommand};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Subcommand, Debug)]
 pub enum DlqAction {
-    /// List dead letters in queue order; nothing is removed or reordered.
+    /// List dead letters in queue order, streamed as they are read; nothing is removed or
+    /// reordered.
+    #[command(
+        after_help = "Example:\n  hookrelay dlq list --account 68 --reason exhausted --older-than 1h --json > letters.json"
+    )]
     List(ListArgs),
     /// Show one dead letter in full, with its event.
+    #[command(after_help = "Example:\n  hookrelay dlq show dl_Xb3kq9TzP0aLr2mN8vWy")]
     Show(ShowArgs),
     /// Send dead letters again: a delivery for a fresh round of attempts, a poison event back to
-    /// the events exchange. Each is removed once the broker confirmed it.
+    /// the events exchange. Each is removed once the broker confirmed it. Ctrl-C stops it with
+    /// nothing lost and nothing sent twice; run it again to continue.
+    #[command(
+        after_help = "Example:\n  hookrelay dlq replay --account 68 --webhook wh_2b1f9c3e --rate 50/s\n  hookrelay dlq replay dl_Xb3kq9TzP0aLr2mN8vWy --dry-run"
+    )]
     Replay(ReplayArgs),
     /// Remove dead letters for good.
+    #[command(after_help = "Example:\n  hookrelay dlq purge --reason webhook_deleted --yes")]
     Purge(PurgeArgs),
 }
 
@@ -114,6 +130,10 @@ pub struct ReplayArgs {
     /// Replay deliveries even when their webhook is deleted or disabled.
     #[arg(long)]
     force: bool,
+    /// At most this many republishes per second: N, N/s or N/m (default: as fast as the
+    /// broker confirms).
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
     #[arg(long)]
     json: bool,
 }
@@ -132,33 +152,46 @@ pub struct PurgeArgs {
     json: bool,
 }
 
+/// A `--rate` value: `N`, `N/s` or `N/m` (letters per second or per minute).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let (number, per) = match text.split_once('/') {
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m")) => (n, 60.0),
+        Some((_, unit)) => return Err(format!("unit {unit:?}: write N/s or N/m")),
+        None => (text, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok(n / per),
+        _ => Err(format!("{text:?} is not a rate like 100/s")),
+    }
+}
+
 pub async fn run(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     if let DlqAction::Purge(a) = &action {
         if !a.yes && !a.dry_run {
-            bail!("purge removes dead letters for good: add --yes to confirm (or --dry-run)");
+            return Err(Usage(
+                "purge removes dead letters for good: add --yes to confirm (or --dry-run)".into(),
+            )
+            .into());
         }
     }
     let dlq = Dlq::connect(settings)
         .await
-        .context("connecting to RabbitMQ (amqp.url)")?;
-    let result = run_with(settings, &dlq, action).await;
+        .map_err(Unavailable::rabbitmq)?;
+    let shutdown = crate::shutdown::on_signal();
+    let result = run_with(settings, &dlq, action, &shutdown).await;
     dlq.close().await;
     result
 }
 
-async fn run_with(settings: &Settings, dlq: &Dlq, action: DlqAction) -> anyhow::Result<()> {
+async fn run_with(
+    settings: &Settings,
+    dlq: &Dlq,
+    action: DlqAction,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     match action {
-        DlqAction::List(a) => {
-            let letters = dlq
-                .list(a.queue, &a.filter.into_filter(), a.limit)
-                .await
-                .context("listing")?;
-            if a.json {
-                super::print_json(&letters);
-            } else {
-                print_table(a.queue, &dlq.queue_name(a.queue), &letters);
-            }
-        }
+        DlqAction::List(a) => list(dlq, a, shutdown).await,
         DlqAction::Show(a) => {
             let letter = dlq.show(&a.id, a.queue).await?;
             if a.json {
@@ -166,53 +199,224 @@ async fn run_with(settings: &Settings, dlq: &Dlq, action: DlqAction) -> anyhow::
             } else {
                 print_full(&letter);
             }
+            Ok(())
         }
-        DlqAction::Replay(a) => {
-            let store = Store::from_settings(&settings.redis)
-                .await
-                .context("connecting to Redis (redis.url)")?;
-            let options = ReplayOptions {
-                dry_run: a.dry_run,
-                force: a.force,
-            };
-            let report = dlq
-                .replay(&a.select.into_selection(), options, &store)
-                .await
-                .context("replaying")?;
-            if a.json {
-                super::print_json(&report.to_json());
-            } else {
-                print_replay(&report);
-            }
-            let left = report.items.len() - report.count("replayed") - report.count("duplicate");
-            if left > 0 {
-                bail!(
-                    "{left} of {} dead letters were not replayed (see above; --force replays to deleted or disabled webhooks)",
-                    report.items.len()
-                );
-            }
-        }
-        DlqAction::Purge(a) => {
-            let report = dlq
-                .purge(&a.select.into_selection(), a.dry_run)
-                .await
-                .context("purging")?;
-            if a.json {
-                super::print_json(&report);
-            } else {
-                let verb = if report.dry_run {
-                    "would purge"
+        DlqAction::Replay(a) => replay(settings, dlq, a, shutdown).await,
+        DlqAction::Purge(a) => purge(dlq, a, shutdown).await,
+    }
+}
+
+/// Streams the letters to stdout as they are read: one JSON array written element by element
+/// (still one document, closed also when interrupted), or table rows under a header.
+async fn list(dlq: &Dlq, a: ListArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(std::io::stdout());
+    // A bar on the terminal the rows are printed on would garble them.
+    let reporter = Reporter::new("listed", !std::io::stdout().is_terminal());
+    let control = Control {
+        shutdown,
+        progress: &reporter,
+    };
+    let columns = Columns::of(a.queue);
+    let mut first = true;
+    if a.json {
+        out.write_all(b"[")?;
+    } else {
+        columns.header(&mut out)?;
+    }
+    let summary = dlq
+        .list_each(
+            a.queue,
+            &a.filter.into_filter(),
+            a.limit,
+            control,
+            |letter| {
+                if a.json {
+                    out.write_all(if first { b"\n  " } else { b",\n  " })?;
+                    serde_json::to_writer(&mut out, &letter)?;
                 } else {
-                    "purged"
-                };
-                for l in &report.purged {
-                    println!("{verb} {} ({}, {})", l.id, l.queue.as_str(), l.reason);
+                    columns.row(&mut out, &letter)?;
                 }
-                println!("{verb} {} dead letters", report.purged.len());
-            }
-        }
+                first = false;
+                Ok(())
+            },
+        )
+        .await;
+    reporter.finish();
+    let summary = summary.context("listing")?;
+    if a.json {
+        out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
+    } else {
+        writeln!(
+            out,
+            "{} dead letters in {} (read {} of {})",
+            summary.selected,
+            dlq.queue_name(a.queue),
+            summary.read(),
+            summary.passes.iter().map(|p| p.depth).sum::<u32>()
+        )?;
+    }
+    out.flush()?;
+    stopped_early(
+        &summary,
+        &format!("listed {} dead letters", summary.selected),
+    )
+}
+
+/// Turns an interruption into exit 130 after the summary was printed; warns of a stall.
+fn stopped_early(summary: &Summary, done: &str) -> anyhow::Result<()> {
+    if summary.stalled {
+        eprintln!(
+            "hookrelay: warning: part of the queue is held by another consumer (another dlq \
+             command?) and was not read"
+        );
+    }
+    if summary.interrupted {
+        return Err(Interrupted(format!(
+            "{done} after reading {} letters; everything else is in the queue, in order",
+            summary.read()
+        ))
+        .into());
     }
     Ok(())
+}
+
+async fn replay(
+    settings: &Settings,
+    dlq: &Dlq,
+    a: ReplayArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::from_settings(&settings.redis)
+        .await
+        .map_err(Unavailable::redis)?;
+    let options = ReplayOptions {
+        dry_run: a.dry_run,
+        force: a.force,
+        rate: a.rate,
+    };
+    let reporter = Reporter::new(if a.dry_run { "would replay" } else { "settled" }, true);
+    let control = Control {
+        shutdown,
+        progress: &reporter,
+    };
+    let mut out = BufWriter::new(std::io::stdout());
+    let mut first = true;
+    let mut written = Ok(());
+    if a.json {
+        write!(out, "{{\"dry_run\": {}, \"items\": [", a.dry_run)?;
+    }
+    let summary = dlq
+        .replay_each(
+            &a.select.into_selection(),
+            options,
+            &store,
+            control,
+            |item| {
+                if written.is_err() {
+                    return;
+                }
+                written = if a.json {
+                    write_item(&mut out, &item, first)
+                } else {
+                    if !matches!(item.outcome, Outcome::Replayed) {
+                        reporter.println(&replay_line(&item, a.dry_run));
+                    }
+                    Ok(())
+                };
+                first = false;
+            },
+        )
+        .await;
+    reporter.finish();
+    let summary = summary.context("replaying")?;
+    written?;
+    let c = summary.counts;
+    if a.json {
+        write!(out, "\n], \"summary\": ")?;
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out, "}}")?;
+    } else {
+        writeln!(
+            out,
+            "{} {} of {} dead letters selected ({} duplicates removed, {} refused, {} failed, {} kept)",
+            if a.dry_run { "would replay" } else { "replayed" },
+            c.replayed,
+            summary.summary.selected,
+            c.duplicate,
+            c.refused,
+            c.failed,
+            c.skipped
+        )?;
+    }
+    out.flush()?;
+    stopped_early(
+        &summary.summary,
+        &format!(
+            "replayed {} dead letters (each removed once its republish was confirmed)",
+            c.replayed
+        ),
+    )?;
+    if c.left() > 0 {
+        bail!(
+            "{} of {} dead letters were not replayed (see above; --force replays to deleted or disabled webhooks)",
+            c.left(),
+            c.total()
+        );
+    }
+    Ok(())
+}
+
+fn write_item(out: &mut impl Write, item: &ReplayItem, first: bool) -> std::io::Result<()> {
+    out.write_all(if first { b"\n  " } else { b",\n  " })?;
+    serde_json::to_writer(&mut *out, &item.to_json())?;
+    Ok(())
+}
+
+async fn purge(dlq: &Dlq, a: PurgeArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let reporter = Reporter::new(if a.dry_run { "would purge" } else { "purged" }, true);
+    let control = Control {
+        shutdown,
+        progress: &reporter,
+    };
+    let verb = if a.dry_run { "would purge" } else { "purged" };
+    let by_id = !a.select.ids.is_empty();
+    let mut out = BufWriter::new(std::io::stdout());
+    let mut first = true;
+    let mut written: std::io::Result<()> = Ok(());
+    if a.json {
+        write!(out, "{{\"dry_run\": {}, \"purged\": [", a.dry_run)?;
+    }
+    let summary = dlq
+        .purge_each(&a.select.into_selection(), a.dry_run, control, |l| {
+            if written.is_err() {
+                return;
+            }
+            written = if a.json {
+                out.write_all(if first { b"\n  " } else { b",\n  " })
+                    .and_then(|()| serde_json::to_writer(&mut out, &l).map_err(Into::into))
+            } else if by_id {
+                writeln!(out, "{verb} {} ({}, {})", l.id, l.queue.as_str(), l.reason)
+            } else {
+                Ok(())
+            };
+            first = false;
+        })
+        .await;
+    reporter.finish();
+    let summary = summary.context("purging")?;
+    written?;
+    if a.json {
+        write!(out, "\n], \"summary\": ")?;
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out, "}}")?;
+    } else {
+        writeln!(out, "{verb} {} dead letters", summary.selected)?;
+    }
+    out.flush()?;
+    stopped_early(
+        &summary,
+        &format!("{verb} {} dead letters", summary.selected),
+    )
 }
 
 fn or_dash(v: &Option<String>) -> String {
@@ -225,78 +429,80 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     })
 }
 
-fn print_table(queue: DlqQueue, name: &str, letters: &[DeadLetter]) {
-    if letters.is_empty() {
-        println!("no dead letters in {name}");
-        return;
+/// The columns of a streamed listing: fixed widths, so rows can be printed as they are read
+/// (a table crate would need every row first). Longer values widen their row, not the table.
+struct Columns {
+    queue: DlqQueue,
+}
+
+impl Columns {
+    fn of(queue: DlqQueue) -> Columns {
+        Columns { queue }
     }
-    let mut rows: Vec<Vec<String>> = Vec::with_capacity(letters.len() + 1);
-    match queue {
-        DlqQueue::Deliveries => {
-            rows.push(
-                [
-                    "ID",
-                    "REASON",
-                    "TYPE",
-                    "ACCOUNT",
-                    "WEBHOOK",
-                    "ATTEMPTS",
-                    "STATUS",
-                    "LAST ATTEMPT",
-                ]
-                .map(String::from)
-                .to_vec(),
-            );
-            rows.extend(letters.iter().map(|l| {
-                vec![
-                    l.id.clone(),
-                    l.reason.clone(),
-                    or_dash(&l.event_type),
-                    or_dash(&l.account_id),
-                    or_dash(&l.webhook_id),
-                    l.attempts.map_or("-".into(), |n| n.to_string()),
-                    l.last_status.map_or("-".into(), |s| s.to_string()),
-                    time(l.last_attempt_at.or(l.dead_lettered_at)),
-                ]
-            }));
-        }
-        DlqQueue::Events => {
-            rows.push(
-                [
-                    "ID",
-                    "REASON",
-                    "ROUTING KEY",
-                    "EVENT",
-                    "ACCOUNT",
-                    "DEAD-LETTERED",
-                ]
-                .map(String::from)
-                .to_vec(),
-            );
-            rows.extend(letters.iter().map(|l| {
-                vec![
-                    l.id.clone(),
-                    l.reason.clone(),
-                    or_dash(&l.routing_key),
-                    or_dash(&l.event_id),
-                    or_dash(&l.account_id),
-                    time(l.dead_lettered_at),
-                ]
-            }));
+
+    fn spec(&self) -> &'static [(&'static str, usize)] {
+        match self.queue {
+            DlqQueue::Deliveries => &[
+                ("ID", 23),
+                ("REASON", 16),
+                ("TYPE", 32),
+                ("ACCOUNT", 12),
+                ("WEBHOOK", 27),
+                ("ATTEMPTS", 8),
+                ("STATUS", 6),
+                ("LAST ATTEMPT", 20),
+            ],
+            DlqQueue::Events => &[
+                ("ID", 27),
+                ("REASON", 20),
+                ("ROUTING KEY", 32),
+                ("EVENT", 24),
+                ("ACCOUNT", 12),
+                ("DEAD-LETTERED", 20),
+            ],
         }
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let cells: Vec<String> = row
+
+    fn cells(&self, l: &DeadLetter) -> Vec<String> {
+        match self.queue {
+            DlqQueue::Deliveries => vec![
+                l.id.clone(),
+                l.reason.clone(),
+                or_dash(&l.event_type),
+                or_dash(&l.account_id),
+                or_dash(&l.webhook_id),
+                l.attempts.map_or("-".into(), |n| n.to_string()),
+                l.last_status.map_or("-".into(), |s| s.to_string()),
+                time(l.last_attempt_at.or(l.dead_lettered_at)),
+            ],
+            DlqQueue::Events => vec![
+                l.id.clone(),
+                l.reason.clone(),
+                or_dash(&l.routing_key),
+                or_dash(&l.event_id),
+                or_dash(&l.account_id),
+                time(l.dead_lettered_at),
+            ],
+        }
+    }
+
+    fn line(&self, out: &mut impl Write, cells: &[String]) -> std::io::Result<()> {
+        let text: Vec<String> = cells
             .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
+            .zip(self.spec())
+            .map(|(cell, (_, w))| format!("{cell:<w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        writeln!(out, "{}", text.join("  ").trim_end())
     }
-    println!("{} dead letters in {name}", letters.len());
+
+    fn header(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let names: Vec<String> = self.spec().iter().map(|(n, _)| n.to_string()).collect();
+        self.line(out, &names)
+    }
+
+    fn row(&self, out: &mut impl Write, letter: &DeadLetter) -> std::io::Result<()> {
+        self.line(out, &self.cells(letter))
+    }
 }
 
 /// The listing's object plus the event (deliveries) or the body read as JSON (events).
@@ -345,40 +551,25 @@ fn print_full(letter: &DeadLetter) {
     }
 }
 
-fn print_replay(report: &ReplayReport) {
-    let would = |done: &str, planned: &str| {
-        if report.dry_run {
-            planned.to_owned()
-        } else {
-            done.to_owned()
-        }
+/// A line for a letter that was not simply replayed.
+fn replay_line(item: &ReplayItem, dry_run: bool) -> String {
+    let l = &item.letter;
+    let what = match l.queue {
+        DlqQueue::Deliveries => format!(
+            "{} ({} → {})",
+            l.id,
+            or_dash(&l.event_id),
+            or_dash(&l.webhook_id)
+        ),
+        DlqQueue::Events => format!("{} (routing key {})", l.id, or_dash(&l.routing_key)),
     };
-    for item in &report.items {
-        let l = &item.letter;
-        let what = match l.queue {
-            DlqQueue::Deliveries => format!(
-                "{} ({} → {})",
-                l.id,
-                or_dash(&l.event_id),
-                or_dash(&l.webhook_id)
-            ),
-            DlqQueue::Events => format!("{} (routing key {})", l.id, or_dash(&l.routing_key)),
-        };
-        match &item.outcome {
-            Outcome::Replayed => println!("{} {what}", would("replayed", "would replay")),
-            Outcome::Duplicate { of } => println!(
-                "{} {what}: a duplicate of {of}",
-                would("removed", "would remove")
-            ),
-            Outcome::Refused(r) => println!("refused {what}: {}", r.as_str()),
-            Outcome::Failed(e) => println!("failed {what}: {e}"),
-            Outcome::Skipped { of } => println!("kept {what}: {of} could not be replayed"),
-        }
+    match &item.outcome {
+        Outcome::Replayed if dry_run => format!("would replay {what}"),
+        Outcome::Replayed => format!("replayed {what}"),
+        Outcome::Duplicate { of } if dry_run => format!("would remove {what}: a duplicate of {of}"),
+        Outcome::Duplicate { of } => format!("removed {what}: a duplicate of {of}"),
+        Outcome::Refused(r) => format!("refused {what}: {}", r.as_str()),
+        Outcome::Failed(e) => format!("failed {what}: {e}"),
+        Outcome::Skipped { of } => format!("kept {what}: {of} could not be replayed"),
     }
-    println!(
-        "{} {} of {} dead letters",
-        would("replayed", "would replay"),
-        report.count("replayed"),
-        report.items.len()
-    );
 }

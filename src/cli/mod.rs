@@ -1,7 +1,11 @@
 //! The `hookrelay` subcommands (DESIGN §6). Each prints records as text, or as one JSON document
-//! on stdout with `--json`; logs go to stderr.
+//! on stdout with `--json`; logs and progress go to stderr; the exit status says why a command
+//! failed ([`exit`]).
 
+mod config;
 mod dlq;
+pub mod exit;
+mod progress;
 mod publish;
 mod webhooks;
 
@@ -15,7 +19,10 @@ use std::path::PathBuf;
 #[command(
     name = "hookrelay",
     version,
-    about = "Webhook delivery from RabbitMQ events"
+    about = "Webhook delivery from RabbitMQ events",
+    after_help = "Exit status: 0 success, 1 failed (not found, refused), 64 usage, 65 data refused, \
+                  69 RabbitMQ or Redis unreachable, 75 temporary failure (try again), \
+                  78 configuration, 130 interrupted."
 )]
 pub struct Cli {
     /// Configuration file (TOML); also HOOKRELAY_CONFIG. Environment HOOKRELAY__SECTION__KEY wins.
@@ -28,35 +35,61 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Consume events and deliver them (run as many replicas as needed).
+    #[command(
+        after_help = "Example:\n  HOOKRELAY__AMQP__URL=amqp://hr:pw@rabbit:5672/%2f hookrelay worker"
+    )]
     Worker,
     /// Serve the admin HTTP API and the Webhooks page on api.listen (needs api.admin_token).
+    #[command(
+        after_help = "Example:\n  HOOKRELAY__API__ADMIN_TOKEN=$(openssl rand -hex 24) hookrelay api"
+    )]
     Api,
     /// Declare the exchanges and queues (idempotent; workers also do it at start-up).
+    #[command(after_help = "Example:\n  hookrelay topology declare --json")]
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
     },
     /// List the 27 event types with their descriptions.
+    #[command(after_help = "Example:\n  hookrelay events --json")]
     Events {
         #[arg(long)]
         json: bool,
     },
     /// Publish one event with publisher confirms; prints its id.
+    #[command(
+        after_help = "Example:\n  hookrelay publish --type payment.card.success --account 68 --data '{\"amount\":\"10.00\"}'"
+    )]
     Publish(publish::PublishArgs),
-    /// Manage webhook subscriptions in Redis.
+    /// Manage webhook subscriptions in Redis, and see why an account's deliveries fail.
+    #[command(after_help = "Example:\n  hookrelay webhooks status --account 68")]
     Webhooks {
         #[command(subcommand)]
         action: webhooks::WebhooksAction,
     },
     /// Inspect, replay and purge the dead-letter queues.
+    #[command(after_help = "Example:\n  hookrelay dlq list --account 68 --reason exhausted")]
     Dlq {
         #[command(subcommand)]
         action: dlq::DlqAction,
     },
     /// Run a local receiver that verifies and prints deliveries.
+    #[command(after_help = "Example:\n  hookrelay listen --listen 127.0.0.1:8765 --account 68")]
     Listen(publish::ListenArgs),
     /// Measure end-to-end throughput and latency against the broker's own ceiling.
+    #[command(after_help = "Example:\n  hookrelay bench --events 20000 --workers 2 --json")]
     Bench(BenchArgs),
+    /// Show the effective configuration (secrets redacted) or check it.
+    #[command(after_help = "Example:\n  hookrelay config show")]
+    Config {
+        #[command(subcommand)]
+        action: config::ConfigAction,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  hookrelay completions bash > /etc/bash_completion.d/hookrelay\n  hookrelay completions zsh > \"${fpath[1]}/_hookrelay\""
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,12 +131,28 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum TopologyAction {
     /// Declare everything of DESIGN §4 for the configured prefix and schedule.
-    Declare,
+    #[command(
+        after_help = "Example:\n  HOOKRELAY__AMQP__PREFIX=staging hookrelay topology declare"
+    )]
+    Declare {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a parsed command line: loads the settings, then builds the runtime they ask for (the
 /// worker's thread count is a setting, so the runtime cannot be built before they are read).
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config { action } => return config::run(cli.config.as_deref(), action),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "hookrelay", &mut std::io::stdout());
+            return Ok(());
+        }
+        _ => {}
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     let mut runtime = if matches!(cli.command, Command::Worker) && settings.worker.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -130,8 +179,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Api => crate::api::run(settings).await,
         Command::Topology {
-            action: TopologyAction::Declare,
-        } => declare_topology(&settings).await,
+            action: TopologyAction::Declare { json },
+        } => declare_topology(&settings, json).await,
         Command::Events { json } => {
             print_events(json);
             Ok(())
@@ -156,22 +205,37 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             crate::bench::run(settings, options).await
         }
+        Command::Config { .. } | Command::Completions { .. } => {
+            unreachable!("`main` runs them before loading the settings")
+        }
     }
 }
 
-async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
+async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let topology = crate::broker::topology::Topology::from_settings(settings);
     let conn = crate::broker::connect(&settings.amqp.url, "hookrelay topology")
         .await
-        .context("connecting to RabbitMQ (amqp.url)")?;
+        .map_err(exit::Unavailable::rabbitmq)?;
     let channel = conn.create_channel().await?;
     topology
         .declare(&channel)
         .await
         .context("declaring (a queue that exists with other arguments is refused by RabbitMQ)")?;
-    println!("exchange {} (topic)", topology.events_exchange());
-    for q in topology.all_queues() {
-        println!("queue {q} (quorum)");
+    if json {
+        let queues: Vec<_> = topology
+            .all_queues()
+            .into_iter()
+            .map(|q| serde_json::json!({"name": q, "type": "quorum"}))
+            .collect();
+        print_json(&serde_json::json!({
+            "exchange": {"name": topology.events_exchange(), "type": "topic"},
+            "queues": queues,
+        }));
+    } else {
+        println!("exchange {} (topic)", topology.events_exchange());
+        for q in topology.all_queues() {
+            println!("queue {q} (quorum)");
+        }
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(())
@@ -185,10 +249,49 @@ fn print_events(json: bool) {
             .collect();
         println!("{}", serde_json::json!({ "event_types": types }));
     } else {
+        let mut table = table(&["LABEL", "DESCRIPTION"]);
         for t in EventType::ALL {
-            println!("{:<36} {}", t.label(), t.description());
+            table.add_row(vec![t.label(), t.description()]);
         }
+        println!("{table}");
     }
 }
 
 pub(crate) use crate::print_json;
+
+/// A table with a header row, without borders (easy to read and to `grep`/`awk`).
+pub(crate) fn table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_has_an_example_in_its_help() {
+        let root = Cli::command();
+        let mut missing = Vec::new();
+        // An explicit stack: the command tree is walked without recursion.
+        let mut stack: Vec<(String, &clap::Command)> = root
+            .get_subcommands()
+            .map(|c| (c.get_name().to_owned(), c))
+            .collect();
+        while let Some((path, command)) = stack.pop() {
+            let help = command.get_after_help().map(|h| h.to_string());
+            if !help.is_some_and(|h| h.contains("Example")) {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands() {
+                stack.push((format!("{path} {}", sub.get_name()), sub));
+            }
+        }
+        assert!(missing.is_empty(), "no example in: {missing:?}");
+    }
+}

@@ -1,17 +1,25 @@
-//! `hookrelay webhooks add|list|show|update|remove|rotate-secret`.
+//! `hookrelay webhooks add|list|show|update|remove|rotate-secret|status`.
 
+use super::exit::Unavailable;
 use crate::config::Settings;
+use crate::dlq::status::{account_status, AccountStatus, StatusOptions};
+use crate::dlq::Dlq;
 use crate::event::AccountId;
 use crate::subscription::store::{NewWebhook, Store, WebhookPatch};
 use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use std::time::Duration;
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksAction {
     /// Add a webhook; prints it with its secret (shown only here and on rotation).
+    #[command(
+        after_help = "Example:\n  hookrelay webhooks add --account 68 --url https://shop.example/hooks --events 'payment.card.success,payment.card.failed'"
+    )]
     Add(AddArgs),
     /// List an account's webhooks.
+    #[command(after_help = "Example:\n  hookrelay webhooks list --account 68")]
     List {
         #[arg(long)]
         account: AccountId,
@@ -19,13 +27,38 @@ pub enum WebhooksAction {
         json: bool,
     },
     /// Show one webhook (without its secret).
+    #[command(after_help = "Example:\n  hookrelay webhooks show wh_2b1f9c3e --json")]
     Show(IdArgs),
     /// Change a webhook's url, events, format, enabled or description.
+    #[command(after_help = "Example:\n  hookrelay webhooks update wh_2b1f9c3e --enabled true")]
     Update(UpdateArgs),
     /// Delete a webhook.
+    #[command(after_help = "Example:\n  hookrelay webhooks remove wh_2b1f9c3e")]
     Remove(IdArgs),
     /// Issue a new secret; the old one keeps signing for delivery.rotation_grace.
+    #[command(after_help = "Example:\n  hookrelay webhooks rotate-secret wh_2b1f9c3e")]
     RotateSecret(IdArgs),
+    /// Why is an account failing: each webhook's state, last attempts, success rate over the
+    /// attempt log, and dead letters by reason (from a bounded pass over the deliveries DLQ).
+    #[command(after_help = "Example:\n  hookrelay webhooks status --account 68 --json")]
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    account: AccountId,
+    /// Last attempts shown per webhook.
+    #[arg(long, default_value_t = 5)]
+    last: usize,
+    /// Read at most this many dead letters to count them (the output says when it was cut).
+    #[arg(long, default_value_t = 500_000)]
+    scan_limit: u32,
+    /// Read dead letters for at most this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    scan_time: Duration,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -85,7 +118,7 @@ fn parse_url(text: &str, settings: &Settings) -> anyhow::Result<WebhookUrl> {
 pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<()> {
     let store = Store::from_settings(&settings.redis)
         .await
-        .context("connecting to Redis (redis.url)")?;
+        .map_err(Unavailable::redis)?;
     match action {
         WebhooksAction::Add(a) => {
             let new = NewWebhook {
@@ -105,11 +138,10 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
             } else if snapshot.webhooks.is_empty() {
                 println!("account {account} has no webhooks");
             } else {
-                for w in &snapshot.webhooks {
-                    print_line(w);
-                }
+                print_table(&snapshot.webhooks);
             }
         }
+        WebhooksAction::Status(a) => status(settings, &store, a).await?,
         WebhooksAction::Show(a) => print_one(&store.find(&a.id).await?, a.json, false),
         WebhooksAction::Update(a) => {
             let account = store.account_of(&a.id).await?;
@@ -152,24 +184,132 @@ fn print_one(w: &Webhook, json: bool, with_secret: bool) {
         super::print_json(&w.to_json(with_secret));
         return;
     }
-    print_line(w);
+    print_table(std::slice::from_ref(w));
     if with_secret {
         println!("secret: {}", w.secret.expose());
     }
 }
 
-fn print_line(w: &Webhook) {
-    let state = match (&w.enabled, &w.disabled_reason) {
+/// The format as `--format` spells it (`standard`, `inplayer`).
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Standard => "standard",
+        Format::Inplayer => "inplayer",
+    }
+}
+
+fn state(enabled: bool, reason: &Option<String>) -> String {
+    match (enabled, reason) {
         (true, _) => "enabled".to_owned(),
         (false, Some(reason)) => format!("disabled ({reason})"),
         (false, None) => "disabled".to_owned(),
+    }
+}
+
+fn print_table(webhooks: &[Webhook]) {
+    let mut table = super::table(&["ID", "URL", "EVENTS", "FORMAT", "STATE"]);
+    for w in webhooks {
+        table.add_row(vec![
+            w.id.to_string(),
+            w.url.as_str().to_owned(),
+            w.events.labels().join(","),
+            format_name(w.format).to_owned(),
+            state(w.enabled, &w.disabled_reason),
+        ]);
+    }
+    println!("{table}");
+}
+
+async fn status(settings: &Settings, store: &Store, a: StatusArgs) -> anyhow::Result<()> {
+    let options = StatusOptions {
+        last: a.last,
+        scan_limit: a.scan_limit,
+        scan_time: a.scan_time,
     };
-    println!(
-        "{}  {}  [{}]  {:?}  {}",
-        w.id,
-        w.url.as_str(),
-        w.events.labels().join(","),
-        w.format,
-        state
-    );
+    // Without the broker the webhooks and attempts are still worth seeing: say so, go on.
+    let dlq = Dlq::connect(settings).await;
+    let reachable = dlq
+        .as_ref()
+        .map_err(|e| format!("cannot reach RabbitMQ (amqp.url): {e}"));
+    let result = account_status(store, reachable, &a.account, options).await;
+    if let Ok(dlq) = dlq {
+        dlq.close().await;
+    }
+    let status = result.context("reading the account's status")?;
+    if a.json {
+        super::print_json(&status);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+fn print_status(s: &AccountStatus) {
+    if s.webhooks.is_empty() {
+        println!("account {} has no webhooks", s.account_id);
+    }
+    for w in &s.webhooks {
+        println!(
+            "{}  {}  {}",
+            w.id,
+            w.url,
+            state(w.enabled, &w.disabled_reason)
+        );
+        let rate = match w.success_rate.rate {
+            Some(r) => format!(
+                "{:.0}% ({} of the last {} attempts succeeded)",
+                r * 100.0,
+                w.success_rate.succeeded,
+                w.success_rate.attempts
+            ),
+            None => "no attempts logged".to_owned(),
+        };
+        println!("  success rate: {rate}");
+        if let Some(since) = &w.failing_since {
+            println!("  failing since: {since}");
+        }
+        let reasons: Vec<String> = w
+            .dead_letters
+            .by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!(
+            "  dead letters: {}{}",
+            w.dead_letters.total,
+            match reasons.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", reasons.join(", ")),
+            }
+        );
+        if !w.last_attempts.is_empty() {
+            let mut table = super::table(&["AT", "ATTEMPT", "EVENT", "TYPE", "STATUS", "ERROR"]);
+            for t in &w.last_attempts {
+                table.add_row(vec![
+                    t.at.clone(),
+                    t.attempt.to_string(),
+                    t.event_id.clone(),
+                    t.event_type.clone(),
+                    t.status.map_or("-".into(), |s| s.to_string()),
+                    t.error.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            for line in table.to_string().lines() {
+                println!("  {line}");
+            }
+        }
+        println!();
+    }
+    let deleted = &s.dead_letters_of_deleted_webhooks;
+    if deleted.total > 0 {
+        println!("dead letters of deleted webhooks: {}", deleted.total);
+    }
+    let pass = &s.dlq;
+    match (&pass.note, pass.complete) {
+        (None, _) => println!("dead letters counted over all {} in the queue", pass.read),
+        (Some(note), _) => println!(
+            "dead letters counted over {} of {} in the queue: {note}",
+            pass.read, pass.depth
+        ),
+    }
 }

@@ -7,7 +7,7 @@
 //! never guessed.
 
 use super::headers::{int, text, Death};
-use crate::messages::{header::ATTEMPTS as ATTEMPTS_HEADER, DeadDelivery, DeliveryJob};
+use crate::messages::{header, DeadDelivery, DeliveryJob};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
@@ -107,7 +107,7 @@ impl DeadLetter {
     /// Reads a message of `queue` from its properties and body.
     pub fn read(queue: DlqQueue, props: &BasicProperties, body: &[u8]) -> DeadLetter {
         let headers = props.headers().clone().unwrap_or_default();
-        let ours = text(&headers, "hookrelay-reason");
+        let ours = text(&headers, header::REASON);
         let death = Death::latest(&headers);
         let by = if ours.is_some() || death.is_none() {
             DeadLetteredBy::Hookrelay
@@ -156,6 +156,14 @@ impl DeadLetter {
         letter
     }
 
+    /// The letter without its event and body: what a report keeps once the letter was sent.
+    pub fn without_body(mut self) -> DeadLetter {
+        self.event = None;
+        self.raw_body = None;
+        self.raw_body_base64 = None;
+        self
+    }
+
     /// The time `--older-than` compares: the last attempt, or when it was dead-lettered.
     pub fn age_reference(&self) -> Option<DateTime<Utc>> {
         self.last_attempt_at.or(self.dead_lettered_at)
@@ -197,7 +205,7 @@ impl DeadLetter {
             self.read_envelope_fields(job.event.get().as_bytes());
             self.webhook_id = Some(job.webhook_id.to_string());
             self.url = Some(job.url);
-            self.attempts = int(headers, ATTEMPTS_HEADER).and_then(|n| u32::try_from(n).ok());
+            self.attempts = int(headers, header::ATTEMPTS).and_then(|n| u32::try_from(n).ok());
             self.last_status = job.last_status;
             self.last_error = job.last_error;
             self.first_attempt_at = Some(job.first_attempt_at);
@@ -205,20 +213,20 @@ impl DeadLetter {
             self.event = Some(job.event);
         } else {
             // Unreadable (e.g. `invalid_job`): what the headers say, and the body as it is.
-            self.event_id = text(headers, "hookrelay-event-id");
-            self.event_type = text(headers, "hookrelay-event-type");
-            self.account_id = text(headers, "hookrelay-account-id");
-            self.webhook_id = text(headers, "hookrelay-webhook-id");
-            self.url = text(headers, "hookrelay-url");
-            self.error = text(headers, "hookrelay-error");
+            self.event_id = text(headers, header::EVENT_ID);
+            self.event_type = text(headers, header::EVENT_TYPE);
+            self.account_id = text(headers, header::ACCOUNT_ID);
+            self.webhook_id = text(headers, header::WEBHOOK_ID);
+            self.url = text(headers, header::URL);
+            self.error = text(headers, header::ERROR);
             self.raw_body_base64 = Some(B64.encode(body));
         }
     }
 
     fn read_event(&mut self, headers: &FieldTable, death: Option<&Death>, body: &[u8]) {
         self.read_envelope_fields(body);
-        self.error = text(headers, "hookrelay-error");
-        self.routing_key = text(headers, "hookrelay-routing-key")
+        self.error = text(headers, header::ERROR);
+        self.routing_key = text(headers, header::ROUTING_KEY)
             .or_else(|| death.and_then(|d| d.routing_keys.first().cloned()));
         self.raw_body_base64 = Some(B64.encode(body));
         self.raw_body = Some(body.to_vec());
@@ -302,7 +310,7 @@ mod tests {
             r#"{{"event":{ENVELOPE},"webhook_id":"wh_abc","url":"https://example.com/h","first_attempt_at":"2026-11-27T02:04:22Z","last_attempt_at":"2026-11-27T02:05:22Z","last_status":503,"last_error":null}}"#
         );
         let mut headers = death("delivery_limit", 1_795_745_200, "hr.deliveries");
-        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(4));
+        headers.insert(header::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
         let props = BasicProperties::default().with_headers(headers);
 
         let letter = DeadLetter::read(DlqQueue::Deliveries, &props, job.as_bytes());

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod letter;
 pub mod replay;
 pub mod snapshot;
+pub mod status;
 
 pub use letter::{DeadLetter, DeadLetteredBy, DlqQueue};
 pub use replay::{Outcome, Refusal, ReplayItem, ReplayReport};
@@ -20,13 +21,17 @@ use crate::config::Settings;
 use crate::subscription::store::StoreError;
 use chrono::{DateTime, Utc};
 use lapin::Connection;
-use snapshot::Snapshot;
+use snapshot::{Held, Snapshot};
+use std::collections::HashSet;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Why a `dlq` command failed; the CLI tells `NotFound` and `NothingSelected` apart from broker
 /// and Redis failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    #[error("cannot reach RabbitMQ")]
+    Connect(#[source] lapin::Error),
     #[error("queue {0} cannot be read (is the topology declared?)")]
     NoQueue(String, #[source] lapin::Error),
     #[error("the broker ended the consumer on {0}")]
@@ -37,6 +42,10 @@ pub enum DlqError {
     NothingSelected,
     #[error("the broker ended the channel before the removals were confirmed; list again to see what is left (a replayed letter still there would be sent twice)")]
     Unconfirmed(#[source] lapin::Error),
+    #[error("interrupted before anything changed")]
+    Interrupted,
+    #[error("writing the output")]
+    Output(#[source] std::io::Error),
     #[error("talking to RabbitMQ")]
     Amqp(#[from] lapin::Error),
     #[error("looking up a webhook")]
@@ -114,21 +123,111 @@ pub struct PurgeReport {
     pub purged: Vec<DeadLetter>,
 }
 
+/// How a long command reports how far it got; the CLI draws a bar or prints lines.
+pub trait Progress: Send + Sync {
+    /// `read` of the `depth` letters of `queue` were read; `done` of all were acted on.
+    fn update(&self, queue: DlqQueue, read: u32, depth: u32, done: u64);
+}
+
+/// For callers that show no progress.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn update(&self, _: DlqQueue, _: u32, _: u32, _: u64) {}
+}
+
+/// What stops a long command (SIGINT, SIGTERM) and what it reports to.
+#[derive(Clone, Copy)]
+pub struct Control<'a> {
+    pub shutdown: &'a CancellationToken,
+    pub progress: &'a dyn Progress,
+}
+
+impl Control<'_> {
+    /// Never stopped, reporting nothing.
+    pub fn none() -> Control<'static> {
+        static NEVER: std::sync::LazyLock<CancellationToken> =
+            std::sync::LazyLock::new(CancellationToken::new);
+        Control {
+            shutdown: &NEVER,
+            progress: &NoProgress,
+        }
+    }
+}
+
+/// How far a command got through one queue.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Pass {
+    pub queue: DlqQueue,
+    /// Letters in the queue when it was counted, and letters read.
+    pub depth: u32,
+    pub read: u32,
+}
+
+/// How far a command got: the queues it read, how many letters it selected, and whether it
+/// was interrupted (by a signal) or stalled (letters held by another consumer were skipped).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub passes: Vec<Pass>,
+    pub selected: u64,
+    pub interrupted: bool,
+    pub stalled: bool,
+}
+
+impl Summary {
+    fn note(&mut self, snapshot: &Snapshot) {
+        self.stalled |= snapshot.stalled();
+        self.passes.push(Pass {
+            queue: snapshot.queue,
+            depth: snapshot.depth,
+            read: snapshot.read,
+        });
+    }
+
+    /// Letters read over every queue.
+    pub fn read(&self) -> u64 {
+        self.passes.iter().map(|p| u64::from(p.read)).sum()
+    }
+}
+
 /// A connection to the broker for `dlq` commands, and the names of one deployment.
 pub struct Dlq {
     conn: Connection,
     topology: Topology,
     publish_timeout: Duration,
+    window: u32,
 }
 
 impl Dlq {
     pub async fn connect(settings: &Settings) -> Result<Dlq, DlqError> {
-        let conn = crate::broker::connect(&settings.amqp.url, "hookrelay dlq").await?;
+        let topology = Topology::from_settings(settings);
+        Self::connect_to(&settings.amqp.url, topology, settings.amqp.publish_timeout).await
+    }
+
+    /// Connects to `url` for the deployment named by `topology`.
+    pub async fn connect_to(
+        url: &str,
+        topology: Topology,
+        publish_timeout: Duration,
+    ) -> Result<Dlq, DlqError> {
+        // The prefix in the name lets on-call (and tests) find this connection in the UI.
+        let name = format!("hookrelay dlq {}", topology.prefix);
+        let conn = crate::broker::connect(url, &name)
+            .await
+            .map_err(DlqError::Connect)?;
         Ok(Dlq {
             conn,
-            topology: Topology::from_settings(settings),
-            publish_timeout: settings.amqp.publish_timeout,
+            topology,
+            publish_timeout,
+            window: snapshot::DEFAULT_WINDOW,
         })
+    }
+
+    /// Reads in windows of `window` letters (1 to 65,535) instead of 8,192 (tests show the order
+    /// is kept across many windows without writing hundreds of thousands of letters).
+    pub fn with_window(mut self, window: u32) -> Dlq {
+        self.window = window;
+        self
     }
 
     pub fn topology(&self) -> &Topology {
@@ -142,121 +241,176 @@ impl Dlq {
         }
     }
 
-    /// The letters of `queue` that match `filter`, in queue order, at most `limit`.
+    /// The letters of `queue` that match `filter`, in queue order, at most `limit`, collected
+    /// (see [`Dlq::list_each`] for a queue of any size).
     pub async fn list(
         &self,
         queue: DlqQueue,
         filter: &Filter,
         limit: Option<usize>,
     ) -> Result<Vec<DeadLetter>, DlqError> {
+        let mut letters = Vec::new();
+        self.list_each(queue, filter, limit, Control::none(), |l| {
+            letters.push(l);
+            Ok(())
+        })
+        .await?;
+        Ok(letters)
+    }
+
+    /// Hands the letters of `queue` that match `filter` to `sink` as they are read, in queue
+    /// order, at most `limit`; nothing is kept, so memory does not grow with the queue. A
+    /// `sink` error (e.g. a closed pipe) stops the listing; every letter is back in the queue
+    /// either way.
+    pub async fn list_each(
+        &self,
+        queue: DlqQueue,
+        filter: &Filter,
+        limit: Option<usize>,
+        control: Control<'_>,
+        mut sink: impl FnMut(DeadLetter) -> std::io::Result<()>,
+    ) -> Result<Summary, DlqError> {
         let now = Utc::now();
-        let snapshot = self.take(queue, |l| filter.matches(l, now), limit).await?;
-        let letters = snapshot.held.iter().map(|h| h.letter.clone()).collect();
+        let mut snapshot = self.open(queue).await?;
+        let mut summary = Summary::default();
+        let read = async {
+            while limit.is_none_or(|l| summary.selected < l as u64) {
+                let held = tokio::select! {
+                    biased;
+                    _ = control.shutdown.cancelled() => {
+                        summary.interrupted = true;
+                        break;
+                    }
+                    held = snapshot.next() => held?,
+                };
+                let Some(held) = held else { break };
+                if filter.matches(&held.letter, now) {
+                    summary.selected += 1;
+                    sink(held.letter).map_err(DlqError::Output)?;
+                }
+                control
+                    .progress
+                    .update(queue, snapshot.read, snapshot.depth, summary.selected);
+            }
+            Ok::<(), DlqError>(())
+        }
+        .await;
+        summary.note(&snapshot);
         // Nothing was acked: whatever the close says, every message is back.
         let _ = snapshot.release().await;
-        Ok(letters)
+        read.map(|()| summary)
     }
 
     /// One letter by id, looked for in `queue` or, without one, in both queues.
     pub async fn show(&self, id: &str, queue: Option<DlqQueue>) -> Result<DeadLetter, DlqError> {
         let queues = queue.map_or(vec![DlqQueue::Deliveries, DlqQueue::Events], |q| vec![q]);
         for queue in queues {
-            let mut found = self.list_ids(queue, &[id.to_owned()], Some(1)).await?;
-            if let Some(letter) = found.pop() {
+            let mut snapshot = self.open(queue).await?;
+            let found = async {
+                while let Some(held) = snapshot.next().await? {
+                    if held.letter.id == id {
+                        return Ok(Some(held.letter));
+                    }
+                }
+                Ok::<_, DlqError>(None)
+            }
+            .await;
+            let _ = snapshot.release().await; // as in `list_each`
+            if let Some(letter) = found? {
                 return Ok(letter);
             }
         }
         Err(DlqError::NotFound(vec![id.to_owned()]))
     }
 
-    async fn list_ids(
-        &self,
-        queue: DlqQueue,
-        ids: &[String],
-        limit: Option<usize>,
-    ) -> Result<Vec<DeadLetter>, DlqError> {
-        let snapshot = self.take(queue, |l| ids.contains(&l.id), limit).await?;
-        let letters = snapshot.held.iter().map(|h| h.letter.clone()).collect();
-        let _ = snapshot.release().await; // as in `list`
-        Ok(letters)
-    }
-
-    /// Removes the selected letters (a dry run only says which).
+    /// Removes the selected letters (a dry run only says which), collected (see
+    /// [`Dlq::purge_each`]).
     pub async fn purge(
         &self,
         selection: &Selection,
         dry_run: bool,
     ) -> Result<PurgeReport, DlqError> {
-        let snapshots = self.select(selection).await?;
         let mut purged = Vec::new();
-        let mut result = Ok(());
-        'queues: for snapshot in &snapshots {
-            for held in &snapshot.held {
-                if !dry_run {
-                    if let Err(e) = snapshot.ack(held.tag).await {
-                        result = Err(e);
-                        break 'queues;
+        self.purge_each(selection, dry_run, Control::none(), |l| purged.push(l))
+            .await?;
+        Ok(PurgeReport { dry_run, purged })
+    }
+
+    /// Removes the selected letters as they are read, handing each to `sink` once its removal
+    /// was sent (a dry run removes nothing). The removals are applied when the channel closes,
+    /// before this returns; interrupted, it removes nothing more and returns what it did.
+    pub async fn purge_each(
+        &self,
+        selection: &Selection,
+        dry_run: bool,
+        control: Control<'_>,
+        mut sink: impl FnMut(DeadLetter),
+    ) -> Result<Summary, DlqError> {
+        let mut selected = Selected::open(self, selection, control).await?;
+        let mut done = 0;
+        let result = async {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = control.shutdown.cancelled() => {
+                        selected.summary.interrupted = true;
+                        break;
                     }
+                    next = selected.next() => next?,
+                };
+                let Some((at, held)) = next else { break };
+                if !dry_run {
+                    selected.ack(at, held.tag, &held.letter.id).await?;
                 }
-                purged.push(held.letter.clone());
+                done += 1;
+                sink(held.letter);
+                selected.progress(done);
             }
+            Ok::<(), DlqError>(())
         }
-        let released = release_all(snapshots).await;
+        .await;
+        let (summary, released) = selected.release(self).await;
         result?;
         if !dry_run {
             released?;
         }
-        Ok(PurgeReport { dry_run, purged })
+        Ok(summary)
     }
 
-    /// Holds the selected letters of every queue the selection looks in; fails, holding
-    /// nothing, when nothing is selected or a named id is in none of them.
-    async fn select(&self, selection: &Selection) -> Result<Vec<Snapshot>, DlqError> {
-        if selection.ids.is_empty() && !selection.all && selection.filter.is_empty() {
-            return Err(DlqError::NothingSelected);
-        }
-        let now = Utc::now();
-        let mut snapshots = Vec::new();
-        for queue in selection.queues() {
-            match self.take(queue, |l| selection.matches(l, now), None).await {
-                Ok(s) => snapshots.push(s),
-                Err(e) => {
-                    // Nothing was acked yet.
-                    let _ = release_all(snapshots).await;
-                    return Err(e);
+    /// Removes the letters of `queue` whose id is in `removed`: letters a command already
+    /// removed once, that the broker handed back because it dropped their acks (RabbitMQ's
+    /// quorum-queue client in a channel drops acks it had stashed when the channel closes).
+    /// A few rounds at most; each reads the queue once.
+    async fn sweep(&self, queue: DlqQueue, removed: &HashSet<String>) -> Result<(), DlqError> {
+        for _ in 0..3 {
+            let mut snapshot = self.open(queue).await?;
+            let mut swept = 0;
+            let result = async {
+                while let Some(held) = snapshot.next().await? {
+                    if removed.contains(&held.letter.id) {
+                        snapshot.ack(held.tag).await?;
+                        swept += 1;
+                    }
                 }
+                Ok::<(), DlqError>(())
+            }
+            .await;
+            let released = snapshot.release().await;
+            result?;
+            let released = released.map_err(DlqError::Unconfirmed)?;
+            if swept > 0 {
+                tracing::warn!(queue = %self.queue_name(queue), swept,
+                    "the broker handed back letters already removed; removed them again");
+            }
+            if swept == 0 || released.surplus == 0 {
+                return Ok(());
             }
         }
-        let missing: Vec<String> = selection
-            .ids
-            .iter()
-            .filter(|id| {
-                !snapshots
-                    .iter()
-                    .any(|s| s.held.iter().any(|h| &h.letter.id == *id))
-            })
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let _ = release_all(snapshots).await; // nothing was acked yet
-            return Err(DlqError::NotFound(missing));
-        }
-        Ok(snapshots)
+        Ok(())
     }
 
-    async fn take(
-        &self,
-        queue: DlqQueue,
-        keep: impl Fn(&DeadLetter) -> bool,
-        limit: Option<usize>,
-    ) -> Result<Snapshot, DlqError> {
-        let snapshot =
-            Snapshot::take(&self.conn, queue, &self.queue_name(queue), keep, limit).await?;
-        if snapshot.truncated() {
-            tracing::warn!(queue = %snapshot.name, depth = snapshot.depth,
-                max = snapshot::MAX_MESSAGES, "the queue holds more than one read can see; only the first were read");
-        }
-        Ok(snapshot)
+    async fn open(&self, queue: DlqQueue) -> Result<Snapshot, DlqError> {
+        Snapshot::open_with_window(&self.conn, queue, &self.queue_name(queue), self.window).await
     }
 
     async fn publisher(&self) -> Result<Publisher, DlqError> {
@@ -268,15 +422,159 @@ impl Dlq {
     }
 }
 
-/// Releases every snapshot; fails if any channel had ended before its close.
-async fn release_all(snapshots: Vec<Snapshot>) -> Result<(), DlqError> {
-    let mut result = Ok(());
-    for s in snapshots {
-        if let Err(e) = s.release().await {
-            result = result.and(Err(DlqError::Unconfirmed(e)));
+/// The selected letters of a replay or purge, one at a time in queue order. With ids named,
+/// every queue is read first (holding the matches) so that a missing id fails the command
+/// before anything changed; with `--all` or a filter, letters are handed out as they are read,
+/// so memory does not grow with the queue.
+pub(crate) struct Selected<'a> {
+    selection: &'a Selection,
+    control: Control<'a>,
+    now: DateTime<Utc>,
+    /// The queues, read one after the other; `current` is the one being read.
+    snapshots: Vec<Snapshot>,
+    current: usize,
+    /// With ids: every selected letter, read up front.
+    buffered: Option<std::collections::VecDeque<(usize, Held)>>,
+    /// Per queue, the ids of the letters removed, in case the broker hands some back.
+    removed: Vec<HashSet<String>>,
+    pub summary: Summary,
+}
+
+impl<'a> Selected<'a> {
+    /// Opens the queues the selection looks in; fails, holding nothing, when nothing is
+    /// selected or a named id is in none of them.
+    async fn open(
+        dlq: &Dlq,
+        selection: &'a Selection,
+        control: Control<'a>,
+    ) -> Result<Selected<'a>, DlqError> {
+        if selection.ids.is_empty() && !selection.all && selection.filter.is_empty() {
+            return Err(DlqError::NothingSelected);
+        }
+        let mut selected = Selected {
+            selection,
+            control,
+            now: Utc::now(),
+            snapshots: Vec::new(),
+            current: 0,
+            buffered: None,
+            removed: Vec::new(),
+            summary: Summary::default(),
+        };
+        for queue in selection.queues() {
+            match dlq.open(queue).await {
+                Ok(s) => {
+                    selected.snapshots.push(s);
+                    selected.removed.push(HashSet::new());
+                }
+                Err(e) => {
+                    let _ = selected.release(dlq).await; // nothing was acked yet
+                    return Err(e);
+                }
+            }
+        }
+        if !selection.ids.is_empty() {
+            if let Err(e) = selected.read_up_front().await {
+                let _ = selected.release(dlq).await; // nothing was acked yet
+                return Err(e);
+            }
+        }
+        Ok(selected)
+    }
+
+    async fn read_up_front(&mut self) -> Result<(), DlqError> {
+        let mut found = std::collections::VecDeque::new();
+        while let Some(next) = self.read_next().await? {
+            found.push_back(next);
+        }
+        if self.summary.interrupted {
+            return Err(DlqError::Interrupted);
+        }
+        let missing: Vec<String> = self
+            .selection
+            .ids
+            .iter()
+            .filter(|id| !found.iter().any(|(_, h)| &h.letter.id == *id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(DlqError::NotFound(missing));
+        }
+        self.summary.selected = found.len() as u64;
+        self.buffered = Some(found);
+        Ok(())
+    }
+
+    /// The next selected letter and the index of its queue.
+    pub async fn next(&mut self) -> Result<Option<(usize, Held)>, DlqError> {
+        match &mut self.buffered {
+            Some(buffered) => Ok(buffered.pop_front()),
+            None => {
+                let next = self.read_next().await?;
+                self.summary.selected += u64::from(next.is_some());
+                Ok(next)
+            }
         }
     }
-    result
+
+    async fn read_next(&mut self) -> Result<Option<(usize, Held)>, DlqError> {
+        while let Some(snapshot) = self.snapshots.get_mut(self.current) {
+            if self.control.shutdown.is_cancelled() {
+                self.summary.interrupted = true;
+                return Ok(None);
+            }
+            match snapshot.next().await? {
+                Some(held) if self.selection.matches(&held.letter, self.now) => {
+                    return Ok(Some((self.current, held)))
+                }
+                Some(_) => {
+                    if snapshot.read % 1024 == 0 {
+                        self.progress(0);
+                    }
+                }
+                None => self.current += 1,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reports how far the reading got, with `done` letters acted on.
+    pub fn progress(&self, done: u64) {
+        let at = self.current.min(self.snapshots.len().saturating_sub(1));
+        if let Some(s) = self.snapshots.get(at) {
+            self.control.progress.update(s.queue, s.read, s.depth, done);
+        }
+    }
+
+    /// Removes the letter `id` held at `tag` in queue number `at`.
+    pub async fn ack(&mut self, at: usize, tag: snapshot::Tag, id: &str) -> Result<(), DlqError> {
+        self.snapshots[at].ack(tag).await?;
+        self.removed[at].insert(id.to_owned());
+        Ok(())
+    }
+
+    /// Hands back everything not acked, queue by queue; then, where the broker reports more
+    /// letters than were left, removes again by id any removed letter it handed back. Fails if
+    /// a channel had ended before its close (then acks sent shortly before may not have been
+    /// applied).
+    async fn release(self, dlq: &Dlq) -> (Summary, Result<(), DlqError>) {
+        let mut summary = self.summary;
+        let mut result = Ok(());
+        for (s, removed) in self.snapshots.into_iter().zip(self.removed) {
+            summary.note(&s);
+            let queue = s.queue;
+            match s.release().await {
+                Ok(r) if r.surplus > 0 && !removed.is_empty() => {
+                    if let Err(e) = dlq.sweep(queue, &removed).await {
+                        result = result.and(Err(e));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => result = result.and(Err(DlqError::Unconfirmed(e))),
+            }
+        }
+        (summary, result)
+    }
 }
 
 #[cfg(test)]

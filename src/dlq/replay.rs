@@ -1,22 +1,34 @@
 //! Replay: a dead delivery goes back to `<prefix>.deliveries` for a fresh round of attempts with
 //! the same event (so the same `webhook-id`); a poison event goes back to the events exchange,
 //! raw, with its original routing key. A letter is acked (removed) only after the broker
-//! confirmed its republish, so a failure at any point leaves it in the queue (at worst sent
+//! confirmed its own republish, so a failure at any point leaves it in the queue (at worst sent
 //! twice, which receivers dedupe on `webhook-id`).
 //!
-//! First every selected letter gets a [`plan`]: deliveries whose webhook is deleted or disabled
-//! are refused unless forced, and a delivery dead-lettered twice is sent once (the later copies
-//! are removed once the first is confirmed). Only then is anything published.
+//! Each letter gets a [`Plan`] from a [`Planner`] before anything is sent: deliveries whose
+//! webhook is deleted or disabled are refused unless forced, and a delivery dead-lettered twice
+//! is sent once (the later copies are removed once the first is confirmed). The I/O then carries
+//! out the plans, pipelined: up to [`IN_FLIGHT`] republishes wait for their confirms at once,
+//! each in a task of its own, and the letters are settled (acked, reported) in queue order as
+//! their confirms arrive. `--rate` spaces the republishes. On SIGINT or SIGTERM nothing new is
+//! sent; the republishes in flight are awaited and their letters acked, and everything else
+//! goes back to the queue in its order: run the same command again to continue, and no letter
+//! is sent twice.
 
 use super::letter::{DeadLetter, DlqQueue};
-use super::snapshot::{Held, Snapshot};
-use super::{release_all, Dlq, DlqError, Selection};
+use super::snapshot::Tag;
+use super::{Control, Dlq, DlqError, Selected, Selection, Summary};
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
+use crate::broker::topology::Topology;
 use crate::event::{AccountId, Event};
 use crate::messages::DeliveryJob;
 use crate::subscription::store::{Store, StoreError};
 use crate::subscription::WebhookId;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReplayOptions {
@@ -24,7 +36,12 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// Replay deliveries even when their webhook is deleted or disabled.
     pub force: bool,
+    /// At most this many republishes per second (a recovering merchant is not flooded).
+    pub rate: Option<f64>,
 }
+
+/// Republishes waiting for their confirms at once.
+pub const IN_FLIGHT: usize = 512;
 
 /// Why a letter is left in the queue without a try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +95,57 @@ pub struct ReplayItem {
     pub outcome: Outcome,
 }
 
+impl ReplayItem {
+    pub fn to_json(&self) -> serde_json::Value {
+        let l = &self.letter;
+        let (reason, error, of) = match &self.outcome {
+            Outcome::Refused(r) => (Some(r.as_str()), None, None),
+            Outcome::Failed(e) => (None, Some(e.to_string()), None),
+            Outcome::Duplicate { of } | Outcome::Skipped { of } => (None, None, Some(of)),
+            Outcome::Replayed => (None, None, None),
+        };
+        serde_json::json!({
+            "id": l.id, "queue": l.queue, "event_id": l.event_id,
+            "event_type": l.event_type, "account_id": l.account_id,
+            "webhook_id": l.webhook_id, "outcome": self.outcome.name(),
+            "reason": reason, "error": error, "duplicate_of": of,
+        })
+    }
+}
+
+/// How many letters ended with each outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub replayed: u64,
+    pub duplicate: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Replayed => self.replayed += 1,
+            Outcome::Duplicate { .. } => self.duplicate += 1,
+            Outcome::Refused(_) => self.refused += 1,
+            Outcome::Failed(_) => self.failed += 1,
+            Outcome::Skipped { .. } => self.skipped += 1,
+        }
+    }
+
+    /// Letters settled, whatever their outcome.
+    pub fn total(&self) -> u64 {
+        self.replayed + self.duplicate + self.refused + self.failed + self.skipped
+    }
+
+    /// Letters left in the queue for a reason (not for an interruption).
+    pub fn left(&self) -> u64 {
+        self.refused + self.failed + self.skipped
+    }
+}
+
+/// A replay's collected items (see [`Dlq::replay_each`] for a queue of any size).
 #[derive(Debug)]
 pub struct ReplayReport {
     pub dry_run: bool,
@@ -94,27 +162,18 @@ impl ReplayReport {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let items: Vec<_> = self
-            .items
-            .iter()
-            .map(|i| {
-                let l = &i.letter;
-                let (reason, error, of) = match &i.outcome {
-                    Outcome::Refused(r) => (Some(r.as_str()), None, None),
-                    Outcome::Failed(e) => (None, Some(e.to_string()), None),
-                    Outcome::Duplicate { of } | Outcome::Skipped { of } => (None, None, Some(of)),
-                    Outcome::Replayed => (None, None, None),
-                };
-                serde_json::json!({
-                    "id": l.id, "queue": l.queue, "event_id": l.event_id,
-                    "event_type": l.event_type, "account_id": l.account_id,
-                    "webhook_id": l.webhook_id, "outcome": i.outcome.name(),
-                    "reason": reason, "error": error, "duplicate_of": of,
-                })
-            })
-            .collect();
+        let items: Vec<_> = self.items.iter().map(ReplayItem::to_json).collect();
         serde_json::json!({ "dry_run": self.dry_run, "items": items })
     }
+}
+
+/// How far a replay got.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplaySummary {
+    pub dry_run: bool,
+    pub counts: Counts,
+    #[serde(flatten)]
+    pub summary: Summary,
 }
 
 /// The state of a delivery's webhook, as replay needs it.
@@ -129,12 +188,12 @@ pub enum WebhookState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     Replay,
-    /// Same dedupe key as the letter at this index, which is replayed.
+    /// Same dedupe key as the letter at this index (in the order planned), which is replayed.
     Duplicate(usize),
     Refused(Refusal),
 }
 
-/// What [`plan`] needs to know of one letter.
+/// What [`Planner::decide`] needs to know of one letter.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     /// [`DeadLetter::dedupe_key`].
@@ -145,41 +204,80 @@ pub struct Candidate {
     pub webhook: Option<WebhookState>,
 }
 
-/// Plans the letters in queue order: refusals first, then the first of each dedupe key is
-/// replayed and the later ones are its duplicates. A refused letter is never the first of a key.
+/// Plans letters one at a time in queue order: refusals first, then the first of each dedupe
+/// key is replayed and the later ones are its duplicates. A refused letter is never the first
+/// of a key. Pure; it remembers 16 bytes of hash and an index per key replayed.
+pub struct Planner {
+    force: bool,
+    first: HashMap<[u8; 16], usize>,
+    seen: usize,
+}
+
+impl Planner {
+    pub fn new(force: bool) -> Planner {
+        Planner {
+            force,
+            first: HashMap::new(),
+            seen: 0,
+        }
+    }
+
+    pub fn decide(&mut self, c: &Candidate) -> Plan {
+        let index = self.seen;
+        self.seen += 1;
+        if !c.readable {
+            return Plan::Refused(Refusal::Unreadable);
+        }
+        match (c.webhook, self.force) {
+            (Some(WebhookState::Deleted), false) => return Plan::Refused(Refusal::WebhookDeleted),
+            (Some(WebhookState::Disabled), false) => {
+                return Plan::Refused(Refusal::WebhookDisabled)
+            }
+            _ => {}
+        }
+        let digest = Sha256::digest(c.key.as_bytes());
+        let key: [u8; 16] = digest[..16].try_into().expect("SHA-256 has 32 bytes");
+        match self.first.entry(key) {
+            Entry::Occupied(e) => Plan::Duplicate(*e.get()),
+            Entry::Vacant(e) => {
+                e.insert(index);
+                Plan::Replay
+            }
+        }
+    }
+}
+
+/// Plans a whole list at once (see [`Planner`]).
 pub fn plan(candidates: &[Candidate], force: bool) -> Vec<Plan> {
-    let mut first: HashMap<&str, usize> = HashMap::new();
-    candidates
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if !c.readable {
-                return Plan::Refused(Refusal::Unreadable);
-            }
-            match (c.webhook, force) {
-                (Some(WebhookState::Deleted), false) => {
-                    return Plan::Refused(Refusal::WebhookDeleted)
-                }
-                (Some(WebhookState::Disabled), false) => {
-                    return Plan::Refused(Refusal::WebhookDisabled)
-                }
-                _ => {}
-            }
-            match first.get(c.key.as_str()) {
-                Some(&of) => Plan::Duplicate(of),
-                None => {
-                    first.insert(&c.key, i);
-                    Plan::Replay
-                }
-            }
-        })
-        .collect()
+    let mut planner = Planner::new(force);
+    candidates.iter().map(|c| planner.decide(c)).collect()
 }
 
 /// What a letter is sent as.
 enum Resend {
     Delivery(DeliveryJob),
     Event { routing_key: String, body: Vec<u8> },
+}
+
+impl Resend {
+    async fn publish(self, publisher: Publisher, topology: Topology) -> Result<(), PublishError> {
+        match self {
+            Resend::Delivery(job) => job.publish_fresh(&publisher, &topology).await,
+            Resend::Event { routing_key, body } => {
+                publisher
+                    .publish(Outgoing {
+                        exchange: &topology.events_exchange(),
+                        routing_key: &routing_key,
+                        body: &body,
+                        message_id: None,
+                        content_type: "application/json",
+                        headers: Headers::default(),
+                        expiration_ms: None,
+                    })
+                    .await
+            }
+        }
+    }
 }
 
 fn resend_of(letter: &DeadLetter) -> Option<(Resend, Option<(AccountId, WebhookId)>)> {
@@ -222,120 +320,291 @@ async fn webhook_state(
     }
 }
 
+/// A letter between its plan and its outcome.
+struct Pending {
+    at: usize,
+    tag: Tag,
+    letter: DeadLetter,
+    step: Step,
+}
+
+enum Step {
+    Refused(Refusal),
+    /// Planned as the replay numbered `index`: sent (its confirm awaited by the task), or in a
+    /// dry run not sent.
+    Sent(usize, JoinHandle<Result<(), PublishError>>),
+    DryRun(usize),
+    /// A copy of the replay numbered `index`, settled after it.
+    Duplicate(usize),
+}
+
+/// What became of a replayed first copy, for its later duplicates.
+struct First {
+    id: Box<str>,
+    replayed: bool,
+}
+
+/// One replay run: the plans made so far and the letters waiting for their confirms.
+struct Run<'a> {
+    dlq: &'a Dlq,
+    store: &'a Store,
+    options: ReplayOptions,
+    publisher: Option<Publisher>,
+    planner: Planner,
+    states: HashMap<WebhookId, WebhookState>,
+    firsts: HashMap<usize, First>,
+    pending: VecDeque<Pending>,
+    next_slot: Option<tokio::time::Instant>,
+    counts: Counts,
+}
+
+impl Run<'_> {
+    /// Reads, plans and sends until the selection is exhausted or a signal arrives, then
+    /// settles every letter still in flight.
+    async fn go(
+        &mut self,
+        selected: &mut Selected<'_>,
+        control: Control<'_>,
+        sink: &mut impl FnMut(ReplayItem),
+    ) -> Result<(), DlqError> {
+        let result = self.send_all(selected, control, sink).await;
+        // Whatever stopped the run, the letters in flight are settled: a confirmed republish is
+        // acked now, so that running the command again never sends it twice.
+        while !self.pending.is_empty() {
+            self.settle_front(selected, sink).await?;
+        }
+        result
+    }
+
+    async fn send_all(
+        &mut self,
+        selected: &mut Selected<'_>,
+        control: Control<'_>,
+        sink: &mut impl FnMut(ReplayItem),
+    ) -> Result<(), DlqError> {
+        loop {
+            while self.front_is_done() || self.pending.len() >= IN_FLIGHT {
+                self.settle_front(selected, sink).await?;
+                selected.progress(self.counts.total());
+            }
+            let next = tokio::select! {
+                biased;
+                _ = control.shutdown.cancelled() => {
+                    selected.summary.interrupted = true;
+                    return Ok(());
+                }
+                next = selected.next() => next?,
+            };
+            let Some((at, held)) = next else {
+                return Ok(());
+            };
+            let resend = resend_of(&held.letter);
+            let candidate = Candidate {
+                key: held.letter.dedupe_key(),
+                readable: resend.is_some(),
+                webhook: match &resend {
+                    Some((_, Some((account, webhook)))) => {
+                        Some(self.webhook_state(account, webhook).await?)
+                    }
+                    _ => None,
+                },
+            };
+            let index = self.planner.seen;
+            let publisher = self.publisher.clone();
+            let step = match (self.planner.decide(&candidate), resend, publisher) {
+                (Plan::Refused(r), _, _) => Step::Refused(r),
+                (Plan::Duplicate(of), _, _) => Step::Duplicate(of),
+                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
+                    if !self.wait_for_slot(control.shutdown).await {
+                        // Not sent: the letter goes back with the rest.
+                        selected.summary.interrupted = true;
+                        return Ok(());
+                    }
+                    let task = resend.publish(publisher, self.dlq.topology().clone());
+                    self.first(index, &held.letter);
+                    Step::Sent(index, tokio::spawn(task))
+                }
+                (Plan::Replay, Some(_), None) => {
+                    self.first(index, &held.letter);
+                    Step::DryRun(index)
+                }
+                // The planner refuses every letter without a resend.
+                (Plan::Replay, None, _) => Step::Refused(Refusal::Unreadable),
+            };
+            self.pending.push_back(Pending {
+                at,
+                tag: held.tag,
+                letter: held.letter.without_body(),
+                step,
+            });
+        }
+    }
+
+    fn first(&mut self, index: usize, letter: &DeadLetter) {
+        self.firsts.insert(
+            index,
+            First {
+                id: letter.id.as_str().into(),
+                replayed: false,
+            },
+        );
+    }
+
+    async fn webhook_state(
+        &mut self,
+        account: &AccountId,
+        webhook: &WebhookId,
+    ) -> Result<WebhookState, DlqError> {
+        if let Some(state) = self.states.get(webhook) {
+            return Ok(*state);
+        }
+        let state = webhook_state(self.store, account, webhook).await?;
+        self.states.insert(webhook.clone(), state);
+        Ok(state)
+    }
+
+    /// Waits for the next republish slot under `--rate`; false if a signal came first.
+    async fn wait_for_slot(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(rate) = self.options.rate.filter(|r| *r > 0.0) else {
+            return true;
+        };
+        let now = tokio::time::Instant::now();
+        let at = self.next_slot.unwrap_or(now).max(now);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        self.next_slot = Some(at + Duration::from_secs_f64(1.0 / rate));
+        true
+    }
+
+    fn front_is_done(&self) -> bool {
+        match self.pending.front().map(|p| &p.step) {
+            Some(Step::Sent(_, task)) => task.is_finished(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Settles the oldest letter: awaits its confirm, acks it if it is to be removed, reports.
+    async fn settle_front(
+        &mut self,
+        selected: &mut Selected<'_>,
+        sink: &mut impl FnMut(ReplayItem),
+    ) -> Result<(), DlqError> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let dry_run = self.options.dry_run;
+        let outcome = match p.step {
+            Step::Refused(r) => Outcome::Refused(r),
+            Step::DryRun(index) => self.mark(index, true, Outcome::Replayed),
+            Step::Sent(index, task) => match task.await {
+                Ok(Ok(())) => {
+                    selected.ack(p.at, p.tag, &p.letter.id).await?;
+                    self.mark(index, true, Outcome::Replayed)
+                }
+                Ok(Err(e)) => self.mark(index, false, Outcome::Failed(e)),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
+            Step::Duplicate(of) => {
+                let first = self
+                    .firsts
+                    .get(&of)
+                    .expect("a duplicate's first copy was planned, and settled, before it");
+                let of = first.id.to_string();
+                if first.replayed {
+                    if !dry_run {
+                        selected.ack(p.at, p.tag, &p.letter.id).await?;
+                    }
+                    Outcome::Duplicate { of }
+                } else {
+                    Outcome::Skipped { of }
+                }
+            }
+        };
+        self.counts.add(&outcome);
+        sink(ReplayItem {
+            letter: p.letter,
+            outcome,
+        });
+        Ok(())
+    }
+
+    fn mark(&mut self, index: usize, replayed: bool, outcome: Outcome) -> Outcome {
+        if let Some(first) = self.firsts.get_mut(&index) {
+            first.replayed = replayed;
+        }
+        outcome
+    }
+}
+
 impl Dlq {
-    /// Replays the selected letters (see the module documentation).
+    /// Replays the selected letters and collects what became of each (see
+    /// [`Dlq::replay_each`] for a queue of any size).
     pub async fn replay(
         &self,
         selection: &Selection,
         options: ReplayOptions,
         store: &Store,
     ) -> Result<ReplayReport, DlqError> {
-        let snapshots = self.select(selection).await?;
-        let result = self.replay_held(&snapshots, options, store).await;
-        let released = release_all(snapshots).await;
-        let report = result?;
-        if !options.dry_run {
-            released?;
-        }
-        Ok(report)
-    }
-
-    async fn replay_held(
-        &self,
-        snapshots: &[Snapshot],
-        options: ReplayOptions,
-        store: &Store,
-    ) -> Result<ReplayReport, DlqError> {
-        let held: Vec<(&Snapshot, &Held)> = snapshots
-            .iter()
-            .flat_map(|s| s.held.iter().map(move |h| (s, h)))
-            .collect();
-        let resends: Vec<_> = held.iter().map(|(_, h)| resend_of(&h.letter)).collect();
-        let mut states = HashMap::new();
-        for (_, target) in resends.iter().flatten() {
-            if let Some((account, webhook)) = target {
-                if !states.contains_key(webhook) {
-                    states.insert(
-                        webhook.clone(),
-                        webhook_state(store, account, webhook).await?,
-                    );
-                }
-            }
-        }
-        let candidates: Vec<Candidate> = held
-            .iter()
-            .zip(&resends)
-            .map(|((_, h), resend)| Candidate {
-                key: h.letter.dedupe_key(),
-                readable: resend.is_some(),
-                webhook: match resend {
-                    Some((_, Some((_, webhook)))) => states.get(webhook).copied(),
-                    _ => None,
-                },
-            })
-            .collect();
-        let plans = plan(&candidates, options.force);
-        let publisher = match options.dry_run {
-            true => None,
-            false => Some(self.publisher().await?),
-        };
-        let mut items: Vec<ReplayItem> = Vec::with_capacity(held.len());
-        for (((snapshot, held), plan), resend) in held.iter().zip(plans).zip(&resends) {
-            let outcome = match (plan, resend, &publisher) {
-                (Plan::Refused(r), _, _) => Outcome::Refused(r),
-                (Plan::Replay, Some(_), None) => Outcome::Replayed,
-                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
-                    match self.resend(publisher, resend).await {
-                        Ok(()) => {
-                            snapshot.ack(held.tag).await?;
-                            Outcome::Replayed
-                        }
-                        Err(e) => Outcome::Failed(e),
-                    }
-                }
-                (Plan::Duplicate(of), _, publisher) => {
-                    let first = &items[of];
-                    let of_id = first.letter.id.clone();
-                    match (&first.outcome, publisher) {
-                        (Outcome::Replayed, Some(_)) => {
-                            snapshot.ack(held.tag).await?;
-                            Outcome::Duplicate { of: of_id }
-                        }
-                        (Outcome::Replayed, None) => Outcome::Duplicate { of: of_id },
-                        _ => Outcome::Skipped { of: of_id },
-                    }
-                }
-                // `plan` refuses every letter without a resend.
-                (Plan::Replay, None, _) => Outcome::Refused(Refusal::Unreadable),
-            };
-            items.push(ReplayItem {
-                letter: held.letter.clone(),
-                outcome,
-            });
-        }
+        let mut items = Vec::new();
+        self.replay_each(selection, options, store, Control::none(), |i| {
+            items.push(i)
+        })
+        .await?;
         Ok(ReplayReport {
             dry_run: options.dry_run,
             items,
         })
     }
 
-    async fn resend(&self, publisher: &Publisher, resend: &Resend) -> Result<(), PublishError> {
-        match resend {
-            Resend::Delivery(job) => job.publish_fresh(publisher, self.topology()).await,
-            Resend::Event { routing_key, body } => {
-                publisher
-                    .publish(Outgoing {
-                        exchange: &self.topology().events_exchange(),
-                        routing_key,
-                        body,
-                        message_id: None,
-                        content_type: "application/json",
-                        headers: Headers::default(),
-                        expiration_ms: None,
-                    })
-                    .await
+    /// Replays the selected letters (see the module documentation), handing each letter's
+    /// outcome to `sink` in queue order as it is settled.
+    pub async fn replay_each(
+        &self,
+        selection: &Selection,
+        options: ReplayOptions,
+        store: &Store,
+        control: Control<'_>,
+        mut sink: impl FnMut(ReplayItem),
+    ) -> Result<ReplaySummary, DlqError> {
+        let mut selected = Selected::open(self, selection, control).await?;
+        let publisher = match options.dry_run {
+            true => Ok(None),
+            false => self.publisher().await.map(Some),
+        };
+        let mut run = Run {
+            dlq: self,
+            store,
+            options,
+            publisher: None,
+            planner: Planner::new(options.force),
+            states: HashMap::new(),
+            firsts: HashMap::new(),
+            pending: VecDeque::new(),
+            next_slot: None,
+            counts: Counts::default(),
+        };
+        let result = match publisher {
+            Ok(publisher) => {
+                run.publisher = publisher;
+                run.go(&mut selected, control, &mut sink).await
             }
+            Err(e) => Err(e),
+        };
+        let counts = run.counts;
+        let (summary, released) = selected.release(self).await;
+        result?;
+        if !options.dry_run {
+            released?;
         }
+        Ok(ReplaySummary {
+            dry_run: options.dry_run,
+            counts,
+            summary,
+        })
     }
 }
 

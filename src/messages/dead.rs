@@ -179,7 +179,7 @@ pub fn poison_headers(poison: &Poison, routing_key: &str) -> Headers {
 pub fn invalid_job_headers(detail: &str) -> Headers {
     Headers::default()
         .text(header::REASON, DeadReason::InvalidJob.as_str())
-        .text(header::LAST_ERROR, truncate(detail))
+        .text(header::ERROR, truncate(detail))
 }
 
 /// Cuts at a character boundary at or below [`HEADER_MAX`] bytes.

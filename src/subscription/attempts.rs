@@ -66,7 +66,8 @@ impl AttemptLog {
 }
 
 impl AttemptRecord {
-    fn succeeded(&self) -> bool {
+    /// A 2xx answer.
+    pub fn succeeded(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
 }
@@ -195,6 +196,18 @@ async fn disable_long_failing(
             _ => {}
         }
     }
+}
+
+/// Since when a webhook's attempts have failed without a success, if they have.
+pub async fn failing_since(
+    store: &Store,
+    account: &AccountId,
+    webhook: &WebhookId,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut pipe = redis::pipe();
+    pipe.get(store.failing_key(account, webhook));
+    let (since,): (Option<i64>,) = store.query_pipeline(&pipe).await?;
+    Ok(since.and_then(|s| DateTime::from_timestamp(s, 0)))
 }
 
 /// The most recent attempts of a webhook, newest first.

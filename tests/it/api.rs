@@ -637,6 +637,7 @@ async fn the_openapi_document_is_generated_from_every_route() {
             "/v1/accounts/{account_id}/webhooks/{webhook_id}/events/{event_id}/resend",
             &["post"],
         ),
+        ("/v1/accounts/{account_id}/status", &["get"]),
     ] {
         for method in methods {
             assert!(
@@ -647,7 +648,7 @@ async fn the_openapi_document_is_generated_from_every_route() {
     }
     assert_eq!(
         paths.len(),
-        10,
+        11,
         "no route is missing or extra: {:?}",
         paths.keys()
     );

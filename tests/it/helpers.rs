@@ -474,3 +474,95 @@ pub fn header_int(delivery: &lapin::message::Delivery, key: &str) -> Option<i64>
         _ => None,
     }
 }
+
+/// Writes `n` synthetic dead deliveries straight into `prefix`'s deliveries DLQ, as the worker
+/// writes them (a `DeadDelivery` body, its headers, a `dl_…` message id), fast: published in
+/// order on one channel with up to 2,000 confirms in flight, each awaited. `make(i)` gives the
+/// i-th. Returns the ids in queue order. The DLQ must be declared.
+pub async fn write_dead_deliveries(
+    prefix: &str,
+    n: usize,
+    make: impl Fn(usize) -> hookrelay::messages::DeadDelivery,
+) -> Vec<String> {
+    let conn = hookrelay::broker::connect(AMQP_URL, "hookrelay test writer")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let queue = format!("{prefix}.dlq.deliveries");
+    let mut ids = Vec::with_capacity(n);
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let dead = make(i);
+        let id = hookrelay::messages::dead::dead_letter_id();
+        let headers = dead.headers().into_table();
+        let props = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(id.as_str().into())
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_headers(headers);
+        // Published one after the other, so queue order is `ids` order; only the confirms
+        // are awaited concurrently.
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &serde_json::to_vec(&dead).unwrap(),
+                props,
+            )
+            .await
+            .unwrap();
+        pending.push_back(confirm);
+        ids.push(id);
+        while pending.len() >= 2_000 {
+            let c = pending.pop_front().unwrap().await.unwrap();
+            let acked = c.is_ack();
+            assert!(
+                acked && c.take_message().is_none(),
+                "a dead letter was not confirmed"
+            );
+        }
+    }
+    for confirm in pending {
+        let c = confirm.await.unwrap();
+        let acked = c.is_ack();
+        assert!(
+            acked && c.take_message().is_none(),
+            "a dead letter was not confirmed"
+        );
+    }
+    let _ = conn.close(200, "written".into()).await;
+    ids
+}
+
+/// A small dead delivery of an event of `account` to `webhook`, as the worker writes one.
+pub fn small_dead_delivery(
+    account: &str,
+    webhook: &hookrelay::subscription::WebhookId,
+    reason: hookrelay::messages::DeadReason,
+) -> hookrelay::messages::DeadDelivery {
+    let event = NewEvent {
+        id: None,
+        event_type: EventType::PaymentCardSuccess,
+        account_id: AccountId::parse(account).unwrap(),
+        created_at: None,
+        data: serde_json::value::RawValue::from_string(r#"{"amount":"1.00"}"#.into()).unwrap(),
+    }
+    .into_event();
+    hookrelay::messages::DeadDelivery::new(
+        reason,
+        hookrelay::messages::dead::Dying {
+            event: &event,
+            envelope: None,
+            webhook_id: webhook.as_str(),
+            url: "https://example.com/hook",
+            attempts: 10,
+            history: &hookrelay::messages::History::new(chrono::Utc::now()),
+        },
+    )
+}

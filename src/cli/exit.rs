@@ -1,0 +1,173 @@
+//! Exit statuses by cause, the `sysexits` convention that `rabbitmqctl` also follows, so that
+//! scripts and supervisors can tell a typo from a broker that is down:
+//!
+//! | status | cause |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the command ran and failed: no such dead letter or webhook, letters left unreplayed |
+//! | 64 | usage: unknown flag, bad value, nothing selected, `purge` without `--yes` |
+//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL |
+//! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
+//! | 75 | temporary failure: the broker or Redis failed or timed out mid-command; try again |
+//! | 78 | configuration: an invalid or unreadable configuration |
+//! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
+
+use crate::config::ConfigError;
+use crate::dlq::DlqError;
+use crate::subscription::store::StoreError;
+use std::process::ExitCode;
+
+pub const USAGE: u8 = 64;
+pub const DATA: u8 = 65;
+pub const UNAVAILABLE: u8 = 69;
+pub const TEMPFAIL: u8 = 75;
+pub const CONFIG: u8 = 78;
+pub const INTERRUPTED: u8 = 130;
+
+/// A command line that asks for something impossible (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// RabbitMQ or Redis could not be reached at all (exit 69).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach {service} ({key})")]
+pub struct Unavailable {
+    pub service: &'static str,
+    pub key: &'static str,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+impl Unavailable {
+    pub fn rabbitmq(source: impl Into<anyhow::Error>) -> Unavailable {
+        Unavailable {
+            service: "RabbitMQ",
+            key: "amqp.url",
+            source: source.into(),
+        }
+    }
+
+    pub fn redis(source: impl Into<anyhow::Error>) -> Unavailable {
+        Unavailable {
+            service: "Redis",
+            key: "redis.url",
+            source: source.into(),
+        }
+    }
+}
+
+/// A signal stopped the command; what it did is printed before (exit 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: {0}")]
+pub struct Interrupted(pub String);
+
+/// The exit status for an error: the first cause in its chain that names one.
+pub fn status_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(code) = status_of_cause(cause) {
+            return code;
+        }
+    }
+    1
+}
+
+fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    if cause.is::<Usage>() {
+        return Some(USAGE);
+    }
+    if cause.is::<Unavailable>() {
+        return Some(UNAVAILABLE);
+    }
+    if cause.is::<Interrupted>() {
+        return Some(INTERRUPTED);
+    }
+    if cause.is::<ConfigError>() {
+        return Some(CONFIG);
+    }
+    if let Some(e) = cause.downcast_ref::<DlqError>() {
+        return Some(match e {
+            DlqError::Connect(_) => UNAVAILABLE,
+            DlqError::NothingSelected => USAGE,
+            DlqError::Interrupted => INTERRUPTED,
+            DlqError::NotFound(_) => 1,
+            // A closed pipe: the reader went away; nothing to retry.
+            DlqError::Output(_) => 1,
+            DlqError::NoQueue(..) => UNAVAILABLE,
+            DlqError::ConsumerEnded(_)
+            | DlqError::Unconfirmed(_)
+            | DlqError::Amqp(_)
+            | DlqError::Store(_) => TEMPFAIL,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return Some(match e {
+            StoreError::NotFound(_) => 1,
+            StoreError::LimitReached(_) | StoreError::DuplicateUrl { .. } => DATA,
+            StoreError::Url(_) | StoreError::Unreadable(_) => DATA,
+            StoreError::Connect(_) => UNAVAILABLE,
+            StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<crate::subscription::store::KeyCheckError>() {
+        return Some(match e {
+            crate::subscription::store::KeyCheckError::Store(_) => TEMPFAIL,
+            // The wrong redis.secret_key (or none) for what is stored: a configuration error.
+            _ => CONFIG,
+        });
+    }
+    if cause.is::<lapin::Error>() || cause.is::<crate::broker::publisher::PublishError>() {
+        return Some(TEMPFAIL);
+    }
+    if cause.is::<std::io::Error>() {
+        return Some(TEMPFAIL);
+    }
+    None
+}
+
+/// Runs the `hookrelay` command line and turns the outcome into an exit status; errors are one
+/// line on stderr.
+pub fn run_main() -> ExitCode {
+    use clap::Parser;
+    let cli = match super::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; everything else is usage.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
+        }
+    };
+    match super::main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("hookrelay: {e:#}");
+            ExitCode::from(status_of(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_cause_deep_in_the_chain_names_the_status() {
+        let down: anyhow::Error = Unavailable::rabbitmq(std::io::Error::other("refused")).into();
+        assert_eq!(status_of(&down.context("listing")), UNAVAILABLE);
+        let usage = anyhow::Error::new(Usage("add --yes".into()));
+        assert_eq!(status_of(&usage), USAGE);
+        let config: anyhow::Error = ConfigError::Invalid {
+            key: "amqp.url",
+            message: "bad".into(),
+        }
+        .into();
+        assert_eq!(status_of(&config), CONFIG);
+        let nothing: Result<(), DlqError> = Err(DlqError::NothingSelected);
+        assert_eq!(status_of(&nothing.context("purging").unwrap_err()), USAGE);
+        let timeout: anyhow::Error = StoreError::Timeout(std::time::Duration::from_secs(1)).into();
+        assert_eq!(status_of(&timeout), TEMPFAIL);
+        assert_eq!(status_of(&anyhow::anyhow!("something else")), 1);
+    }
+}
