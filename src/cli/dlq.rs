@@ -140,7 +140,7 @@ pub async fn run(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     }
     let dlq = Dlq::connect(settings)
         .await
-        .context("connecting to RabbitMQ (amqp.url)")?;
+        .context("connecting to RabbitMQ (amqp.url / amqp.urls)")?;
     let result = run_with(settings, &dlq, action).await;
     dlq.close().await;
     result

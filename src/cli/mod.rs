@@ -161,9 +161,11 @@ async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
         &settings.delivery.retry_schedule,
         settings.amqp.delivery_limit,
     );
-    let conn = crate::broker::connect(&settings.amqp.url, "hookrelay topology")
+    let conn = crate::broker::Connector::new(&settings.amqp)
+        .connect("hookrelay topology")
         .await
-        .context("connecting to RabbitMQ (amqp.url)")?;
+        .context("connecting to RabbitMQ (amqp.url / amqp.urls)")?
+        .connection;
     let channel = conn.create_channel().await?;
     topology
         .declare(&channel)

@@ -39,6 +39,8 @@ pub enum DlqError {
     Unconfirmed(#[source] lapin::Error),
     #[error("talking to RabbitMQ")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::broker::ConnectError),
     #[error("looking up a webhook")]
     Store(#[from] StoreError),
 }
@@ -123,7 +125,10 @@ pub struct Dlq {
 
 impl Dlq {
     pub async fn connect(settings: &Settings) -> Result<Dlq, DlqError> {
-        let conn = crate::broker::connect(&settings.amqp.url, "hookrelay dlq").await?;
+        let conn = crate::broker::Connector::new(&settings.amqp)
+            .connect("hookrelay dlq")
+            .await?
+            .connection;
         Ok(Dlq {
             conn,
             topology: Topology::new(
