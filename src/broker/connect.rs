@@ -12,8 +12,9 @@
 //! - **Version.** lapin does not keep the broker's server properties, so before each connection a
 //!   short probe on its own socket reads the broker's `connection.start` (the first frame a broker
 //!   sends, before any authentication) and [`super::version`] refuses brokers older than 3.10.
-//!   The probe costs one extra TCP (and TLS) handshake per connect, which happens at start-up and
-//!   after a loss only.
+//!   The probe costs one extra TCP (and TLS) handshake, and the broker logs it as "client
+//!   unexpectedly closed TCP connection"; so a node's version is kept until a connection to it
+//!   fails or is lost (a restarted node may come back as another version).
 
 use super::version::{self, VersionError};
 use async_rs::traits::Reactor;
@@ -31,7 +32,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One node's TCP connect, TLS handshake, version probe and AMQP handshake together. A node that
@@ -246,6 +247,8 @@ struct Inner {
     tls: Option<TlsConfig>,
     /// The node to try first: the one after the last that failed or was lost.
     first: AtomicUsize,
+    /// Each node's version, once probed and accepted; forgotten when the node fails or is lost.
+    versions: Mutex<Vec<Option<String>>>,
 }
 
 impl Connector {
@@ -258,6 +261,7 @@ impl Connector {
         assert!(!nodes.is_empty(), "a connector needs at least one node");
         Connector {
             inner: Arc::new(Inner {
+                versions: Mutex::new(vec![None; nodes.len()]),
                 nodes,
                 tls,
                 first: AtomicUsize::new(0),
@@ -294,7 +298,7 @@ impl Connector {
         let mut failures = Vec::new();
         for i in (start..n).chain(0..start) {
             let node = &self.inner.nodes[i];
-            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(node, name)).await;
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(i, name)).await;
             match attempt.unwrap_or(Err(AttemptError::Timeout(ATTEMPT_TIMEOUT))) {
                 Ok((connection, version)) => {
                     self.inner.first.store(i, Ordering::Release);
@@ -307,6 +311,7 @@ impl Connector {
                 }
                 Err(e) => {
                     tracing::debug!(node = %node, error = %e, "RabbitMQ node not usable");
+                    self.forget_version(i);
                     failures.push((node.label.clone(), e));
                     self.inner.first.store((i + 1) % n, Ordering::Release);
                 }
@@ -337,6 +342,7 @@ impl Connector {
     /// The connection on `node` was lost: the next connect starts with the node after it
     /// (unless another connect has moved on already).
     pub fn lost(&self, node: NodeId) {
+        self.forget_version(node.0);
         let n = self.inner.nodes.len();
         let _ = self.inner.first.compare_exchange(
             node.0,
@@ -346,15 +352,37 @@ impl Connector {
         );
     }
 
-    async fn attempt(&self, node: &Node, name: &str) -> Result<(Connection, String), AttemptError> {
+    fn forget_version(&self, i: usize) {
+        let mut versions = self
+            .inner
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        versions[i] = None;
+    }
+
+    async fn attempt(&self, i: usize, name: &str) -> Result<(Connection, String), AttemptError> {
+        let node = &self.inner.nodes[i];
         let runtime = lapin::runtime::default_runtime().map_err(AttemptError::Amqp)?;
         let tls = self.inner.tls.clone();
-        let mut probe = open_stream(&runtime, &node.uri, tls.as_ref()).await?;
-        let properties = server_properties(&mut probe)
-            .await
-            .map_err(AttemptError::Greeting)?;
-        drop(probe);
-        let version = version::check(&properties)?;
+        // A std Mutex: held for a clone, never across an await.
+        let known = self
+            .inner
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())[i]
+            .clone();
+        let version = match known {
+            Some(version) => version,
+            None => {
+                let mut probe = open_stream(&runtime, &node.uri, tls.as_ref()).await?;
+                let properties = server_properties(&mut probe)
+                    .await
+                    .map_err(AttemptError::Greeting)?;
+                drop(probe);
+                version::check(&properties)?
+            }
+        };
         let connect = async move |uri: AMQPUri, runtime: TokioRuntime| {
             open_stream(&runtime, &uri, tls.as_ref())
                 .await
@@ -364,6 +392,10 @@ impl Connector {
         let connection = Connection::connector(node.uri.clone(), runtime, connect, properties)
             .await
             .map_err(AttemptError::Amqp)?;
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())[i] = Some(version.clone());
         Ok((connection, version))
     }
 }
@@ -471,6 +503,30 @@ mod tests {
             "{err}"
         );
         assert!(err.is_permanent());
+    }
+
+    #[tokio::test]
+    async fn an_amqps_node_that_answers_in_plain_text_is_refused_by_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A "broker" that answers whatever it gets with a plain connection.start-like frame.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x0a\xce")
+                    .await;
+            }
+        });
+        let tls = TlsConfig::new(None, None).unwrap();
+        let c = Connector::with_nodes(nodes(&[&format!("amqps://127.0.0.1:{port}")]), Some(tls));
+        let err = c.connect("test").await.unwrap_err();
+        assert!(
+            matches!(&err.failures[..], [(_, AttemptError::Tls { host, .. })] if host == "127.0.0.1"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

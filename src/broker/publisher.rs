@@ -282,24 +282,39 @@ impl Failover {
             if c.connection.status().connected() && c.publisher.channel().status().connected() {
                 return Ok((c.publisher.clone(), c.node));
             }
+        }
+        if let Some(c) = current.take() {
             self.connector.lost(c.node);
         }
-        let connected = match retrying {
-            // Going round the nodes with backoff: the one that failed may be coming back.
-            true => {
-                self.connector
-                    .connect_within("hookrelay publisher", self.timeout)
-                    .await?
+        let mut last = None;
+        // A node that is shutting down may accept the connection and then drop it before the
+        // channel is open: that is one more node to move past, not a failed publish.
+        for _ in 0..self.attempts() {
+            let connected = match retrying {
+                // Going round the nodes with backoff: the one that failed may be coming back.
+                true => {
+                    self.connector
+                        .connect_within("hookrelay publisher", self.timeout)
+                        .await?
+                }
+                false => self.connector.connect("hookrelay publisher").await?,
+            };
+            match Publisher::new(&connected.connection, self.timeout).await {
+                Ok(publisher) => {
+                    *current = Some(Current {
+                        connection: connected.connection,
+                        publisher: publisher.clone(),
+                        node: connected.node,
+                    });
+                    return Ok((publisher, connected.node));
+                }
+                Err(e) => {
+                    self.connector.lost(connected.node);
+                    last = Some(e);
+                }
             }
-            false => self.connector.connect("hookrelay publisher").await?,
-        };
-        let publisher = Publisher::new(&connected.connection, self.timeout).await?;
-        *current = Some(Current {
-            connection: connected.connection,
-            publisher: publisher.clone(),
-            node: connected.node,
-        });
-        Ok((publisher, connected.node))
+        }
+        Err(last.expect("at least one attempt was made").into())
     }
 
     /// Drops the connection on `node` (if it is still the current one) and moves past it.
