@@ -9,4 +9,5 @@ mod dlq;
 mod faults;
 mod helpers;
 mod isolation;
+mod nodes;
 mod subscriptions;
