@@ -256,6 +256,12 @@ expect_refused() {
   fi
 }
 
+# retry_waiting NODE: a message waits in one of the run's delay queues.
+retry_waiting() {
+  rabbit "$1" rabbitmqctl -n "$1" -q list_queues --no-table-headers name messages |
+    awk -v p="$PREFIX.retry." 'index($1, p) == 1 { n += $2 } END { exit !(n > 0) }'
+}
+
 # bench_rate LABEL [VAR=VALUE...]: end-to-end events/s of `hookrelay bench` with that config.
 bench_rate() {
   local label=$1 out
@@ -291,7 +297,16 @@ log.console = false"
   node_wait "$node"
   log "$node ready: RabbitMQ $(rabbit "$node" rabbitmqctl -n "$node" -q version)"
 
-  local amqps="amqps://guest:guest@127.0.0.1:$tls/%2f"
+  # The worker runs as a user limited to the run's names, with the permissions README.md gives
+  # (there for the prefix "hookrelay"): configure and read its own names, write those and the
+  # default exchange (retries and dead letters are published through it, by queue name).
+  local password re="^${PREFIX}\\."
+  password=$(openssl rand -hex 12)
+  rabbit "$node" rabbitmqctl -n "$node" -q add_user hookrelay "$password" >/dev/null
+  rabbit "$node" rabbitmqctl -n "$node" -q set_permissions -p / hookrelay \
+    "$re" "^(${PREFIX}\\..*|amq\\.default)\$" "$re" >/dev/null
+  log "user hookrelay: configure '$re', write '^(${PREFIX}\\..*|amq\\.default)\$', read '$re'"
+  local amqps="amqps://hookrelay:$password@127.0.0.1:$tls/%2f"
   local good=(HOOKRELAY__AMQP__URL="$amqps" HOOKRELAY__AMQP__TLS__CA_FILE="$certs/ca.pem"
     HOOKRELAY__AMQP__TLS__CERT_FILE="$certs/client.pem" HOOKRELAY__AMQP__TLS__KEY_FILE="$certs/client.key")
   env "${good[@]}" "$BIN" topology declare >>"$WORK/cli.log" 2>&1 ||
@@ -310,6 +325,17 @@ log.console = false"
   else
     fail "worker over amqps: $(delivered_ids tls | wc -l) of 20 delivered"
   fi
+  # A failing webhook: its retry is published through the default exchange, which the limited
+  # user may write to; a refusal would show as ACCESS_REFUSED in the worker's log.
+  "$BIN" webhooks add --account acct-2 --url "http://127.0.0.1:$(free_port)/down" --events '*' \
+    >/dev/null 2>>"$WORK/cli.log" || die "webhooks add failed; see $WORK/cli.log"
+  env "${good[@]}" "$BIN" publish --type payment.card.failed --account acct-2 >/dev/null 2>>"$WORK/cli.log" ||
+    fail "publish for the failing webhook failed"
+  if wait_until 15 retry_waiting "$node" && ! grep -q ACCESS_REFUSED "$WORK/worker-tls.log"; then
+    log "TLS check | the limited user's worker schedules a retry (default exchange) | a retry is waiting in a delay queue"
+  else
+    fail "the limited user's worker did not schedule a retry (see $WORK/worker-tls.log)"
+  fi
   # The broker's view: every connection of the worker is TLS.
   local conns
   conns=$(rabbit "$node" rabbitmqctl -n "$node" -q list_connections --no-table-headers ssl ssl_protocol client_properties |
@@ -324,6 +350,8 @@ log.console = false"
     env "${good[@]}" HOOKRELAY__AMQP__TLS__CA_FILE="$certs/other-ca.pem" "$BIN" topology declare
   expect_refused "worker with the wrong CA stops at start-up" "127\.0\.0\.1.*(UnknownIssuer|certificate)" \
     env "${good[@]}" HOOKRELAY__AMQP__TLS__CA_FILE="$certs/other-ca.pem" "$BIN" worker
+  expect_refused "the limited user declaring outside its names" "ACCESS_REFUSED|access to" \
+    env "${good[@]}" HOOKRELAY__AMQP__PREFIX=elsewhere "$BIN" topology declare
   expect_refused "no client certificate (broker requires one)" "127\.0\.0\.1.*(alert|Certificate|certificate)" \
     env HOOKRELAY__AMQP__URL="$amqps" HOOKRELAY__AMQP__TLS__CA_FILE="$certs/ca.pem" "$BIN" topology declare
   expect_refused "amqps:// to the plain listener (no plain-text fallback)" "TLS with 127\.0\.0\.1" \
@@ -338,7 +366,8 @@ log.console = false"
   kill -TERM "$WORKER_PID" 2>/dev/null || true
   log "bench: plain and TLS against the same node (3000 events, 30 accounts, 1 worker)"
   BENCH_PLAIN=$(bench_rate plain HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f")
-  BENCH_TLS=$(bench_rate tls "${good[@]}")
+  # The bench uses names of its own (hrbench-…), so it runs as guest.
+  BENCH_TLS=$(bench_rate tls "${good[@]}" HOOKRELAY__AMQP__URL="amqps://guest:guest@127.0.0.1:$tls/%2f")
   log "bench | plain amqp:// | $BENCH_PLAIN"
   log "bench | TLS amqps:// (mutual TLS) | $BENCH_TLS"
   node_stop "$node"
