@@ -15,7 +15,8 @@
 #            lost (must be 0), duplicates and the recovery time.
 #
 # Usage: scripts/brokers.sh [tls] [cluster]       (default: both; run as root, like faults.sh)
-# Environment: BROKERS_KEEP=1 keeps the temporary directory (logs, certificates, receipts).
+# Environment: BROKERS_KEEP=1 keeps the temporary directory (logs, certificates, receipts);
+#              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1).
 set -euo pipefail
 
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -364,12 +365,13 @@ log.console = false"
     env "${good[@]}" HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f" "$BIN" topology declare
 
   kill -TERM "$WORKER_PID" 2>/dev/null || true
-  log "bench: plain and TLS against the same node (3000 events, 30 accounts, 1 worker)"
-  BENCH_PLAIN=$(bench_rate plain HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f")
-  # The bench uses names of its own (hrbench-…), so it runs as guest.
-  BENCH_TLS=$(bench_rate tls "${good[@]}" HOOKRELAY__AMQP__URL="amqps://guest:guest@127.0.0.1:$tls/%2f")
-  log "bench | plain amqp:// | $BENCH_PLAIN"
-  log "bench | TLS amqps:// (mutual TLS) | $BENCH_TLS"
+  local pairs=${BROKERS_BENCH_PAIRS:-1} pair
+  log "bench: plain, then TLS, against the same node, $pairs time(s) (3000 events, 30 accounts, 1 worker)"
+  for ((pair = 1; pair <= pairs; pair++)); do
+    log "bench $pair | plain amqp:// | $(bench_rate plain HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f")"
+    # The bench uses names of its own (hrbench-…), so it runs as guest.
+    log "bench $pair | TLS amqps:// (mutual TLS) | $(bench_rate tls "${good[@]}" HOOKRELAY__AMQP__URL="amqps://guest:guest@127.0.0.1:$tls/%2f")"
+  done
   node_stop "$node"
 }
 
