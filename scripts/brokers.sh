@@ -251,7 +251,7 @@ expect_refused() {
   if ((rc == 0)); then
     fail "$case: accepted, should have been refused"
   elif grep -qE "$pattern" <<<"$out"; then
-    log "TLS check | $case | refused: $(grep -E "$pattern" <<<"$out" | head -n 1 | cut -c1-300)"
+    log "TLS check | $case | refused: $(grep -E "$pattern" <<<"$out" | tail -n 1 | cut -c1-300)"
   else
     fail "$case: refused, but without a clear reason (wanted /$pattern/): $out"
   fi

@@ -1,7 +1,8 @@
 //! One typed settings tree (DESIGN §6): built-in defaults (`config/default.toml`) → the `--config`
 //! file → `HOOKRELAY__<SECTION>__<KEY>` environment variables; validated once, naming the key.
 
-use crate::broker::connect::{self, Node, TlsConfig};
+use crate::broker::connect::Node;
+use crate::broker::tls::{self, TlsConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -329,7 +330,7 @@ fn parse_tls_files(keys: &TlsKeys, files: &TlsFiles) -> Result<TlsConfig, Config
         }
     };
     let ca = read(ca_key, &files.ca_file)?
-        .map(|pem| connect::parse_certificates(&pem).map_err(|e| invalid(ca_key, e.to_string())))
+        .map(|pem| tls::parse_certificates(&pem).map_err(|e| invalid(ca_key, e.to_string())))
         .transpose()?;
     let client = match (
         read(cert_key, &files.cert_file)?,
@@ -339,13 +340,13 @@ fn parse_tls_files(keys: &TlsKeys, files: &TlsFiles) -> Result<TlsConfig, Config
         (Some(_), None) => return Err(invalid(key_key, "is empty but cert_file is set")),
         (None, Some(_)) => return Err(invalid(cert_key, "is empty but key_file is set")),
         (Some(cert), Some(key)) => Some((
-            connect::parse_certificates(&cert).map_err(|e| invalid(cert_key, e.to_string()))?,
-            connect::parse_private_key(&key).map_err(|e| invalid(key_key, e.to_string()))?,
+            tls::parse_certificates(&cert).map_err(|e| invalid(cert_key, e.to_string()))?,
+            tls::parse_private_key(&key).map_err(|e| invalid(key_key, e.to_string()))?,
         )),
     };
     TlsConfig::new(ca, client).map_err(|e| {
         let key = match e {
-            connect::TlsError::BadIdentity(_) => cert_key,
+            tls::TlsError::BadIdentity(_) => cert_key,
             _ => ca_key,
         };
         invalid(key, e.to_string())

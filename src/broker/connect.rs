@@ -16,18 +16,17 @@
 //!   unexpectedly closed TCP connection"; so a node's version is kept until a connection to it
 //!   fails or is lost (a restarted node may come back as another version).
 
+pub use super::tls::{TlsConfig, TlsError};
 use super::version::{self, VersionError};
 use async_rs::traits::Reactor;
 use async_rs::{Tokio, TokioRuntime};
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use lapin::protocol::{connection::AMQPMethod, AMQPClass};
-use lapin::tcp::{AsyncTcpStream, RustlsConnector, RustlsConnectorConfig};
+use lapin::tcp::AsyncTcpStream;
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -44,81 +43,6 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_START_FRAME: usize = 64 * 1024;
 
 type Stream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
-
-/// The TLS client configuration for `amqps://` nodes, built once (the system's roots take
-/// milliseconds to load) and shared by every connection.
-#[derive(Clone)]
-pub struct TlsConfig(RustlsConnector);
-
-impl fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TlsConfig(..)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("no PEM certificate in it (expected \"-----BEGIN CERTIFICATE-----\")")]
-    NoCertificate,
-    #[error("not a readable PEM certificate: {0}")]
-    BadCertificate(String),
-    #[error("no readable PEM private key in it (PKCS#8, PKCS#1 or SEC1): {0}")]
-    BadKey(String),
-    #[error("the CA certificate cannot be used as a trust root: {0}")]
-    BadRoot(io::Error),
-    #[error("the client certificate and key cannot be used together: {0}")]
-    BadIdentity(io::Error),
-    #[error("cannot load the system's trust roots: {0}")]
-    SystemRoots(io::Error),
-}
-
-/// Certificates from PEM text (a CA file, or a client certificate and its chain).
-pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate);
-    }
-    Ok(certs)
-}
-
-/// A private key from PEM text.
-pub fn parse_private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::BadKey(e.to_string()))
-}
-
-impl TlsConfig {
-    /// Trusts `ca` alone when given (a private CA should not widen to every public one), the
-    /// system's roots otherwise; presents `client` (certificate chain, key) when given.
-    pub fn new(
-        ca: Option<Vec<CertificateDer<'static>>>,
-        client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    ) -> Result<TlsConfig, TlsError> {
-        let (config, root_error): (_, fn(io::Error) -> TlsError) = match ca {
-            Some(ca) => (
-                RustlsConnectorConfig::default().with_parsable_certificates(ca),
-                TlsError::BadRoot,
-            ),
-            None => (
-                RustlsConnectorConfig::new_with_native_certs().map_err(TlsError::SystemRoots)?,
-                TlsError::SystemRoots,
-            ),
-        };
-        let connector = match client {
-            Some((certs, key)) => {
-                config
-                    .connector_with_single_cert(certs, key)
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::InvalidData => TlsError::BadIdentity(e),
-                        _ => root_error(e),
-                    })?
-            }
-            None => config.connector_with_no_client_auth().map_err(root_error)?,
-        };
-        Ok(TlsConfig(connector))
-    }
-}
 
 /// One broker node: its parsed URL, and a label without the credentials for messages and logs.
 #[derive(Clone)]
@@ -420,7 +344,7 @@ async fn open_stream(
         AMQPScheme::AMQPS => {
             let tls = tls.ok_or(AttemptError::NoTlsConfig)?;
             stream
-                .into_rustls(&tls.0, host)
+                .into_rustls(tls.connector(), host)
                 .await
                 .map_err(|source| AttemptError::Tls {
                     host: host.to_owned(),
@@ -546,21 +470,5 @@ mod tests {
         assert!(!err.is_permanent());
         let text = err.to_string();
         assert!(text.contains(&urls[0]) && text.contains(&urls[1]), "{text}");
-    }
-
-    #[test]
-    fn bad_pem_is_refused_with_what_is_wrong() {
-        assert!(matches!(
-            parse_certificates(b"hello"),
-            Err(TlsError::NoCertificate)
-        ));
-        assert!(matches!(
-            parse_certificates(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
-            Err(TlsError::BadCertificate(_))
-        ));
-        assert!(matches!(
-            parse_private_key(b"no key here"),
-            Err(TlsError::BadKey(_))
-        ));
     }
 }
