@@ -16,7 +16,9 @@
 #
 # Usage: scripts/brokers.sh [tls] [cluster]       (default: both; run as root, like faults.sh)
 # Environment: BROKERS_KEEP=1 keeps the temporary directory (logs, certificates, receipts);
-#              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1).
+#              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1);
+#              BROKERS_BIN=path uses that hookrelay binary (e.g. a release build) instead of
+#              building the debug one.
 set -euo pipefail
 
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -140,6 +142,11 @@ node_stop() {
 # --- hookrelay ---------------------------------------------------------------------------------
 
 build() {
+  if [[ -n ${BROKERS_BIN:-} ]]; then
+    BIN=$(realpath "$BROKERS_BIN")
+    [[ -x $BIN ]] || die "BROKERS_BIN=$BROKERS_BIN is not an executable"
+    return 0
+  fi
   log "building hookrelay (cargo build --locked)"
   (cd "$ROOT" && cargo build --locked --quiet) || die "cargo build failed"
   local target=${CARGO_TARGET_DIR:-target}
