@@ -123,18 +123,24 @@ node_ready() {
   rabbit "$1" timeout 30 rabbitmqctl -n "$1" -q await_startup --timeout 25 >/dev/null 2>&1
 }
 
+# node_wait NODE: waits until the node has booted, and notes its OS pid (the broker runs as
+# the rabbitmq user, not as our child) so that node_stop can make sure it is gone.
 node_wait() {
   wait_until 150 node_ready "$1" || {
     tail -n 20 "$WORK/$1/log/$1.log" >&2 2>/dev/null || true
     die "RabbitMQ node $1 not ready after 150 s"
   }
+  rabbit "$1" timeout 60 rabbitmqctl -n "$1" -q eval 'os:getpid().' | tr -dc '0-9' >"$WORK/$1.os-pid"
 }
+
+pid_gone() { ! ps -p "$1" >/dev/null 2>&1; }
 
 node_stop() {
   local node=$1 pid
-  pid=$(cat "$WORK/$node/node.pid" 2>/dev/null || true)
-  rabbit "$node" timeout 60 rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
-  if [[ -n $pid ]] && ! wait_until 30 bash -c "! kill -0 $pid 2>/dev/null"; then
+  pid=$(cat "$WORK/$node.os-pid" 2>/dev/null || true)
+  rabbit "$node" timeout 90 rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
+  if [[ -n $pid ]] && ! wait_until 30 pid_gone "$pid"; then
+    log "$node (pid $pid) did not stop; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi
 }
@@ -180,7 +186,8 @@ receiver_start() {
   "$BIN" listen --listen "127.0.0.1:$port" --secret "$secret" --json 2>>"$WORK/listen.log" \
     > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done \
       >"$WORK/$name.receipts") 8<&- &
-  CHILDREN+=($!)
+  RECEIVER_PID=$!
+  CHILDREN+=("$RECEIVER_PID")
   wait_until 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null || die "listen did not start"
 }
 
@@ -212,8 +219,8 @@ cleanup() {
   for pid in "${CHILDREN[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   sleep 1
   for pid in "${CHILDREN[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  for node in "${NODES[@]}"; do node_stop "$node" & done
-  wait
+  # One after the other: the CLI needs the node's environment file, still in $WORK.
+  for node in "${NODES[@]}"; do node_stop "$node"; done
   if [[ -n $PREFIX ]]; then
     redis-cli -p 6379 --scan --pattern "$PREFIX*" | xargs -r redis-cli -p 6379 del >/dev/null
   fi
@@ -371,7 +378,8 @@ log.console = false"
   expect_refused "TLS files with an amqp:// URL" "amqp\.url" \
     env "${good[@]}" HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f" "$BIN" topology declare
 
-  kill -TERM "$WORKER_PID" 2>/dev/null || true
+  kill -TERM "$WORKER_PID" "$RECEIVER_PID" 2>/dev/null || true
+  wait "$WORKER_PID" "$RECEIVER_PID" 2>/dev/null || true
   local pairs=${BROKERS_BENCH_PAIRS:-1} pair
   log "bench: plain, then TLS, against the same node, $pairs time(s) (3000 events, 30 accounts, 1 worker)"
   for ((pair = 1; pair <= pairs; pair++)); do
@@ -416,8 +424,12 @@ log.console = false"
     urls+=("amqp://guest:guest@127.0.0.1:${PORT[$node]}/%2f")
   done
   log "starting ${CLUSTER[*]} in parallel (amqp ports ${PORT[${CLUSTER[0]}]}, ${PORT[${CLUSTER[1]}]}, ${PORT[${CLUSTER[2]}]})"
-  for node in "${CLUSTER[@]}"; do node_start "$node" & done
-  wait
+  local starting=()
+  for node in "${CLUSTER[@]}"; do
+    node_start "$node" &
+    starting+=($!)
+  done
+  wait "${starting[@]}"
   for node in "${CLUSTER[@]}"; do node_wait "$node"; done
   for node in "${CLUSTER[@]:1}"; do
     rabbit "$node" rabbitmqctl -n "$node" -q stop_app >/dev/null &&
