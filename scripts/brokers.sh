@@ -105,6 +105,8 @@ RABBITMQ_PID_FILE=$dir/node.pid
 EOF
   chown -R rabbitmq:rabbitmq "$dir"
   NODE_ENV[$node]="$dir/env"
+  # Here, not in node_start: that one may run in a background subshell, whose changes are lost.
+  NODES+=("$node")
   # A node of this name left running by a killed run: stop it (the run lock says it is not ours).
   if rabbit "$node" timeout 20 rabbitmq-diagnostics -n "$node" -q ping >/dev/null 2>&1; then
     log "stopping $node, left running by an earlier run"
@@ -114,7 +116,6 @@ EOF
 
 node_start() {
   local node=$1
-  [[ " ${NODES[*]} " == *" $node "* ]] || NODES+=("$node")
   rabbit "$node" timeout 60 rabbitmq-server -detached >>"$WORK/$node/start.log" 2>&1 ||
     die "rabbitmq-server -detached failed for $node; see $WORK/$node/start.log"
 }
