@@ -16,7 +16,8 @@
 #
 # Usage: scripts/brokers.sh [tls] [cluster]       (default: both; run as root, like faults.sh)
 # Environment: BROKERS_KEEP=1 keeps the temporary directory (logs, certificates, receipts);
-#              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1);
+#              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1), with
+#              BROKERS_BENCH_EVENTS events each (default 3000);
 #              BROKERS_BIN=path uses that hookrelay binary (e.g. a release build) instead of
 #              building the debug one.
 set -euo pipefail
@@ -282,7 +283,7 @@ retry_waiting() {
 bench_rate() {
   local label=$1 out
   shift
-  out=$(env "$@" timeout 300 "$BIN" bench --events 3000 --accounts 30 \
+  out=$(env "$@" timeout 300 "$BIN" bench --events "${BROKERS_BENCH_EVENTS:-3000}" --accounts 30 \
     --skip-ceiling --json 2>>"$WORK/bench.log") || {
     fail "bench over $label failed; see $WORK/bench.log"
     return 0
@@ -382,7 +383,7 @@ log.console = false"
   kill -TERM "$WORKER_PID" "$RECEIVER_PID" 2>/dev/null || true
   wait "$WORKER_PID" "$RECEIVER_PID" 2>/dev/null || true
   local pairs=${BROKERS_BENCH_PAIRS:-1} pair
-  log "bench: plain, then TLS, against the same node, $pairs time(s) (3000 events, 30 accounts, 1 worker)"
+  log "bench: plain, then TLS, against the same node, $pairs time(s) (${BROKERS_BENCH_EVENTS:-3000} events, 30 accounts, 1 worker)"
   for ((pair = 1; pair <= pairs; pair++)); do
     log "bench $pair | plain amqp:// | $(bench_rate plain HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$plain/%2f")"
     # The bench uses names of its own (hrbench-…), so it runs as guest.
