@@ -45,6 +45,9 @@ cargo run --locked --quiet -- bench --events 2000 --accounts 50
 echo "== fault injection: own RabbitMQ node and Redis; kill, cut, restart, outages (about 3 min)"
 scripts/faults.sh
 
+echo "== production brokers: own RabbitMQ nodes; TLS (mutual), a 3-node cluster losing its leader (about 3 min)"
+scripts/brokers.sh
+
 echo "== Redis over TLS, Redis Cluster and Sentinel failovers: own servers on own ports (about 1 min)"
 scripts/redis-nodes.sh
 

@@ -1,6 +1,8 @@
 //! One typed settings tree (DESIGN §6): built-in defaults (`config/default.toml`) → the `--config`
 //! file → `HOOKRELAY__<SECTION>__<KEY>` environment variables; validated once, naming the key.
 
+use crate::broker::connect::Node;
+use crate::broker::tls::{self, TlsConfig};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -38,11 +40,28 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct AmqpSettings {
     pub url: String,
+    /// `amqp.urls` as configured (empty: `url` alone).
+    pub urls: Vec<String>,
+    /// The nodes to connect to: `urls` when set, else `url`.
+    pub nodes: Vec<Node>,
+    /// `[amqp.tls]` as configured, so that child processes (bench workers) get the same.
+    pub tls_files: TlsFiles,
+    /// Built when a node is `amqps`: the system's roots or `ca_file`, and a client certificate.
+    pub tls: Option<TlsConfig>,
     pub prefix: String,
     pub prefetch: u16,
     pub publish_timeout: Duration,
     pub delivery_limit: u32,
     pub reconnect_timeout: Duration,
+}
+
+/// The PEM files of a `[….tls]` section; empty strings for unset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +223,8 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawAmqp {
     url: String,
+    urls: Vec<String>,
+    tls: TlsFiles,
     prefix: String,
     prefetch: u16,
     publish_timeout: String,
@@ -484,6 +505,91 @@ fn parse_redis_tls(raw: RawRedisTls) -> Result<RedisTls, ConfigError> {
     }
 }
 
+/// `amqp.urls` (or `amqp.url`) as nodes, and `[amqp.tls]` read and checked now, so that a
+/// missing file or bad PEM stops start-up naming its key rather than failing at connect.
+fn parse_amqp_nodes(raw: &RawAmqp) -> Result<(Vec<Node>, Option<TlsConfig>), ConfigError> {
+    let (key, urls) = match raw.urls.is_empty() {
+        true => ("amqp.url", std::slice::from_ref(&raw.url)),
+        false => ("amqp.urls", raw.urls.as_slice()),
+    };
+    let nodes = urls
+        .iter()
+        .map(|url| {
+            parse_url(key, url, &["amqp", "amqps"])?;
+            Node::parse(url).map_err(|e| invalid(key, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls_nodes = nodes.iter().filter(|n| n.is_tls()).count();
+    let files = &raw.tls;
+    let any_file = [&files.ca_file, &files.cert_file, &files.key_file]
+        .iter()
+        .any(|f| !f.trim().is_empty());
+    if tls_nodes == 0 {
+        if any_file {
+            // Someone who configured certificates meant TLS: never fall back to plain text.
+            return Err(invalid(
+                key,
+                "[amqp.tls] is configured but the URL is amqp:// (plain text); use amqps://",
+            ));
+        }
+        return Ok((nodes, None));
+    }
+    if tls_nodes != nodes.len() {
+        return Err(invalid(
+            key,
+            "mixes amqps:// and plain amqp:// nodes; use amqps:// for all",
+        ));
+    }
+    Ok((nodes, Some(parse_tls_files(&AMQP_TLS, files)?)))
+}
+
+/// The names of a TLS section's keys, for messages.
+struct TlsKeys {
+    ca_file: &'static str,
+    cert_file: &'static str,
+    key_file: &'static str,
+}
+
+const AMQP_TLS: TlsKeys = TlsKeys {
+    ca_file: "amqp.tls.ca_file",
+    cert_file: "amqp.tls.cert_file",
+    key_file: "amqp.tls.key_file",
+};
+
+fn parse_tls_files(keys: &TlsKeys, files: &TlsFiles) -> Result<TlsConfig, ConfigError> {
+    let (ca_key, cert_key, key_key) = (keys.ca_file, keys.cert_file, keys.key_file);
+    let read = |key: &'static str, path: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+        match path.trim() {
+            "" => Ok(None),
+            path => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| invalid(key, format!("cannot read {path:?}: {e}"))),
+        }
+    };
+    let ca = read(ca_key, &files.ca_file)?
+        .map(|pem| tls::parse_certificates(&pem).map_err(|e| invalid(ca_key, e.to_string())))
+        .transpose()?;
+    let client = match (
+        read(cert_key, &files.cert_file)?,
+        read(key_key, &files.key_file)?,
+    ) {
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid(key_key, "is empty but cert_file is set")),
+        (None, Some(_)) => return Err(invalid(cert_key, "is empty but key_file is set")),
+        (Some(cert), Some(key)) => Some((
+            tls::parse_certificates(&cert).map_err(|e| invalid(cert_key, e.to_string()))?,
+            tls::parse_private_key(&key).map_err(|e| invalid(key_key, e.to_string()))?,
+        )),
+    };
+    TlsConfig::new(ca, client).map_err(|e| {
+        let key = match e {
+            tls::TlsError::BadIdentity(_) => cert_key,
+            _ => ca_key,
+        };
+        invalid(key, e.to_string())
+    })
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -524,6 +630,7 @@ impl Settings {
                     .with_list_parse_key("delivery.retry_schedule")
                     .with_list_parse_key("api.trusted_proxies")
                     .with_list_parse_key("redis.urls")
+                    .with_list_parse_key("amqp.urls")
                     .try_parsing(true)
                     .source(Some(env)),
             )
@@ -574,9 +681,14 @@ impl Settings {
                 ))
             }
         };
+        let (nodes, tls) = parse_amqp_nodes(&raw.amqp)?;
         Ok(Settings {
             amqp: AmqpSettings {
-                url: parse_url("amqp.url", &raw.amqp.url, &["amqp", "amqps"])?,
+                url: raw.amqp.url,
+                urls: raw.amqp.urls,
+                nodes,
+                tls_files: raw.amqp.tls,
+                tls,
                 prefix: parse_prefix("amqp.prefix", &raw.amqp.prefix)?,
                 prefetch: raw.amqp.prefetch,
                 publish_timeout: parse_duration("amqp.publish_timeout", &raw.amqp.publish_timeout)?,
@@ -842,6 +954,75 @@ mod tests {
             s.redis.tls.ca_file.as_deref(),
             Some(Path::new("/etc/ca.pem"))
         );
+    }
+
+    #[test]
+    fn amqp_urls_replace_url_and_come_comma_separated_from_the_environment() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.amqp.nodes.len(), 1);
+        assert!(s.amqp.tls.is_none());
+        let s = load(&[(
+            "HOOKRELAY__AMQP__URLS",
+            "amqp://a:5672/%2f,amqp://b:5673/%2f,amqp://c:5674/%2f",
+        )])
+        .unwrap();
+        let nodes: Vec<String> = s.amqp.nodes.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nodes, ["amqp://a:5672", "amqp://b:5673", "amqp://c:5674"]);
+        let err = load(&[("HOOKRELAY__AMQP__URLS", "amqp://a,http://b")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.urls"), "{err}");
+    }
+
+    #[test]
+    fn an_amqps_url_gets_tls_and_tls_files_never_go_with_plain_text() {
+        let s = load(&[("HOOKRELAY__AMQP__URL", "amqps://h/%2f")]).unwrap();
+        assert!(
+            s.amqp.tls.is_some(),
+            "system roots for amqps without ca_file"
+        );
+        let err = load(&[("HOOKRELAY__AMQP__TLS__CA_FILE", "/etc/hostname")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.url"), "{err}");
+        let err = load(&[("HOOKRELAY__AMQP__URLS", "amqps://a,amqp://b")]).unwrap_err();
+        assert!(err.to_string().contains("mixes"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_tls_file_stops_start_up_naming_its_key() {
+        let dir = std::env::temp_dir().join(format!("hookrelay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        let amqps = ("HOOKRELAY__AMQP__URL", "amqps://h/%2f");
+        let cases = [
+            (
+                "HOOKRELAY__AMQP__TLS__CA_FILE",
+                "/nonexistent/ca.pem",
+                "amqp.tls.ca_file",
+            ),
+            ("HOOKRELAY__AMQP__TLS__CA_FILE", not_pem, "amqp.tls.ca_file"),
+            (
+                "HOOKRELAY__AMQP__TLS__CERT_FILE",
+                not_pem,
+                "amqp.tls.key_file",
+            ),
+            (
+                "HOOKRELAY__AMQP__TLS__KEY_FILE",
+                not_pem,
+                "amqp.tls.cert_file",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = load(&[amqps, (var, value)]).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+        let err = load(&[
+            amqps,
+            ("HOOKRELAY__AMQP__TLS__CERT_FILE", not_pem),
+            ("HOOKRELAY__AMQP__TLS__KEY_FILE", not_pem),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("amqp.tls.cert_file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

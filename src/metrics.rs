@@ -272,7 +272,7 @@ pub fn publish_failed(target: &str, error: &crate::broker::publisher::PublishErr
         PublishError::Nacked => "nacked",
         PublishError::Returned(_) => "returned",
         PublishError::Timeout(_) => "timeout",
-        PublishError::Amqp(_) => "connection",
+        PublishError::Amqp(_) | PublishError::Connect(_) => "connection",
     };
     metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason)
         .increment(1);

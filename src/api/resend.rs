@@ -14,13 +14,15 @@ use tokio::sync::Mutex;
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
     #[error("cannot reach RabbitMQ: {0}")]
-    Connect(#[source] lapin::Error),
+    Connect(#[from] crate::broker::ConnectError),
+    #[error("cannot open a channel: {0}")]
+    Channel(#[source] lapin::Error),
     #[error("RabbitMQ did not take the delivery: {0}")]
     Publish(#[from] PublishError),
 }
 
 pub struct Resender {
-    url: String,
+    connector: crate::broker::Connector,
     timeout: Duration,
     topology: Topology,
     // A tokio Mutex: it is held across the connect, so that concurrent resends share one.
@@ -30,7 +32,7 @@ pub struct Resender {
 impl Resender {
     pub fn new(settings: &Settings) -> Self {
         Resender {
-            url: settings.amqp.url.clone(),
+            connector: crate::broker::Connector::new(&settings.amqp),
             timeout: settings.amqp.publish_timeout,
             topology: Topology::from_settings(settings),
             current: Mutex::new(None),
@@ -51,20 +53,22 @@ impl Resender {
                 return Ok(publisher.clone());
             }
         }
-        let conn = crate::broker::connect(&self.url, "hookrelay api (resend)")
-            .await
-            .map_err(ResendError::Connect)?;
+        let conn = self
+            .connector
+            .connect("hookrelay api (resend)")
+            .await?
+            .connection;
         let publisher = Publisher::new(&conn, self.timeout)
             .await
-            .map_err(ResendError::Connect)?;
+            .map_err(ResendError::Channel)?;
         *current = Some((conn, publisher.clone()));
         Ok(publisher)
     }
 
-    /// The broker URL, the deployment's names and the confirm timeout, for routes that open a
-    /// short connection of their own (the status route's dead-letter pass).
-    pub fn broker(&self) -> (&str, &Topology, Duration) {
-        (&self.url, &self.topology, self.timeout)
+    /// The broker's nodes, the deployment's names and the confirm timeout, for routes that
+    /// open a short connection of their own (the status route's dead-letter pass).
+    pub fn broker(&self) -> (&crate::broker::Connector, &Topology, Duration) {
+        (&self.connector, &self.topology, self.timeout)
     }
 
     /// Closes the connection, if one is open.

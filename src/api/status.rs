@@ -49,10 +49,10 @@ pub async fn account_status_route(
         scan_limit: query.scan_limit.unwrap_or(10_000).clamp(1, MAX_SCAN),
         scan_time: Duration::from_secs(5),
     };
-    let (url, topology, timeout) = state.resender.broker();
+    let (connector, topology, timeout) = state.resender.broker();
     // A connection of its own, closed after the pass: closing it is what hands the letters
     // back, in order, at once.
-    let dlq = Dlq::connect_to(url, topology.clone(), timeout).await;
+    let dlq = Dlq::connect_to(connector, topology.clone(), timeout).await;
     let reachable = dlq
         .as_ref()
         .map_err(|e| format!("cannot reach RabbitMQ: {e}"));

@@ -13,12 +13,15 @@ use std::time::Instant;
 
 /// Messages per second from the first publish to the last ack.
 pub async fn measure(
-    amqp_url: &str,
+    connector: &crate::broker::Connector,
     prefix: &str,
     n: usize,
     body_bytes: usize,
 ) -> anyhow::Result<f64> {
-    let conn = crate::broker::connect(amqp_url, "hookrelay bench ceiling").await?;
+    let conn = connector
+        .connect("hookrelay bench ceiling")
+        .await?
+        .connection;
     let queue = format!("{prefix}.ceiling");
     let publish = conn.create_channel().await?;
     let mut args = FieldTable::default();

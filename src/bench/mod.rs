@@ -131,7 +131,10 @@ impl Bench {
         settings.delivery.allow_http = true;
         settings.delivery.allow_private_targets = true;
         let topology = Topology::from_settings(&settings);
-        let conn = crate::broker::connect(&settings.amqp.url, "hookrelay bench").await?;
+        let conn = crate::broker::Connector::new(&settings.amqp)
+            .connect("hookrelay bench")
+            .await?
+            .connection;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = Publisher::new(&conn, settings.amqp.publish_timeout).await?;
         let store = Store::from_settings(&settings.redis)
@@ -212,7 +215,7 @@ impl Bench {
             eprintln!("measuring the broker's ceiling ({} messages)…", opts.events);
             Some(
                 ceiling::measure(
-                    &base.amqp.url,
+                    &crate::broker::Connector::new(&base.amqp),
                     &self.settings.amqp.prefix,
                     opts.events,
                     opts.payload_bytes,

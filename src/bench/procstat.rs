@@ -18,9 +18,23 @@ pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<
     let exe = std::env::current_exe().context("locating the hookrelay binary")?;
     let mut workers = Vec::new();
     for _ in 0..n {
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("worker")
+            // The same broker configuration as the bench itself: nodes and TLS files.
             .env("HOOKRELAY__AMQP__URL", &settings.amqp.url)
+            .env(
+                "HOOKRELAY__AMQP__TLS__CA_FILE",
+                &settings.amqp.tls_files.ca_file,
+            )
+            .env(
+                "HOOKRELAY__AMQP__TLS__CERT_FILE",
+                &settings.amqp.tls_files.cert_file,
+            )
+            .env(
+                "HOOKRELAY__AMQP__TLS__KEY_FILE",
+                &settings.amqp.tls_files.key_file,
+            )
             .env("HOOKRELAY__AMQP__PREFIX", &settings.amqp.prefix)
             .envs(settings.redis.to_env())
             .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
@@ -31,9 +45,11 @@ pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a worker")?;
+            .kill_on_drop(true);
+        if !settings.amqp.urls.is_empty() {
+            command.env("HOOKRELAY__AMQP__URLS", settings.amqp.urls.join(","));
+        }
+        let mut child = command.spawn().context("starting a worker")?;
         let pid = child.id().context("worker pid")?;
         let stderr = child.stderr.take().context("worker stderr")?;
         let mut lines = BufReader::new(stderr).lines();

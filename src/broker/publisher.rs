@@ -1,12 +1,18 @@
 //! A confirmed publisher: every publish is `mandatory` and persistent, and succeeds only when the
 //! broker acked it without returning it, within the timeout. A Nack, a return or a timeout is an
 //! error, never a success (unlike sinks that treat a Nack as delivered).
+//!
+//! [`EventPublisher::connect`] is the library for upstream services: on a cluster it retries a
+//! publish that was not confirmed on the next node (at-least-once: nothing confirmed is lost, a
+//! retried one may arrive twice; receivers dedupe on `webhook-id`).
 
+use super::connect::{Connector, NodeId};
 use crate::event::{AccountId, Event, EventId, EventType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +25,15 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] super::ConnectError),
+}
+
+impl PublishError {
+    /// The broker answered about this message: another node would answer the same.
+    fn is_final(&self) -> bool {
+        matches!(self, PublishError::Returned(_))
+    }
 }
 
 /// Headers to attach to a message, in the order given.
@@ -169,46 +184,168 @@ impl NewEvent {
 /// The library API for upstream Rust services: publishes envelopes to `<prefix>.events`.
 #[derive(Clone)]
 pub struct EventPublisher {
-    publisher: Publisher,
+    source: Source,
     exchange: String,
 }
 
+#[derive(Clone)]
+enum Source {
+    /// A channel the caller opened: no failover.
+    Fixed(Publisher),
+    /// Its own connection through a [`Connector`], replaced on the next node when lost.
+    Nodes(Arc<Failover>),
+}
+
+struct Failover {
+    connector: Connector,
+    timeout: Duration,
+    // A tokio Mutex: held across the reconnect, so that concurrent publishes share one.
+    current: tokio::sync::Mutex<Option<Current>>,
+}
+
+struct Current {
+    connection: Connection,
+    publisher: Publisher,
+    node: NodeId,
+}
+
 impl EventPublisher {
+    /// On a channel the caller manages (no failover).
     pub fn new(publisher: Publisher, prefix: &str) -> Self {
         EventPublisher {
-            publisher,
+            source: Source::Fixed(publisher),
             exchange: format!("{prefix}.events"),
         }
     }
 
-    /// Connects its own connection and confirm channel.
+    /// Connects its own connection and confirm channel through `connector` (the first usable
+    /// node); a publish that is not confirmed is retried on the next node. `timeout` bounds each
+    /// confirm, and each reconnect.
     pub async fn connect(
-        amqp_url: &str,
+        connector: &Connector,
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let connection = super::connect(amqp_url, "hookrelay publisher").await?;
-        Ok(Self::new(
-            Publisher::new(&connection, timeout).await?,
-            prefix,
-        ))
+        let failover = Failover {
+            connector: connector.clone(),
+            timeout,
+            current: tokio::sync::Mutex::new(None),
+        };
+        failover.publisher(false).await?;
+        Ok(EventPublisher {
+            source: Source::Nodes(Arc::new(failover)),
+            exchange: format!("{prefix}.events"),
+        })
     }
 
     /// Publishes one event and returns it as sent, once the broker confirmed it.
     pub async fn publish(&self, event: NewEvent) -> Result<Event, PublishError> {
         let event = event.into_event();
         let body = event.to_envelope_json();
-        self.publisher
-            .publish(Outgoing {
-                exchange: &self.exchange,
-                routing_key: event.event_type.label(),
-                body: body.as_bytes(),
-                message_id: Some(event.id.as_str()),
-                content_type: "application/json",
-                headers: Headers::default(),
-                expiration_ms: None,
-            })
-            .await?;
+        let outgoing = || Outgoing {
+            exchange: &self.exchange,
+            routing_key: event.event_type.label(),
+            body: body.as_bytes(),
+            message_id: Some(event.id.as_str()),
+            content_type: "application/json",
+            headers: Headers::default(),
+            expiration_ms: None,
+        };
+        match &self.source {
+            Source::Fixed(publisher) => publisher.publish(outgoing()).await?,
+            Source::Nodes(failover) => failover.publish(outgoing).await?,
+        }
         Ok(event)
+    }
+
+    /// Closes the connection it opened, if any.
+    pub async fn close(&self) {
+        if let Source::Nodes(failover) = &self.source {
+            if let Some(current) = failover.current.lock().await.take() {
+                let _ = current.connection.close(200, "done".into()).await;
+            }
+        }
+    }
+}
+
+impl Failover {
+    /// One try per node, plus one: enough to go round a cluster once whatever failed first.
+    fn attempts(&self) -> usize {
+        self.connector.nodes().len() + 1
+    }
+
+    async fn publish<'a>(&self, outgoing: impl Fn() -> Outgoing<'a>) -> Result<(), PublishError> {
+        let mut last = None;
+        for attempt in 0..self.attempts() {
+            let (publisher, node) = self.publisher(attempt > 0).await?;
+            match publisher.publish(outgoing()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_final() => return Err(e),
+                Err(e) => {
+                    // Unconfirmed (connection lost, nack, no confirm in time): the broker may or
+                    // may not have it, so send it again elsewhere; a duplicate is allowed, a
+                    // loss is not.
+                    tracing::warn!(error = %e, "publish not confirmed; retrying on the next node");
+                    self.discard(node).await;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt was made"))
+    }
+
+    /// The current confirm channel, or a new one on the next usable node.
+    async fn publisher(&self, retrying: bool) -> Result<(Publisher, NodeId), PublishError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            if c.connection.status().connected() && c.publisher.channel().status().connected() {
+                return Ok((c.publisher.clone(), c.node));
+            }
+        }
+        if let Some(c) = current.take() {
+            self.connector.lost(c.node);
+        }
+        let mut last = None;
+        // A node that is shutting down may accept the connection and then drop it before the
+        // channel is open: that is one more node to move past, not a failed publish.
+        for _ in 0..self.attempts() {
+            let connected = match retrying {
+                // Going round the nodes with backoff: the one that failed may be coming back.
+                true => {
+                    self.connector
+                        .connect_within("hookrelay publisher", self.timeout)
+                        .await?
+                }
+                false => self.connector.connect("hookrelay publisher").await?,
+            };
+            match Publisher::new(&connected.connection, self.timeout).await {
+                Ok(publisher) => {
+                    *current = Some(Current {
+                        connection: connected.connection,
+                        publisher: publisher.clone(),
+                        node: connected.node,
+                    });
+                    return Ok((publisher, connected.node));
+                }
+                Err(e) => {
+                    self.connector.lost(connected.node);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt was made").into())
+    }
+
+    /// Drops the connection on `node` (if it is still the current one) and moves past it.
+    async fn discard(&self, node: NodeId) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| c.node == node) {
+            if let Some(c) = current.take() {
+                // Closing a lost connection waits for an answer that may never come.
+                let close = c.connection.close(320, "publish not confirmed".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+            }
+        }
+        self.connector.lost(node);
     }
 }

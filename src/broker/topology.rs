@@ -164,6 +164,9 @@ fn quorum_arguments(delivery_limit: u32, dead_letter_to: &str) -> FieldTable {
     let mut args = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
     // Quorum: replicated and durable; the only queue type RabbitMQ 4.x keeps first-class.
+    // No x-quorum-initial-group-size: the broker's default places members on the cluster's
+    // nodes (3 members on a 3-node RabbitMQ 3.10.8 cluster: `rabbitmq-queues quorum_status`
+    // in scripts/brokers.sh), so every queue survives the loss of one node.
     args.insert(ShortString::from("x-queue-type"), text("quorum"));
     // Explicit and positive: a message returned this often is dead-lettered, not dropped.
     args.insert(

@@ -213,9 +213,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 
 async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let topology = crate::broker::topology::Topology::from_settings(settings);
-    let conn = crate::broker::connect(&settings.amqp.url, "hookrelay topology")
+    let conn = crate::broker::Connector::new(&settings.amqp)
+        .connect("hookrelay topology")
         .await
-        .map_err(exit::Unavailable::rabbitmq)?;
+        .map_err(exit::Unavailable::rabbitmq)?
+        .connection;
     let channel = conn.create_channel().await?;
     topology
         .declare(&channel)

@@ -39,12 +39,12 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
         None => None,
     };
     let publisher = EventPublisher::connect(
-        &settings.amqp.url,
+        &crate::broker::Connector::new(&settings.amqp),
         &settings.amqp.prefix,
         settings.amqp.publish_timeout,
     )
     .await
-    .context("connecting to RabbitMQ (amqp.url)")?;
+    .context("connecting to RabbitMQ (amqp.url / amqp.urls)")?;
     let event = publisher
         .publish(NewEvent {
             id,
@@ -57,6 +57,7 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
         .context(
             "publishing (is the topology declared? run a worker or `hookrelay topology declare`)",
         )?;
+    publisher.close().await;
     if args.json {
         let envelope: serde_json::Value = serde_json::from_str(&event.to_envelope_json())?;
         super::print_json(&envelope);

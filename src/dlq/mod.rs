@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 /// and Redis failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot reach RabbitMQ")]
-    Connect(#[source] lapin::Error),
     #[error("queue {0} cannot be read (is the topology declared?)")]
     NoQueue(String, #[source] lapin::Error),
     #[error("the broker ended the consumer on {0}")]
@@ -48,6 +46,8 @@ pub enum DlqError {
     Output(#[source] std::io::Error),
     #[error("talking to RabbitMQ")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::broker::ConnectError),
     #[error("looking up a webhook")]
     Store(#[from] StoreError),
 }
@@ -201,20 +201,19 @@ pub struct Dlq {
 impl Dlq {
     pub async fn connect(settings: &Settings) -> Result<Dlq, DlqError> {
         let topology = Topology::from_settings(settings);
-        Self::connect_to(&settings.amqp.url, topology, settings.amqp.publish_timeout).await
+        let connector = crate::broker::Connector::new(&settings.amqp);
+        Self::connect_to(&connector, topology, settings.amqp.publish_timeout).await
     }
 
-    /// Connects to `url` for the deployment named by `topology`.
+    /// Connects through `connector` for the deployment named by `topology`.
     pub async fn connect_to(
-        url: &str,
+        connector: &crate::broker::Connector,
         topology: Topology,
         publish_timeout: Duration,
     ) -> Result<Dlq, DlqError> {
         // The prefix in the name lets on-call (and tests) find this connection in the UI.
         let name = format!("hookrelay dlq {}", topology.prefix);
-        let conn = crate::broker::connect(url, &name)
-            .await
-            .map_err(DlqError::Connect)?;
+        let conn = connector.connect(&name).await?.connection;
         Ok(Dlq {
             conn,
             topology,

@@ -9,6 +9,7 @@ pub mod endpoints;
 mod handle;
 mod session;
 
+use crate::broker::connect::Connector;
 use crate::broker::topology::Topology;
 use crate::config::Settings;
 use crate::delivery::policy::RetrySchedule;
@@ -46,6 +47,8 @@ impl RunningWorker {
 /// What outlives a broker session: the cache, the HTTP client, endpoint states, the log.
 struct Parts {
     settings: Settings,
+    /// Shared by every session, so that a reconnect starts after the node that was lost.
+    connector: Connector,
     topology: Topology,
     cache: Arc<SubscriptionCache>,
     deliverer: Deliverer,
@@ -83,12 +86,22 @@ impl Parts {
             .with_jitter()
             .without_max_times()
             .with_total_delay(Some(self.settings.amqp.reconnect_timeout));
-        let open = || Session::open(&self.settings, &self.topology, |p| self.ctx(p));
-        let attempt = open.retry(backoff).notify(|e, wait| {
+        let open = || {
+            Session::open(&self.settings, &self.connector, &self.topology, |p| {
+                self.ctx(p)
+            })
+        };
+        // A certificate that does not verify or a broker too old will not change by waiting:
+        // stop with the reason (the supervisor shows it) rather than retry for a minute.
+        let permanent = |e: &anyhow::Error| {
+            e.downcast_ref::<crate::broker::ConnectError>()
+                .is_some_and(|e| e.is_permanent())
+        };
+        let attempt = open.retry(backoff).when(|e| !permanent(e)).notify(|e, wait| {
             tracing::warn!(error = %format!("{e:#}"), ?wait, "broker unavailable; reconnecting");
         });
         tokio::select! {
-            r = attempt => r.context("no broker session within amqp.reconnect_timeout"),
+            r = attempt => r.context("no broker session (amqp.url / amqp.urls)"),
             _ = self.shutdown.cancelled() => anyhow::bail!("shut down while connecting"),
         }
     }
@@ -121,6 +134,7 @@ pub async fn start(
         );
     }
     let parts = Parts {
+        connector: Connector::new(&settings.amqp),
         topology: Topology::from_settings(&settings),
         cache,
         deliverer: Deliverer::new(&settings.delivery)?,
@@ -184,6 +198,7 @@ async fn run(
             Ended::Lost(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "broker session lost; reconnecting");
                 metrics::counter!("hookrelay_broker_reconnects_total").increment(1);
+                parts.connector.lost(session.node);
                 session.abandon().await;
                 (session, ctx) = parts.open_session().await?;
                 tracing::info!("broker session restored; consuming again");

@@ -5,6 +5,7 @@
 
 use super::handle::{Ctx, HandleError};
 use crate::broker::acks::{AckBatcher, Settle};
+use crate::broker::connect::{Connector, NodeId};
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::config::Settings;
@@ -23,9 +24,9 @@ use tokio_util::task::TaskTracker;
 /// How often the session checks that both connections are still up.
 const WATCH: Duration = Duration::from_millis(500);
 
-/// A broker that accepts TCP but does not finish the AMQP handshake (still booting, or
-/// overloaded) must not hold a reconnect forever.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Opening a session (two connections, the declarations, the consumers) must not hold a
+/// reconnect forever; each connection attempt has its own, shorter bound in the connector.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Closing a lost connection waits for an answer that may never come.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,6 +48,8 @@ struct Consuming {
 }
 
 pub struct Session {
+    /// Both connections are on this node (the connector stays on a node that works).
+    pub node: NodeId,
     consume_conn: Connection,
     publish_conn: Connection,
     consumers: Vec<Consuming>,
@@ -62,12 +65,13 @@ impl Session {
     /// Connects, declares and starts consuming. `ctx` gets this session's publisher.
     pub async fn open(
         settings: &Settings,
+        connector: &Connector,
         topology: &Topology,
         make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
     ) -> anyhow::Result<(Session, Arc<Ctx>)> {
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Self::open_now(settings, topology, make_ctx),
+            Self::open_now(settings, connector, topology, make_ctx),
         )
         .await
         .context("the broker did not complete the handshake in time")?
@@ -75,17 +79,16 @@ impl Session {
 
     async fn open_now(
         settings: &Settings,
+        connector: &Connector,
         topology: &Topology,
         make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
     ) -> anyhow::Result<(Session, Arc<Ctx>)> {
         // Named with the prefix, so on-call can tell deployments apart in the management UI.
         let name = |role: &str| format!("hookrelay worker {} ({role})", topology.prefix);
-        let consume_conn = crate::broker::connect(&settings.amqp.url, &name("consume"))
-            .await
-            .context("connecting to RabbitMQ (amqp.url)")?;
-        let publish_conn = crate::broker::connect(&settings.amqp.url, &name("publish"))
-            .await
-            .context("connecting to RabbitMQ (amqp.url)")?;
+        let first = connector.connect(&name("consume")).await?;
+        let publish_conn = connector.connect(&name("publish")).await?.connection;
+        let (consume_conn, node) = (first.connection, first.node);
+        tracing::info!(node = %connector.node(node), version = %first.version, "connected to RabbitMQ");
         let declare = consume_conn.create_channel().await?;
         topology
             .declare(&declare)
@@ -112,6 +115,7 @@ impl Session {
         ];
         Ok((
             Session {
+                node,
                 consume_conn,
                 publish_conn,
                 consumers,

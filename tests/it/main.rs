@@ -15,5 +15,6 @@ mod helpers;
 mod hostile;
 mod isolation;
 mod metrics;
+mod nodes;
 mod subscriptions;
 mod targets;
