@@ -3,7 +3,7 @@
 use crate::config::Settings;
 use crate::event::AccountId;
 use crate::subscription::store::{NewWebhook, Store, WebhookPatch};
-use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
+use crate::subscription::{EventFilter, Format, RateLimit, Webhook, WebhookId, WebhookUrl};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -20,7 +20,7 @@ pub enum WebhooksAction {
     },
     /// Show one webhook (without its secret).
     Show(IdArgs),
-    /// Change a webhook's url, events, format, enabled or description.
+    /// Change a webhook's url, events, format, enabled, description or rate limit.
     Update(UpdateArgs),
     /// Delete a webhook.
     Remove(IdArgs),
@@ -41,6 +41,9 @@ pub struct AddArgs {
     format: Format,
     #[arg(long, default_value = "")]
     description: String,
+    /// Deliveries per second across all workers, 1 to 10000 (default: no limit).
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<RateLimit>,
     #[arg(long)]
     json: bool,
 }
@@ -65,8 +68,22 @@ pub struct UpdateArgs {
     enabled: Option<bool>,
     #[arg(long)]
     description: Option<String>,
+    /// Deliveries per second, 1 to 10000, or `none` to remove the limit.
+    #[arg(long, value_name = "N|none", value_parser = parse_rate_limit)]
+    rate_limit: Option<Limit>,
     #[arg(long)]
     json: bool,
+}
+
+/// `--rate-limit` of `update`: a limit, or none.
+#[derive(Clone, Debug)]
+struct Limit(Option<RateLimit>);
+
+fn parse_rate_limit(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" => Ok(Limit(None)),
+        n => n.parse().map(|r| Limit(Some(r))).map_err(|e| e.to_string()),
+    }
 }
 
 fn parse_events(text: &str) -> anyhow::Result<EventFilter> {
@@ -93,6 +110,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
                 events: parse_events(&a.events)?,
                 format: a.format,
                 description: a.description,
+                rate_limit: a.rate_limit,
             };
             let webhook = store.create(&a.account, new).await?;
             print_one(&webhook, a.json, true);
@@ -123,6 +141,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
                 format: a.format,
                 enabled: a.enabled,
                 description: a.description,
+                rate_limit: a.rate_limit.map(|l| l.0),
             };
             let webhook = store.update(&account, &a.id, patch).await?;
             print_one(&webhook, a.json, false);
@@ -164,8 +183,12 @@ fn print_line(w: &Webhook) {
         (false, Some(reason)) => format!("disabled ({reason})"),
         (false, None) => "disabled".to_owned(),
     };
+    let limit = w
+        .rate_limit
+        .map(|r| format!("  {}/s", r.per_second()))
+        .unwrap_or_default();
     println!(
-        "{}  {}  [{}]  {:?}  {}",
+        "{}  {}  [{}]  {:?}  {}{limit}",
         w.id,
         w.url.as_str(),
         w.events.labels().join(","),

@@ -4,12 +4,13 @@
 //! - `<prefix>:{A}:webhooks`  hash webhook id → webhook JSON
 //! - `<prefix>:{A}:urls`      hash url → webhook id (no duplicate URL in an account)
 //! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
+//! - `<prefix>:{A}:rate:<id>` a rate-limited webhook's next free slot (`worker::rate_limit`)
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
 //!
 //! With `redis.secret_key` set, the secrets in the webhook JSON are sealed (XChaCha20-Poly1305,
 //! bound to the account and webhook id); secrets stored in plain text stay readable.
 
-use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
+use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
 use crate::delivery::signing::Secret;
@@ -133,6 +134,7 @@ pub struct NewWebhook {
     pub events: EventFilter,
     pub format: Format,
     pub description: String,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl NewWebhook {
@@ -150,6 +152,7 @@ impl NewWebhook {
             description: self.description,
             created_at: Utc::now(),
             disabled_reason: None,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -162,6 +165,8 @@ pub struct WebhookPatch {
     pub format: Option<Format>,
     pub enabled: Option<bool>,
     pub description: Option<String>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// The stored form; the secret is kept because workers sign with it.
@@ -182,6 +187,8 @@ struct Stored {
     created_at: DateTime<Utc>,
     #[serde(default)]
     disabled_reason: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
 }
 
 /// Seals secrets at rest with `redis.secret_key`. A sealed secret is `sealed:v1:` and the base64
@@ -266,6 +273,7 @@ impl Stored {
             description: w.description.clone(),
             created_at: w.created_at,
             disabled_reason: w.disabled_reason.clone(),
+            rate_limit: w.rate_limit,
         }
     }
 
@@ -290,6 +298,7 @@ impl Stored {
             description: self.description,
             created_at: self.created_at,
             disabled_reason: self.disabled_reason,
+            rate_limit: self.rate_limit,
         })
     }
 }
@@ -450,6 +459,11 @@ impl Store {
     /// Since when (Unix seconds) a webhook's attempts fail without a success; absent if not.
     pub fn failing_key(&self, account: &AccountId, id: &WebhookId) -> String {
         format!("{}:{{{}}}:failing:{}", self.prefix, account, id)
+    }
+
+    /// The shared rate-limit state of one webhook (see `worker::rate_limit`).
+    pub fn rate_limit_key(&self, account: &AccountId, id: &WebhookId) -> String {
+        format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
     }
 
     /// Runs a pipeline whose replies are ignored.
@@ -706,6 +720,9 @@ impl Store {
                 if let Some(description) = &patch.description {
                     w.description = description.clone();
                 }
+                if let Some(rate_limit) = patch.rate_limit {
+                    w.rate_limit = rate_limit;
+                }
                 if let Some(enabled) = patch.enabled {
                     w.enabled = enabled;
                     if enabled {
@@ -773,6 +790,7 @@ impl Store {
         let keys = [
             self.attempts_key(account, id),
             self.failing_key(account, id),
+            self.rate_limit_key(account, id),
         ];
         self.timed(conn.del::<_, ()>(&keys)).await?;
         self.drop_index(id).await

@@ -12,5 +12,6 @@ mod faults;
 mod helpers;
 mod hostile;
 mod isolation;
+mod rate_limit;
 mod subscriptions;
 mod targets;
