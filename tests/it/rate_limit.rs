@@ -414,3 +414,65 @@ async fn a_limit_set_through_the_store_reads_back_and_leaves_with_the_webhook() 
     assert!(!left, "the limit's state goes with the webhook");
     store.purge_prefix().await.unwrap();
 }
+
+fn cli(prefix: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(args)
+        .env("HOOKRELAY__REDIS__URL", REDIS_URL)
+        .env("HOOKRELAY__REDIS__PREFIX", prefix)
+        .output()
+        .expect("hookrelay runs")
+}
+
+#[tokio::test]
+async fn the_cli_sets_shows_and_removes_a_rate_limit() {
+    let prefix = test_prefix();
+    let add = |limit: &str| {
+        let url = format!("https://example.com/{limit}");
+        let args = [
+            "webhooks",
+            "add",
+            "--account",
+            "a1",
+            "--url",
+            &url,
+            "--events",
+            "*",
+            "--rate-limit",
+            limit,
+            "--json",
+        ];
+        cli(&prefix, &args)
+    };
+
+    for bad in ["0", "10001", "fast"] {
+        let out = add(bad);
+        assert!(!out.status.success(), "--rate-limit {bad} is refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--rate-limit"), "{stderr}");
+    }
+    let out = add("50");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["rate_limit"], 50);
+    let id = created["id"].as_str().unwrap();
+    let listed = cli(&prefix, &["webhooks", "list", "--account", "a1"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("50/s"));
+
+    let out = cli(
+        &prefix,
+        &["webhooks", "update", id, "--rate-limit", "none", "--json"],
+    );
+    let updated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(updated["rate_limit"], serde_json::Value::Null);
+
+    limiter_store(&prefix, REDIS_URL)
+        .await
+        .purge_prefix()
+        .await
+        .unwrap();
+}
