@@ -209,29 +209,10 @@ impl Ctx {
         history: &History,
     ) -> Result<(), HandleError> {
         let made = attempt.saturating_sub(1);
-        if let Some(limit) = webhook.rate_limit {
-            // A rate-limit wait is by design, not a sign of trouble: always the first step,
-            // and it does not lengthen the endpoint's later deferrals.
-            let deferral = self.schedule.deferral(0, rand::random());
-            let pass = self
-                .rate_limits
-                .admit(
-                    &webhook.account_id,
-                    &webhook.id,
-                    limit,
-                    deferral.is_some(),
-                    &self.shutdown,
-                )
+        if let Some(next) = self.pace(webhook).await? {
+            return self
+                .defer(webhook, event, made, history, next, Why::RateLimit)
                 .await;
-            match (pass, deferral) {
-                (Pass::Go, _) | (Pass::Defer, None) => {}
-                (Pass::Defer, Some(next)) => {
-                    return self
-                        .defer(webhook, event, made, history, next, Why::RateLimit)
-                        .await;
-                }
-                (Pass::ShuttingDown, _) => return Err(HandleError::ShuttingDown),
-            }
         }
         let permit = match self.endpoints.admit(&webhook.id).await {
             Admission::Go(permit) => Some(permit),
@@ -276,6 +257,33 @@ impl Ctx {
                 );
                 self.publish_dead(reason, dying).await
             }
+        }
+    }
+
+    /// Waits for the webhook's rate-limit slot, if it has a limit; `Some(next)`: no slot soon,
+    /// the delivery waits in that delay queue instead. A rate-limit wait is by design, not a
+    /// sign of trouble: always the first step, and it does not lengthen later deferrals.
+    async fn pace(&self, webhook: &Webhook) -> Result<Option<NextAttempt>, HandleError> {
+        let Some(limit) = webhook.rate_limit else {
+            return Ok(None);
+        };
+        // Without a delay queue the delivery waits in-process as long as it takes.
+        let deferral = self.schedule.deferral(0, rand::random());
+        let pass = self
+            .rate_limits
+            .admit(
+                &webhook.account_id,
+                &webhook.id,
+                limit,
+                deferral.is_some(),
+                &self.shutdown,
+            )
+            .await;
+        match pass {
+            Pass::Go => Ok(None),
+            // Never without a deferral: `admit` was told whether it may defer.
+            Pass::Defer => Ok(deferral),
+            Pass::ShuttingDown => Err(HandleError::ShuttingDown),
         }
     }
 
