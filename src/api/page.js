@@ -167,6 +167,9 @@
     const description = item.querySelector(".description");
     description.textContent = w.description;
     description.hidden = !w.description;
+    const limit = item.querySelector(".rate-limit");
+    limit.textContent = w.rate_limit ? "At most " + w.rate_limit + " deliveries per second" : "";
+    limit.hidden = !w.rate_limit;
     const chips = item.querySelector(".chips");
     const labels = w.events.length === 1 && w.events[0] === "*" ? ["All events"] : w.events;
     for (const label of labels) {
@@ -412,9 +415,16 @@
       flash("Choose at least one event type, or All events.");
       return;
     }
+    const rateLimit = $("rate-limit").value.trim();
+    if (rateLimit && !/^[0-9]+$/.test(rateLimit)) {
+      flash("The rate limit is a whole number of deliveries per second, 1 to 10,000, or empty for none.");
+      $("rate-limit").focus();
+      return;
+    }
     const body = { url, events, format: $("format").value };
     const description = $("description").value.trim();
     if (description) body.description = description;
+    if (rateLimit) body.rate_limit = Number(rateLimit);
     $("add-submit").disabled = true;
     try {
       const created = await api("POST", accountPath() + "/webhooks", body);

@@ -8,7 +8,7 @@ use super::AppState;
 use crate::config::DeliverySettings;
 use crate::delivery::guard;
 use crate::subscription::store::{NewWebhook, WebhookPatch};
-use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
+use crate::subscription::{EventFilter, Format, RateLimit, Webhook, WebhookId, WebhookUrl};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -70,6 +70,9 @@ pub struct WebhookView {
     pub created_at: String,
     /// Why hookrelay disabled it (e.g. `gone`); null when enabled.
     pub disabled_reason: Option<String>,
+    /// Deliveries per second to this URL across all workers together; null: no limit.
+    #[schema(example = 50, minimum = 1, maximum = 10000)]
+    pub rate_limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
     pub secret: Option<String>,
@@ -93,6 +96,7 @@ impl WebhookView {
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             disabled_reason: w.disabled_reason.clone(),
+            rate_limit: w.rate_limit.map(RateLimit::per_second),
             secret: with_secret.then(|| w.secret.expose().to_owned()),
         }
     }
@@ -116,6 +120,10 @@ pub struct CreateWebhook {
     /// `standard` (default) or `inplayer`.
     pub format: Option<String>,
     pub description: Option<String>,
+    /// Deliveries per second, 1 to 10,000, across all workers together; null or left out: no
+    /// limit. A delivery over the limit waits (not counted as an attempt), it is never dropped.
+    #[schema(example = 50, minimum = 1, maximum = 10000)]
+    pub rate_limit: Option<u64>,
 }
 
 /// Change some fields of a webhook; those left out stay as they are.
@@ -128,6 +136,15 @@ pub struct UpdateWebhook {
     /// Enabling clears `disabled_reason`.
     pub enabled: Option<bool>,
     pub description: Option<String>,
+    /// Deliveries per second, 1 to 10,000; null removes the limit; left out: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, example = 50, minimum = 1, maximum = 10000)]
+    pub rate_limit: Option<Option<u64>>,
+}
+
+/// A field that may be null: `Some(None)` when it is null, `None` when it is left out.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/webhooks", tag = "webhooks",
@@ -174,6 +191,7 @@ pub async fn create_webhook(
         events: parse_events(&body.events)?,
         format: parse_format(body.format.as_deref().unwrap_or("standard"))?,
         description: parse_description(body.description.unwrap_or_default())?,
+        rate_limit: body.rate_limit.map(parse_rate_limit).transpose()?,
     };
     let webhook = state.store.create(&account, new).await?;
     tracing::info!(account_id = %account, webhook_id = %webhook.id, "webhook created");
@@ -224,6 +242,10 @@ pub async fn update_webhook(
         format: body.format.as_deref().map(parse_format).transpose()?,
         enabled: body.enabled,
         description: body.description.map(parse_description).transpose()?,
+        rate_limit: body
+            .rate_limit
+            .map(|r| r.map(parse_rate_limit).transpose())
+            .transpose()?,
     };
     let webhook = state.store.update(&account, &id, patch).await?;
     tracing::info!(account_id = %account, webhook_id = %id, "webhook updated");
@@ -302,6 +324,10 @@ fn parse_format(text: &str) -> Result<Format, ApiError> {
         .map_err(|e: String| ApiError::invalid("invalid_format", e))
 }
 
+fn parse_rate_limit(per_second: u64) -> Result<RateLimit, ApiError> {
+    RateLimit::new(per_second).map_err(|e| ApiError::invalid("invalid_rate_limit", e.to_string()))
+}
+
 fn parse_description(text: String) -> Result<String, ApiError> {
     if text.chars().count() > MAX_DESCRIPTION {
         return Err(ApiError::invalid(
@@ -336,11 +362,26 @@ mod tests {
             description: "d".into(),
             created_at: chrono::Utc::now(),
             disabled_reason: Some("gone".into()),
+            rate_limit: Some(RateLimit::new(50).unwrap()),
         };
         for with_secret in [false, true] {
             let view = serde_json::to_value(WebhookView::of(&webhook, with_secret)).unwrap();
             assert_eq!(view, webhook.to_json(with_secret));
         }
+    }
+
+    #[test]
+    fn a_rate_limit_left_out_null_or_set_are_three_different_updates() {
+        let parse = |json: &str| {
+            serde_json::from_str::<UpdateWebhook>(json)
+                .unwrap()
+                .rate_limit
+        };
+        assert_eq!(parse("{}"), None);
+        assert_eq!(parse(r#"{"rate_limit": null}"#), Some(None));
+        assert_eq!(parse(r#"{"rate_limit": 50}"#), Some(Some(50)));
+        assert!(parse_rate_limit(0).is_err());
+        assert!(parse_rate_limit(10_001).is_err());
     }
 
     #[test]

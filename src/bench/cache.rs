@@ -46,6 +46,7 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
         events: EventFilter::parse(&["payment.card.success", "subscribe.success"])?,
         format: Format::Standard,
         description: "bench".to_owned(),
+        rate_limit: None,
     };
     store.seed(&with_webhook, &new).await?;
 

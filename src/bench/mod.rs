@@ -168,6 +168,7 @@ impl Bench {
                                 events: EventFilter::All,
                                 format: Format::Standard,
                                 description: "hookrelay bench".into(),
+                                rate_limit: None,
                             },
                         )
                         .await?;

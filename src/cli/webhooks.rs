@@ -6,7 +6,7 @@ use crate::dlq::status::{account_status, AccountStatus, StatusOptions};
 use crate::dlq::Dlq;
 use crate::event::AccountId;
 use crate::subscription::store::{NewWebhook, Store, WebhookPatch};
-use crate::subscription::{EventFilter, Format, Webhook, WebhookId, WebhookUrl};
+use crate::subscription::{EventFilter, Format, RateLimit, Webhook, WebhookId, WebhookUrl};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -29,8 +29,10 @@ pub enum WebhooksAction {
     /// Show one webhook (without its secret).
     #[command(after_help = "Example:\n  hookrelay webhooks show wh_2b1f9c3e --json")]
     Show(IdArgs),
-    /// Change a webhook's url, events, format, enabled or description.
-    #[command(after_help = "Example:\n  hookrelay webhooks update wh_2b1f9c3e --enabled true")]
+    /// Change a webhook's url, events, format, enabled, description or rate limit.
+    #[command(
+        after_help = "Example:\n  hookrelay webhooks update wh_2b1f9c3e --enabled true --rate-limit 50"
+    )]
     Update(UpdateArgs),
     /// Delete a webhook.
     #[command(after_help = "Example:\n  hookrelay webhooks remove wh_2b1f9c3e")]
@@ -74,6 +76,9 @@ pub struct AddArgs {
     format: Format,
     #[arg(long, default_value = "")]
     description: String,
+    /// Deliveries per second across all workers, 1 to 10000 (default: no limit).
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<RateLimit>,
     #[arg(long)]
     json: bool,
 }
@@ -98,8 +103,22 @@ pub struct UpdateArgs {
     enabled: Option<bool>,
     #[arg(long)]
     description: Option<String>,
+    /// Deliveries per second, 1 to 10000, or `none` to remove the limit.
+    #[arg(long, value_name = "N|none", value_parser = parse_rate_limit)]
+    rate_limit: Option<Limit>,
     #[arg(long)]
     json: bool,
+}
+
+/// `--rate-limit` of `update`: a limit, or none.
+#[derive(Clone, Debug)]
+struct Limit(Option<RateLimit>);
+
+fn parse_rate_limit(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" => Ok(Limit(None)),
+        n => n.parse().map(|r| Limit(Some(r))).map_err(|e| e.to_string()),
+    }
 }
 
 fn parse_events(text: &str) -> anyhow::Result<EventFilter> {
@@ -126,6 +145,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
                 events: parse_events(&a.events)?,
                 format: a.format,
                 description: a.description,
+                rate_limit: a.rate_limit,
             };
             let webhook = store.create(&a.account, new).await?;
             print_one(&webhook, a.json, true);
@@ -155,6 +175,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
                 format: a.format,
                 enabled: a.enabled,
                 description: a.description,
+                rate_limit: a.rate_limit.map(|l| l.0),
             };
             let webhook = store.update(&account, &a.id, patch).await?;
             print_one(&webhook, a.json, false);
@@ -207,13 +228,16 @@ fn state(enabled: bool, reason: &Option<String>) -> String {
 }
 
 fn print_table(webhooks: &[Webhook]) {
-    let mut table = super::table(&["ID", "URL", "EVENTS", "FORMAT", "STATE"]);
+    let mut table = super::table(&["ID", "URL", "EVENTS", "FORMAT", "RATE LIMIT", "STATE"]);
     for w in webhooks {
         table.add_row(vec![
             w.id.to_string(),
             w.url.as_str().to_owned(),
             w.events.labels().join(","),
             format_name(w.format).to_owned(),
+            w.rate_limit
+                .map(|r| format!("{}/s", r.per_second()))
+                .unwrap_or_else(|| "-".to_owned()),
             state(w.enabled, &w.disabled_reason),
         ]);
     }

@@ -164,6 +164,54 @@ impl FromStr for Format {
     }
 }
 
+/// The most deliveries per second a webhook may ask for.
+pub const MAX_RATE_LIMIT: u32 = 10_000;
+
+/// A webhook's rate limit: deliveries per second to its URL across all workers together,
+/// 1..=[`MAX_RATE_LIMIT`] (DESIGN §5). No limit is `None` where it is used, never zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u32")]
+pub struct RateLimit(u32);
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rate_limit must be a whole number of deliveries per second from 1 to {MAX_RATE_LIMIT}, or null for no limit")]
+pub struct RateLimitError;
+
+impl RateLimit {
+    pub fn new(per_second: u64) -> Result<Self, RateLimitError> {
+        match u32::try_from(per_second) {
+            Ok(n @ 1..=MAX_RATE_LIMIT) => Ok(RateLimit(n)),
+            _ => Err(RateLimitError),
+        }
+    }
+
+    pub fn per_second(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for RateLimit {
+    type Error = RateLimitError;
+
+    fn try_from(n: u64) -> Result<Self, RateLimitError> {
+        RateLimit::new(n)
+    }
+}
+
+impl From<RateLimit> for u32 {
+    fn from(r: RateLimit) -> u32 {
+        r.0
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = RateLimitError;
+
+    fn from_str(s: &str) -> Result<Self, RateLimitError> {
+        RateLimit::new(s.trim().parse().map_err(|_| RateLimitError)?)
+    }
+}
+
 /// Longest webhook URL, in characters of its normalised form (what is stored and sent).
 pub const MAX_URL_LEN: usize = 2048;
 
@@ -280,6 +328,8 @@ pub struct Webhook {
     pub description: String,
     pub created_at: DateTime<Utc>,
     pub disabled_reason: Option<String>,
+    /// Deliveries per second across all workers; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Webhook {
@@ -307,6 +357,7 @@ impl Webhook {
             "description": self.description,
             "created_at": self.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "disabled_reason": self.disabled_reason,
+            "rate_limit": self.rate_limit,
         });
         if with_secret {
             v["secret"] = self.secret.expose().into();
@@ -338,6 +389,20 @@ mod tests {
             EventFilter::parse(&["payment.cash"]),
             Err(FilterError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn a_rate_limit_is_one_to_ten_thousand_per_second() {
+        assert_eq!(RateLimit::new(1).unwrap().per_second(), 1);
+        assert_eq!("10000".parse::<RateLimit>().unwrap().per_second(), 10_000);
+        for bad in ["0", "10001", "-1", "1.5", "", "fast", "4294967297"] {
+            assert_eq!(bad.parse::<RateLimit>(), Err(RateLimitError), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<RateLimit>("0").is_err());
+        assert_eq!(
+            serde_json::to_string(&RateLimit::new(50).unwrap()).unwrap(),
+            "50"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! salvaged of a record that does not read.
 
 use super::secret::Secret;
-use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
+use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
 use crate::config::SecretKey;
 use crate::event::AccountId;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -96,6 +96,8 @@ pub(super) struct Stored {
     created_at: DateTime<Utc>,
     #[serde(default)]
     disabled_reason: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
 }
 
 /// Seals secrets at rest with `redis.secret_key`. A sealed secret is `sealed:v1:` and the base64
@@ -180,6 +182,7 @@ impl Stored {
             description: w.description.clone(),
             created_at: w.created_at,
             disabled_reason: w.disabled_reason.clone(),
+            rate_limit: w.rate_limit,
         }
     }
 
@@ -204,6 +207,7 @@ impl Stored {
             description: self.description,
             created_at: self.created_at,
             disabled_reason: self.disabled_reason,
+            rate_limit: self.rate_limit,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - `<prefix>:{A}:webhooks`  hash webhook id → webhook JSON
 //! - `<prefix>:{A}:urls`      hash url → webhook id (no duplicate URL in an account)
 //! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
+//! - `<prefix>:{A}:rate:<id>` a rate-limited webhook's next free slot (`worker::rate_limit`)
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
 //!
 //! - `<prefix>:secret-key-check` a value sealed with `redis.secret_key` ([`keycheck`]).
@@ -17,7 +18,7 @@ use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
 use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
 use super::secret::Secret;
-use super::{EventFilter, Format, PreviousSecret, Webhook, WebhookId, WebhookUrl};
+use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
 use crate::event::AccountId;
@@ -76,6 +77,7 @@ pub struct NewWebhook {
     pub events: EventFilter,
     pub format: Format,
     pub description: String,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl NewWebhook {
@@ -93,6 +95,7 @@ impl NewWebhook {
             description: self.description,
             created_at: Utc::now(),
             disabled_reason: None,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct WebhookPatch {
     pub format: Option<Format>,
     pub enabled: Option<bool>,
     pub description: Option<String>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// An account's webhooks as of one version.
@@ -192,6 +197,11 @@ impl Store {
     /// Since when (Unix seconds) a webhook's attempts fail without a success; absent if not.
     pub fn failing_key(&self, account: &AccountId, id: &WebhookId) -> String {
         format!("{}:{{{}}}:failing:{}", self.prefix, account, id)
+    }
+
+    /// The shared rate-limit state of one webhook (see `worker::rate_limit`).
+    pub fn rate_limit_key(&self, account: &AccountId, id: &WebhookId) -> String {
+        format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
     }
 
     /// Runs a pipeline whose replies are ignored.
@@ -448,6 +458,9 @@ impl Store {
                 if let Some(description) = &patch.description {
                     w.description = description.clone();
                 }
+                if let Some(rate_limit) = patch.rate_limit {
+                    w.rate_limit = rate_limit;
+                }
                 if let Some(enabled) = patch.enabled {
                     w.enabled = enabled;
                     if enabled {
@@ -515,6 +528,7 @@ impl Store {
         let keys = [
             self.attempts_key(account, id),
             self.failing_key(account, id),
+            self.rate_limit_key(account, id),
         ];
         self.timed(conn.del::<_, ()>(&keys)).await?;
         self.drop_index(id).await

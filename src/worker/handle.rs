@@ -4,6 +4,7 @@
 //! follow-up is confirmed, otherwise it comes back.
 
 use super::endpoints::{Admission, Endpoints};
+use super::rate_limit::{Pass, RateLimits};
 use crate::broker::headers;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
@@ -44,10 +45,20 @@ pub struct Ctx {
     pub schedule: RetrySchedule,
     pub attempt_log: AttemptLog,
     pub endpoints: Arc<Endpoints>,
+    pub rate_limits: Arc<RateLimits>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
     /// False while subscription lookups fail (the worker then reports not ready).
     pub redis_ok: Arc<AtomicBool>,
+}
+
+/// Why a delivery waits in a delay queue without an attempt.
+#[derive(Clone, Copy)]
+enum Why {
+    /// Slow or failing: each further deferral waits longer.
+    Endpoint,
+    /// Over its rate limit: always the first step.
+    RateLimit,
 }
 
 /// A message body and where it goes, for [`Ctx::publish`].
@@ -199,12 +210,19 @@ impl Ctx {
         attempt: u32,
         history: &History,
     ) -> Result<(), HandleError> {
+        let made = attempt.saturating_sub(1);
+        if let Some(next) = self.pace(webhook).await? {
+            return self
+                .defer(webhook, event, made, history, next, Why::RateLimit)
+                .await;
+        }
         let permit = match self.endpoints.admit(&webhook.id).await {
             Admission::Go(permit) => Some(permit),
             Admission::Defer => match self.schedule.deferral(history.deferrals, rand::random()) {
                 Some(next) => {
-                    let made = attempt.saturating_sub(1);
-                    return self.defer(webhook, event, made, history, next).await;
+                    return self
+                        .defer(webhook, event, made, history, next, Why::Endpoint)
+                        .await;
                 }
                 // Without a delay queue there is nowhere to wait: the request is made anyway.
                 None => None,
@@ -249,8 +267,35 @@ impl Ctx {
         }
     }
 
-    /// The endpoint is at its cap or its circuit is open: the delivery waits in a delay queue
-    /// without a request, and without counting an attempt.
+    /// Waits for the webhook's rate-limit slot, if it has a limit; `Some(next)`: no slot soon,
+    /// the delivery waits in that delay queue instead. A rate-limit wait is by design, not a
+    /// sign of trouble: always the first step, and it does not lengthen later deferrals.
+    async fn pace(&self, webhook: &Webhook) -> Result<Option<NextAttempt>, HandleError> {
+        let Some(limit) = webhook.rate_limit else {
+            return Ok(None);
+        };
+        // Without a delay queue the delivery waits in-process as long as it takes.
+        let deferral = self.schedule.deferral(0, rand::random());
+        let pass = self
+            .rate_limits
+            .admit(
+                &webhook.account_id,
+                &webhook.id,
+                limit,
+                deferral.is_some(),
+                &self.shutdown,
+            )
+            .await;
+        match pass {
+            Pass::Go => Ok(None),
+            // Never without a deferral: `admit` was told whether it may defer.
+            Pass::Defer => Ok(deferral),
+            Pass::ShuttingDown => Err(HandleError::ShuttingDown),
+        }
+    }
+
+    /// The endpoint is slow, its circuit is open or its rate limit has no slot soon: the
+    /// delivery waits in a delay queue without a request, and without counting an attempt.
     async fn defer(
         &self,
         webhook: &Webhook,
@@ -258,16 +303,24 @@ impl Ctx {
         attempts_made: u32,
         history: &History,
         next: NextAttempt,
+        why: Why,
     ) -> Result<(), HandleError> {
-        metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
-        tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow or circuit open: deferred");
+        let deferrals = match why {
+            Why::Endpoint => {
+                metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
+                tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow or circuit open: deferred");
+                history.deferrals.saturating_add(1)
+            }
+            // Counted in hookrelay_rate_limited_total{outcome="deferred"}.
+            Why::RateLimit => {
+                tracing::debug!(webhook_id = %webhook.id, attempts_made, "over the rate limit: deferred");
+                history.deferrals
+            }
+        };
         let job = DeliveryJob::new(event.envelope(), &webhook.id, webhook.url.as_str(), history);
         let headers = Headers::default()
             .int(header::ATTEMPTS, attempts_made.into())
-            .int(
-                header::DEFERRALS,
-                history.deferrals.saturating_add(1).into(),
-            );
+            .int(header::DEFERRALS, deferrals.into());
         self.publish_retry(&job, next, headers).await
     }
 

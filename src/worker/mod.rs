@@ -7,6 +7,7 @@
 
 pub mod endpoints;
 mod handle;
+pub mod rate_limit;
 mod session;
 
 use crate::broker::connect::Connector;
@@ -22,6 +23,7 @@ use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use endpoints::Endpoints;
 use handle::Ctx;
+use rate_limit::RateLimits;
 use session::{Ended, Session};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,7 @@ struct Parts {
     deliverer: Deliverer,
     attempt_log: AttemptLog,
     endpoints: Arc<Endpoints>,
+    rate_limits: Arc<RateLimits>,
     redis_ok: Arc<AtomicBool>,
     shutdown: CancellationToken,
 }
@@ -69,6 +72,7 @@ impl Parts {
             schedule: RetrySchedule::new(d.retry_schedule.clone()),
             attempt_log: self.attempt_log.clone(),
             endpoints: self.endpoints.clone(),
+            rate_limits: self.rate_limits.clone(),
             limits: crate::event::Limits {
                 max_bytes: d.max_event_bytes,
                 max_depth: d.max_event_depth,
@@ -138,6 +142,7 @@ pub async fn start(
         topology: Topology::from_settings(&settings),
         cache,
         deliverer: Deliverer::new(&settings.delivery)?,
+        rate_limits: RateLimits::new(store.clone(), settings.delivery.max_in_flight_per_webhook),
         attempt_log: AttemptLog::start(store, settings.delivery.disable_after),
         endpoints: Endpoints::new(
             settings.delivery.max_in_flight_per_webhook,

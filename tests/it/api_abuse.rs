@@ -386,6 +386,7 @@ async fn a_target_inside_the_network_is_refused_without_naming_it() {
                 events: hookrelay::subscription::EventFilter::All,
                 format: hookrelay::subscription::Format::Standard,
                 description: String::new(),
+                rate_limit: None,
             },
         )
         .await

@@ -344,6 +344,7 @@ async fn a_host_name_resolving_only_to_loopback_is_refused_by_the_resolver() {
                 events: hookrelay::subscription::EventFilter::All,
                 format: Format::Standard,
                 description: String::new(),
+                rate_limit: None,
             },
         )
         .await

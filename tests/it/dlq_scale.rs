@@ -300,6 +300,7 @@ async fn fill_a_dlq_for_the_figures() {
                     events: hookrelay::subscription::EventFilter::parse(&["*"]).unwrap(),
                     format: Format::Standard,
                     description: "figures".into(),
+                    rate_limit: None,
                 },
             )
             .await

@@ -258,6 +258,7 @@ impl TestApp {
                     events: EventFilter::parse(events).unwrap(),
                     format,
                     description: String::new(),
+                    rate_limit: None,
                 },
             )
             .await

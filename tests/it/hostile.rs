@@ -309,6 +309,7 @@ async fn a_worker_whose_secret_key_cannot_open_the_stored_secrets_refuses_to_sta
                 events: hookrelay::subscription::EventFilter::parse(&["*"]).unwrap(),
                 format: Format::Standard,
                 description: String::new(),
+                rate_limit: None,
             },
         )
         .await

@@ -16,5 +16,6 @@ mod hostile;
 mod isolation;
 mod metrics;
 mod nodes;
+mod rate_limit;
 mod subscriptions;
 mod targets;

@@ -14,6 +14,7 @@ fn new_webhook(url: &str) -> NewWebhook {
         events: EventFilter::All,
         format: Format::Standard,
         description: String::new(),
+        rate_limit: None,
     }
 }
 
