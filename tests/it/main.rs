@@ -20,6 +20,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod isolation;
+mod listen;
 mod retries;
 mod subscriptions;
 mod targets;
