@@ -597,7 +597,15 @@ worker_connections() {
   on_node timeout 30 rabbitmqctl -n "$NODE" -q list_connections --no-table-headers pid client_properties |
     { grep -F "hookrelay worker $PREFIX (" || true; } | cut -f1
 }
-no_worker_connection() { [[ -z $(worker_connections) ]]; }
+# none_open PID...: true when none of these connections is open any more (the workers reconnect
+# at once, under the same names, so only the connections' pids tell old from new).
+none_open() {
+  local open pid
+  open=$(worker_connections) || return 1
+  for pid in "$@"; do
+    [[ $'\n'$open$'\n' != *$'\n'$pid$'\n'* ]] || return 1
+  done
+}
 
 fault_close_connections() {
   local pids pid closed=0
@@ -609,7 +617,8 @@ fault_close_connections() {
     closed=$((closed + 1))
   done
   FAULT_END=$(now)
-  wait_until 10 no_worker_connection ||
+  # shellcheck disable=SC2086 # one pid per word, on purpose
+  wait_until 10 none_open $pids ||
     problem "harness: worker connections still open 10 s after closing them"
   log "force-closed $closed worker connections"
   ((closed >= 2 * ${#WPID[@]})) ||
