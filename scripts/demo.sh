@@ -4,8 +4,11 @@
 # demo account (Standard Webhooks JSON and the InPlayer form), and events of several types.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT=demo.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-command -v cargo >/dev/null || { echo "demo.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+have_all cargo || die "cargo not found; install Rust with rustup (https://rustup.rs)"
 scripts/services.sh
 echo "== building hookrelay (release)"
 cargo build --release --locked --quiet
@@ -67,8 +70,5 @@ for _ in $(seq 1 100); do
 done
 cat "$logs/received.txt"
 got=$(grep -c '^✔ verified' "$logs/received.txt" || true)
-if [[ "$got" -ne "$expected" ]]; then
-  echo "demo: expected $expected verified deliveries, got $got" >&2
-  exit 1
-fi
+[[ "$got" -eq "$expected" ]] || die "expected $expected verified deliveries, got $got"
 echo "== all $got deliveries arrived with valid signatures"

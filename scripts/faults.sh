@@ -10,6 +10,10 @@
 #      connections                              f) SIGTERM a worker mid-stream, start another
 #   c) restart RabbitMQ (stop + start the node)
 #
+# The receivers are hookrelay's own `hookrelay listen`, one per webhook with that webhook's
+# secret, printing a JSON line per delivery; what one answered 2xx it has printed, also when it is
+# stopped (src/listen.rs). Only the counting is Python (scripts/faults/analyze.py says why).
+#
 # Per scenario it prints one line (published, delivered, lost, duplicates, dead-lettered, time to
 # recover), then a final table recounted at the end, and exits non-zero if any scenario lost or
 # dead-lettered anything, had duplicates where none are allowed (only a, b and c may have them),
@@ -22,13 +26,14 @@
 #   CARGO_TARGET_DIR     respected when locating the built binary
 set -euo pipefail
 
-# Debian installs rabbitmqctl & co. in /usr/sbin, which is not on an ordinary user's PATH.
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+SCRIPT=faults
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # $EPOCHREALTIME with a "." whatever the caller's locale.
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
-readonly HELPERS="$ROOT/scripts/faults"
+readonly ANALYZE="$ROOT/scripts/faults/analyze.py"
 
 readonly NODE=hookrelay-faults@localhost
 readonly PREFIX=hrfaults
@@ -49,18 +54,9 @@ readonly EVENT_TYPES=(payment.card.success subscribe.success customer.registered
 
 T_START=$SECONDS
 log() { printf 'faults: [%3ds] %s\n' "$((SECONDS - T_START))" "$*"; }
-warn() { printf 'faults: warning: %s\n' "$*" >&2; }
-die() {
-  printf 'faults: error: %s\n' "$*" >&2
-  exit 1
-}
 now() { printf '%s' "$EPOCHREALTIME"; }
 
-SUDO=()
-if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-fi
-[[ $EUID -eq 0 || $(id -un) == rabbitmq || ${#SUDO[@]} -gt 0 ]] ||
+can_rabbit ||
   die "run as root or with sudo: Debian's RabbitMQ commands only run as root or rabbitmq"
 
 # --- the run's own places ----------------------------------------------------------------------
@@ -71,9 +67,9 @@ RABBIT_ENV=()
 RABBIT_PID=""
 REDIS_PORT=""
 REDIS_CMD=()
-RECEIVER_PORT=""
-RECEIVER_PID=""
-MGMT=""
+declare -A RECEIVER_PORT=() # webhook number -> the port of its `hookrelay listen`
+declare -A RECEIVER_PID=()  # webhook number -> pid, while it runs
+declare -A RECEIVER_SECRET=()
 declare -A WPID=()   # worker number -> pid, for the workers that should be running
 NEXT_WORKER=1
 PUBLISHER_PIDS=()
@@ -88,35 +84,24 @@ alive() {
 
 gone() { ! alive "$1"; }
 
-# wait_until SECONDS COMMAND...: retry COMMAND every 0.2 s until it succeeds or time runs out.
-wait_until() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
-
+# free_port VAR: sets VAR to a loopback port nobody listens on and this run has not handed out.
+declare -A TAKEN_PORTS=()
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-tcp_open() {
-  # shellcheck disable=SC2016 # $0 and $1 are expanded by the inner bash, on purpose.
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' 127.0.0.1 "$1" 2>/dev/null
+  local port _
+  for _ in {1..100}; do
+    port=$((20000 + RANDOM % 40000))
+    [[ -z ${TAKEN_PORTS[$port]:-} ]] && ! tcp_open 127.0.0.1 "$port" || continue
+    TAKEN_PORTS[$port]=1
+    printf -v "$1" '%s' "$port"
+    return 0
+  done
+  die "found no free port"
 }
 
 # Runs a Debian RabbitMQ wrapper with this run's node environment. The wrappers switch to the
 # rabbitmq user with su, which keeps the RABBITMQ_* variables and sets HOME=/var/lib/rabbitmq, so
 # the node and the CLI share that home's Erlang cookie. Fd 8 (the run lock) is not inherited.
-as_rabbit() {
-  if [[ $EUID -eq 0 || $(id -un) == rabbitmq ]]; then
-    env "${RABBIT_ENV[@]}" "$@" 8<&-
-  else
-    "${SUDO[@]}" env "${RABBIT_ENV[@]}" "$@" 8<&-
-  fi
-}
+on_node() { as_rabbit env "${RABBIT_ENV[@]}" "$@"; }
 # For processes that are not our children (the broker runs as rabbitmq): ps, not kill -0.
 pid_gone() { ! ps -p "$1" >/dev/null 2>&1; }
 # The lowest-numbered running worker.
@@ -154,7 +139,7 @@ cleanup() {
     stop_process "${WPID[$n]}" 15
     wait "${WPID[$n]}" 2>/dev/null
   done
-  [[ -n $RECEIVER_PID ]] && stop_process "$RECEIVER_PID" 10
+  receivers_stop
   if [[ -n $REDIS_PORT ]]; then
     timeout 10 redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
     [[ -s $WORK/redis/redis.pid ]] && stop_process "$(cat "$WORK/redis/redis.pid")" 5
@@ -175,29 +160,29 @@ trap 'exit 143' TERM
 
 # --- RabbitMQ: a node of our own ----------------------------------------------------------------
 
-rabbit_ping() { as_rabbit timeout 20 rabbitmq-diagnostics -n "$NODE" -q ping >/dev/null 2>&1; }
+rabbit_ping() { on_node timeout 20 rabbitmq-diagnostics -n "$NODE" -q ping >/dev/null 2>&1; }
 rabbit_gone() { ! rabbit_ping; }
 
 rabbit_ready() {
-  as_rabbit timeout 20 rabbitmqctl -n "$NODE" -q await_startup --timeout 15 >/dev/null 2>&1 &&
-    tcp_open "$AMQP_PORT" && tcp_open "$MGMT_PORT"
+  on_node timeout 20 rabbitmqctl -n "$NODE" -q await_startup --timeout 15 >/dev/null 2>&1 &&
+    tcp_open 127.0.0.1 "$AMQP_PORT"
 }
 
 rabbit_start() {
-  as_rabbit timeout 60 rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
+  on_node timeout 60 rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
     die "rabbitmq-server -detached failed; see $LOGS/rabbitmq-start.log"
   wait_until 120 rabbit_ready || {
     tail -n 30 "$WORK/rabbit/log/$NODE.log" >&2 2>/dev/null || true
     die "RabbitMQ node $NODE not ready after 120 s"
   }
-  RABBIT_PID=$(as_rabbit timeout 20 rabbitmqctl -n "$NODE" -q eval 'os:getpid().' | tr -dc '0-9')
+  RABBIT_PID=$(on_node timeout 20 rabbitmqctl -n "$NODE" -q eval 'os:getpid().' | tr -dc '0-9')
   [[ -n $RABBIT_PID ]] || die "could not read the OS pid of $NODE"
 }
 
 # Stops the node (clients get connection.close 320) and waits until its process is gone.
 rabbit_stop() {
   [[ ${#RABBIT_ENV[@]} -gt 0 ]] || return 0
-  as_rabbit timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
+  on_node timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
   if [[ -n $RABBIT_PID ]]; then
     wait_until 30 pid_gone "$RABBIT_PID" || {
       warn "RabbitMQ node $NODE (pid $RABBIT_PID) did not stop; killing it"
@@ -208,10 +193,8 @@ rabbit_stop() {
 }
 
 setup_rabbit() {
-  AMQP_PORT=$(free_port)
-  MGMT_PORT=$(free_port)
-  DIST_PORT=$(free_port)
-  MGMT="http://127.0.0.1:$MGMT_PORT"
+  free_port AMQP_PORT
+  free_port DIST_PORT
   local dir="$WORK/rabbit"
   mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
   # Everything this node reads is here: neither /etc/rabbitmq/rabbitmq-env.conf (it names the
@@ -223,13 +206,11 @@ export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
 EOF
   cat >"$dir/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
-management.tcp.ip = 127.0.0.1
-management.tcp.port = $MGMT_PORT
-collect_statistics_interval = 1000
 log.console = false
 log.file.level = info
 EOF
-  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+  # No plugins: the run reads the broker with rabbitmqctl and hookrelay's own commands.
+  echo '[].' >"$dir/enabled_plugins"
   chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || "${SUDO[@]}" chown -R rabbitmq:rabbitmq "$dir"
   RABBIT_ENV=(
     "RABBITMQ_NODENAME=$NODE"
@@ -249,10 +230,10 @@ EOF
   # script's; the run lock guarantees that no other run is using it right now).
   if rabbit_ping; then
     warn "a RabbitMQ node $NODE is still running (left by a killed run); stopping it"
-    as_rabbit timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
+    on_node timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
     wait_until 30 rabbit_gone || die "could not stop the leftover node $NODE"
   fi
-  log "starting RabbitMQ node $NODE (amqp 127.0.0.1:$AMQP_PORT, management :$MGMT_PORT, dist :$DIST_PORT)"
+  log "starting RabbitMQ node $NODE (amqp 127.0.0.1:$AMQP_PORT, dist :$DIST_PORT)"
   rabbit_start
   log "RabbitMQ ready (pid $RABBIT_PID)"
 }
@@ -260,7 +241,7 @@ EOF
 # Messages in the two dead-letter queues, read with rabbitmqctl on our node.
 dlq_count() {
   local queues
-  queues=$(as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers name messages) ||
+  queues=$(on_node timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers name messages) ||
     return 1
   awk -v d="$PREFIX.dlq.deliveries" -v e="$PREFIX.dlq.events" \
     '$1 == d || $1 == e { n += $2; seen++ } END { if (seen != 2) exit 1; print n + 0 }' <<<"$queues"
@@ -270,7 +251,7 @@ dlq_count() {
 # the management API's statistics, which lag by up to a collection interval).
 rabbit_depths() {
   local queues
-  queues=$(as_rabbit timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers \
+  queues=$(on_node timeout 30 rabbitmqctl -n "$NODE" -q list_queues --no-table-headers \
     name messages_ready messages_unacknowledged) || return 1
   awk -v p="$PREFIX." 'index($1, p) == 1 && ($2 + $3) > 0 { printf "%s%s=%d+%d", sep, substr($1, length(p) + 1), $2, $3; sep = " " }
     END { if (!sep) printf "all empty"; print "" }' <<<"$queues"
@@ -289,7 +270,7 @@ rabbit_idle() {
 # --- Redis: one of our own ----------------------------------------------------------------------
 
 redis_pong() { [[ $(timeout 3 redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
-redis_down() { ! tcp_open "$REDIS_PORT"; }
+redis_down() { ! tcp_open 127.0.0.1 "$REDIS_PORT"; }
 
 redis_start() {
   "${REDIS_CMD[@]}" 8<&- || die "redis-server failed to start; see $LOGS/redis.log"
@@ -297,7 +278,7 @@ redis_start() {
 }
 
 setup_redis() {
-  REDIS_PORT=$(free_port)
+  free_port REDIS_PORT
   mkdir -p "$WORK/redis"
   # No snapshots while running; the Redis scenario saves explicitly (SHUTDOWN SAVE) so that the
   # restarted server loads the webhooks back from $WORK/redis/dump.rdb, as a real one would.
@@ -336,41 +317,56 @@ hookrelay_env() {
   export HOOKRELAY__LOG__FORMAT=text
 }
 
-# Registers the webhooks: one each for acct-1 and acct-2, two for acct-3 (fan-out), all events.
+# json_field NAME FILE: the string value of "NAME" in hookrelay's pretty-printed JSON.
+json_field() { sed -n "s/^  \"$1\": \"\(.*\)\",\?$/\1/p" "$2" | head -n 1; }
+
+# Registers the webhooks: one each for acct-1 and acct-2, two for acct-3 (fan-out), all events,
+# each on the port of its own receiver. webhooks.txt: "<n> <path> <account> <id> <port>".
 register_webhooks() {
-  RECEIVER_PORT=$(free_port)
-  local account n url
+  local account n=0 i url id
   : >"$WORK/webhooks.txt"
   for account in "${ACCOUNTS[@]}"; do
-    for n in 1 $([[ $account == acct-3 ]] && echo 2); do
-      url="http://127.0.0.1:$RECEIVER_PORT/$account/hook-$n"
+    for i in 1 $([[ $account == acct-3 ]] && echo 2); do
+      n=$((n + 1))
+      free_port "RECEIVER_PORT[$n]"
+      url="http://127.0.0.1:${RECEIVER_PORT[$n]}/$account/hook-$i"
       timeout 30 "$BIN" webhooks add --account "$account" --url "$url" --events '*' --json \
         >"$WORK/webhook.json" 2>>"$LOGS/cli.log" || die "webhooks add failed; see $LOGS/cli.log"
-      python3 -c 'import json, sys; w = json.load(open(sys.argv[1])); print(sys.argv[2], sys.argv[3], w["id"], w["secret"])' \
-        "$WORK/webhook.json" "/$account/hook-$n" "$account" >>"$WORK/webhooks.txt"
+      id=$(json_field id "$WORK/webhook.json")
+      RECEIVER_SECRET[$n]=$(json_field secret "$WORK/webhook.json")
+      [[ $id == wh_* && ${RECEIVER_SECRET[$n]} == whsec_* ]] ||
+        die "webhooks add printed no id or secret: $(cat "$WORK/webhook.json")"
+      printf '%s /%s/hook-%s %s %s %s\n' "$n" "$account" "$i" "$account" "$id" "${RECEIVER_PORT[$n]}" \
+        >>"$WORK/webhooks.txt"
     done
   done
-  # {path: account} for analyze.py, {path: secret} for receiver.py.
-  python3 - "$WORK/webhooks.txt" "$WORK/webhooks.json" "$WORK/secrets.json" <<'EOF'
-import json, sys
-rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
-json.dump({path: account for path, account, _id, _secret in rows}, open(sys.argv[2], "w"))
-json.dump({path: secret for path, _account, _id, secret in rows}, open(sys.argv[3], "w"))
-EOF
-  log "registered $(wc -l <"$WORK/webhooks.txt") webhooks on ${#ACCOUNTS[@]} accounts -> 127.0.0.1:$RECEIVER_PORT"
+  log "registered $n webhooks on ${#ACCOUNTS[@]} accounts -> 127.0.0.1 ports ${RECEIVER_PORT[*]}"
 }
 
-receiver_start() {
-  python3 "$HELPERS/receiver.py" --port "$RECEIVER_PORT" --secrets "$WORK/secrets.json" \
-    --out "$WORK/receipts.jsonl" >>"$LOGS/receiver.log" 2>&1 8<&- &
-  RECEIVER_PID=$!
-  wait_until 15 tcp_open "$RECEIVER_PORT" || die "the receiver did not start; see $LOGS/receiver.log"
+# One `hookrelay listen` per webhook, verifying with that webhook's secret only, so a delivery
+# signed for another webhook fails verification. Each appends its JSON lines to its own file.
+receivers_start() {
+  local n
+  for n in "${!RECEIVER_PORT[@]}"; do
+    "$BIN" listen --listen "127.0.0.1:${RECEIVER_PORT[$n]}" --secret "${RECEIVER_SECRET[$n]}" --json \
+      >>"$WORK/receipts-$n.jsonl" 2>>"$LOGS/receiver-$n.log" 8<&- &
+    RECEIVER_PID[$n]=$!
+  done
+  for n in "${!RECEIVER_PORT[@]}"; do
+    wait_until 15 tcp_open 127.0.0.1 "${RECEIVER_PORT[$n]}" ||
+      die "receiver $n did not start; see $LOGS/receiver-$n.log"
+  done
 }
 
-receiver_stop() {
-  stop_process "$RECEIVER_PID" 15
-  wait "$RECEIVER_PID" 2>/dev/null || true
-  RECEIVER_PID=""
+# SIGTERM: each stops accepting, answers what it has read and prints it, then exits.
+receivers_stop() {
+  local n
+  for n in "${!RECEIVER_PID[@]}"; do kill -TERM "${RECEIVER_PID[$n]}" 2>/dev/null || true; done
+  for n in "${!RECEIVER_PID[@]}"; do
+    stop_process "${RECEIVER_PID[$n]}" 15
+    wait "${RECEIVER_PID[$n]}" 2>/dev/null || true
+    unset "RECEIVER_PID[$n]"
+  done
 }
 
 start_worker() {
@@ -415,8 +411,8 @@ ensure_workers_ready() {
     if alive "$pid"; then
       problem "worker $n not ready $when (waited $limit s); replacing it"
       show_worker_log "$n"
-      printf -- '--- worker %s: its TCP connections now (broker :%s, Redis :%s, receiver :%s) ---\n' \
-        "$n" "$AMQP_PORT" "$REDIS_PORT" "$RECEIVER_PORT"
+      printf -- '--- worker %s: its TCP connections now (broker :%s, Redis :%s, receivers :%s) ---\n' \
+        "$n" "$AMQP_PORT" "$REDIS_PORT" "${RECEIVER_PORT[*]}"
       ss -tanp 2>/dev/null | grep -F "pid=$pid," || echo "(none)"
       kill -TERM "$pid" 2>/dev/null || true
       wait_until 15 gone "$pid" ||
@@ -506,24 +502,28 @@ problem() {
   log "PROBLEM: $1"
 }
 
-# counts ID_PREFIX PUBLISHED_FILE: sets expected, missing (deliveries) and quiet (seconds since
-# the last receipt) in the caller's variables of those names.
+# analyze COMMAND ARGS...: scripts/faults/analyze.py on this run's files.
+analyze() {
+  local cmd=$1
+  shift
+  python3 "$ANALYZE" "$cmd" --webhooks "$WORK/webhooks.txt" --receipts "$WORK" "$@"
+}
+
+# counts ID_PREFIX PUBLISHED_FILE: sets expected, missing (deliveries) and quiet (whole seconds
+# since the last receipt) in the caller's variables of those names.
 counts() {
   local out
-  out=$(python3 "$HELPERS/analyze.py" missing --prefix "$1" --published "$2" \
-    --webhooks "$WORK/webhooks.json" --receipts "$WORK/receipts.jsonl") || die "analyze.py failed"
+  out=$(analyze missing --prefix "$1" --published "$2") || die "analyze.py failed"
   read -r expected missing quiet <<<"$out"
 }
 
-# settle SCENARIO MAX_SECONDS: waits until every expected delivery arrived, the work and delay
-# queues are empty and nothing arrived for 2 s (so late duplicates are counted too).
+# settle SCENARIO MAX_SECONDS: waits until every expected delivery arrived, nothing arrived for
+# 2 s (so late duplicates are counted too) and the work and delay queues are empty.
 settle() {
   local scenario=$1 deadline=$((SECONDS + $2)) expected missing quiet
   while true; do
     counts "$scenario-" "$WORK/published-$scenario.txt"
-    # Cheap checks first (management API statistics), then rabbitmqctl's exact counts.
-    if ((missing == 0)) && python3 -c 'import sys; sys.exit(float(sys.argv[1]) < 2)' "$quiet" &&
-      python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" idle 2>/dev/null && rabbit_idle; then
+    if ((missing == 0 && quiet >= 2)) && rabbit_idle; then
       return 0
     fi
     if ((SECONDS >= deadline)); then
@@ -566,14 +566,13 @@ run_scenario() {
     dlq_now=$DLQ_BEFORE
   }
   local args=(--name "$name" --title "$title" --prefix "$name-"
-    --published "$WORK/published-$name.txt" --webhooks "$WORK/webhooks.json"
-    --receipts "$WORK/receipts.jsonl" --fault-end "$FAULT_END"
+    --published "$WORK/published-$name.txt" --fault-end "$FAULT_END"
     --dlq-delta "$((dlq_now - DLQ_BEFORE))" --dups-allowed "$dups_allowed"
     --record "$WORK/scenarios.jsonl")
   DLQ_BEFORE=$dlq_now
   for p in "${PROBLEMS[@]}"; do args+=(--problem "$p"); done
   # With pipefail, rc is analyze.py's: 1 when the scenario failed.
-  python3 "$HELPERS/analyze.py" scenario "${args[@]}" | sed 's/^/faults: /' || rc=$?
+  analyze scenario "${args[@]}" | sed 's/^/faults: /' || rc=$?
   if ((rc != 0)); then
     FAILED_SCENARIOS+=("$name")
     for ((n = first_new; n < NEXT_WORKER; n++)); do involved+=("$n"); done
@@ -592,14 +591,35 @@ fault_kill() {
   start_worker
 }
 
+# The workers' connections on our node: "<pid>" lines (each worker names its connections
+# "hookrelay worker <prefix> (...)" in its client properties).
+worker_connections() {
+  on_node timeout 30 rabbitmqctl -n "$NODE" -q list_connections --no-table-headers pid client_properties |
+    { grep -F "hookrelay worker $PREFIX (" || true; } | cut -f1
+}
+# none_open PID...: true when none of these connections is open any more (the workers reconnect
+# at once, under the same names, so only the connections' pids tell old from new).
+none_open() {
+  local open pid
+  open=$(worker_connections) || return 1
+  for pid in "$@"; do
+    [[ $'\n'$open$'\n' != *$'\n'$pid$'\n'* ]] || return 1
+  done
+}
+
 fault_close_connections() {
-  local out closed=0 at
-  if out=$(python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" close-workers); then
-    read -r closed at <<<"$out"
-    FAULT_END=$at
-  else
-    problem "harness: could not close the worker connections through the management API"
-  fi
+  local pids pid closed=0
+  pids=$(worker_connections) || problem "harness: could not list the connections with rabbitmqctl"
+  for pid in $pids; do
+    # A worker may close its other connection itself once one dies: that one is gone already.
+    on_node timeout 30 rabbitmqctl -n "$NODE" -q close_connection "$pid" \
+      "scripts/faults.sh: force-closed on purpose" >/dev/null 2>&1 || true
+    closed=$((closed + 1))
+  done
+  FAULT_END=$(now)
+  # shellcheck disable=SC2086 # one pid per word, on purpose
+  wait_until 10 none_open $pids ||
+    problem "harness: worker connections still open 10 s after closing them"
   log "force-closed $closed worker connections"
   ((closed >= 2 * ${#WPID[@]})) ||
     problem "expected to close $((2 * ${#WPID[@]})) worker connections, closed $closed"
@@ -618,8 +638,8 @@ fault_restart_rabbit() {
 
 # Every registered webhook can be read back (the Redis scenario checks its data survived).
 webhooks_intact() {
-  local _path _account id _secret
-  while read -r _path _account id _secret; do
+  local _n _path _account id _port
+  while read -r _n _path _account id _port; do
     timeout 20 "$BIN" webhooks show "$id" >/dev/null 2>>"$LOGS/cli.log" || return 1
   done <"$WORK/webhooks.txt"
 }
@@ -643,12 +663,12 @@ fault_redis_down() {
 }
 
 fault_receiver_down() {
-  log "receiver down for 20 s"
-  receiver_stop
+  log "receivers down for 20 s"
+  receivers_stop
   sleep 20
-  receiver_start
+  receivers_start
   FAULT_END=$(now)
-  log "receiver back"
+  log "receivers back"
 }
 
 fault_sigterm() {
@@ -733,7 +753,6 @@ main() {
   chmod 755 "$WORK"
   LOGS="$WORK/logs"
   mkdir -p "$LOGS"
-  : >"$WORK/receipts.jsonl"
   : >"$WORK/scenarios.jsonl"
   log "working in $WORK"
   cd "$WORK"
@@ -742,7 +761,7 @@ main() {
   hookrelay_env
   timeout 60 "$BIN" topology declare >>"$LOGS/cli.log" 2>&1 || die "topology declare failed; see $LOGS/cli.log"
   register_webhooks
-  receiver_start
+  receivers_start
   local i
   for ((i = 0; i < WORKERS; i++)); do start_worker; done
   for i in "${!WPID[@]}"; do
@@ -762,11 +781,15 @@ main() {
   [[ $SCENARIOS != *f* ]] || run_scenario f "SIGTERM a worker, start another" 0 30 fault_sigterm
 
   log "=== results (recounted now; dead letters attributed by event id)"
-  python3 "$HELPERS/mgmt.py" "$MGMT" "$PREFIX" dlq-dump "$WORK/dlq.json" >/dev/null ||
-    warn "could not read the dead-letter queues; counting them with rabbitmqctl only"
+  # `dlq list` reads the dead-letter queues without losing or reordering a letter.
+  local queue
+  for queue in deliveries events; do
+    timeout 60 "$BIN" dlq list --queue "$queue" --json >"$WORK/dlq-$queue.json" 2>>"$LOGS/cli.log" ||
+      warn "could not list the $queue dead letters; counting them with rabbitmqctl only"
+  done
   local rc=0
-  python3 "$HELPERS/analyze.py" table --scenarios "$WORK/scenarios.jsonl" \
-    --webhooks "$WORK/webhooks.json" --receipts "$WORK/receipts.jsonl" --dlq "$WORK/dlq.json" || rc=$?
+  analyze table --scenarios "$WORK/scenarios.jsonl" --dlq "$WORK/dlq-deliveries.json" \
+    --dlq "$WORK/dlq-events.json" || rc=$?
   log "total time $((SECONDS - T_START)) s"
   if ((rc != 0)); then
     log "FAILED${FAILED_SCENARIOS[*]:+: scenario(s) ${FAILED_SCENARIOS[*]}}"

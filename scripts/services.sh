@@ -8,8 +8,9 @@
 # Usage: scripts/services.sh        (from any directory; root, or a user with sudo)
 set -euo pipefail
 
-# Debian installs rabbitmqctl & co. in /usr/sbin, which is not on an ordinary user's PATH.
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+SCRIPT=services.sh
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Nothing here depends on the caller's directory, and the rabbitmq user that Debian's wrappers
 # switch to may not be allowed into it.
 cd /
@@ -22,42 +23,6 @@ readonly RABBIT_WAIT_S=120
 readonly RABBIT_CONF_DIR=/etc/rabbitmq
 readonly RABBIT_SNIPPET="$RABBIT_CONF_DIR/conf.d/90-hookrelay-loopback.conf"
 readonly LOCK_FILE=/tmp/hookrelay-services.lock
-
-log() { printf '%s\n' "$*"; }
-warn() { printf 'services.sh: warning: %s\n' "$*" >&2; }
-die() {
-  printf 'services.sh: error: %s\n' "$*" >&2
-  exit 1
-}
-
-SUDO=()
-if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-fi
-# Both close fd 9 (the lock, see take_lock) for what they run: a daemon started from here (redis,
-# the broker, epmd, a postinst's service start) must not hold the lock for its whole life.
-as_root() { "${SUDO[@]}" "$@" 9<&-; }
-# Debian's rabbitmq wrappers refuse to run for anyone but root and the rabbitmq user.
-CAN_RABBITCTL=0
-if [[ $EUID -eq 0 || $(id -un) == rabbitmq || ${#SUDO[@]} -gt 0 ]]; then
-  CAN_RABBITCTL=1
-fi
-as_rabbit() {
-  if [[ $EUID -eq 0 || $(id -un) == rabbitmq ]]; then "$@" 9<&-; else "${SUDO[@]}" "$@" 9<&-; fi
-}
-
-have_all() {
-  local cmd
-  for cmd in "$@"; do
-    command -v "$cmd" >/dev/null 2>&1 || return 1
-  done
-}
-
-# True when something accepts TCP connections on host $1, port $2.
-tcp_open() {
-  # shellcheck disable=SC2016 # $0 and $1 are expanded by the inner bash, on purpose.
-  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
-}
 
 # wait_for SECONDS COMMAND...: retry COMMAND once a second until it succeeds or time runs out.
 wait_for() {
@@ -175,7 +140,7 @@ rabbit_running() {
 }
 
 rabbit_ready() {
-  ((CAN_RABBITCTL)) || {
+  can_rabbit || {
     tcp_open 127.0.0.1 "$AMQP_PORT"
     return
   }
@@ -237,13 +202,13 @@ ensure_management() {
 ensure_rabbit() {
   local started="" version
   if ! rabbit_running; then
-    ((CAN_RABBITCTL)) || die "rabbitmq is not running, and starting it needs root or sudo"
+    can_rabbit || die "rabbitmq is not running, and starting it needs root or sudo"
     start_rabbit
     started=", started"
   fi
   wait_for "$RABBIT_WAIT_S" rabbit_ready ||
     die "rabbitmq: not ready on 127.0.0.1:$AMQP_PORT after ${RABBIT_WAIT_S}s; see /var/log/rabbitmq/"
-  if ((!CAN_RABBITCTL)); then
+  if ! can_rabbit; then
     warn "rabbitmq: without root or sudo, only checked that 127.0.0.1:$AMQP_PORT answers"
     log "rabbitmq: ready (version unknown)"
     return 0

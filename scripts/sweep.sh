@@ -15,8 +15,10 @@
 # Usage: scripts/sweep.sh [PREFIX]      (default PREFIX: hrt-)
 set -euo pipefail
 
-# Debian installs rabbitmqctl in /usr/sbin, which is not on an ordinary user's PATH.
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+SCRIPT=sweep.sh
+DIE_STATUS=2
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Nothing here depends on the caller's directory, and the rabbitmq user that Debian's wrappers
 # switch to may not be allowed into it.
 cd /
@@ -28,20 +30,6 @@ readonly VHOST=/
 readonly REDIS_BATCH=500
 readonly MIN_IDLE=${SWEEP_MIN_IDLE:-300}
 
-warn() { printf 'sweep.sh: warning: %s\n' "$*" >&2; }
-die() {
-  printf 'sweep.sh: error: %s\n' "$*" >&2
-  exit 2
-}
-
-SUDO=()
-if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-fi
-# Debian's rabbitmq wrappers refuse to run for anyone but root and the rabbitmq user.
-as_rabbit() {
-  if [[ $EUID -eq 0 || $(id -un) == rabbitmq ]]; then "$@"; else "${SUDO[@]}" "$@"; fi
-}
 # stdin from /dev/null: rabbitmqctl reads stdin and would swallow a loop's input.
 ctl() { as_rabbit rabbitmqctl -q -p "$VHOST" "$@" </dev/null; }
 redis_cli() { timeout 60 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
@@ -99,7 +87,7 @@ rabbit_ok=1 redis_ok=1
 
 list_rabbit() {
   local listing xlisting name consumers
-  if [[ $EUID -ne 0 && $(id -un) != rabbitmq && ${#SUDO[@]} -eq 0 ]]; then
+  if ! can_rabbit; then
     warn "rabbitmq: skipped: rabbitmqctl needs root, the rabbitmq user or sudo"
     rabbit_ok=0
     return 0

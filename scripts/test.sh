@@ -4,8 +4,11 @@
 # the one CI (.ci/run) runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCRIPT=test.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+have_all cargo || die "cargo not found; install Rust with rustup (https://rustup.rs)"
 
 scripts/services.sh
 
@@ -14,11 +17,9 @@ scripts/services.sh
 # installed does it skip, and says so loudly here and in its own output.
 ensure_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
-  local sudo=()
-  [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo)
   echo "== installing chromium and chromium-driver (browser test of the Webhooks page)"
-  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update &&
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+  as_root apt-get -o DPkg::Lock::Timeout=300 update &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
       --no-install-recommends chromium chromium-driver fonts-dejavu-core &&
     command -v chromium >/dev/null && command -v chromedriver >/dev/null
 }

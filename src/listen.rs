@@ -2,6 +2,11 @@
 //! merchant's receiver should (Standard Webhooks, ±5 minutes, or the InPlayer header) and prints
 //! it. Answers 2xx when the signature verifies and 401 otherwise, so a bad signature shows up as
 //! a failed attempt too.
+//!
+//! What it answered 2xx it has printed: each delivery is handed to the printer before its answer
+//! is sent, and on SIGTERM the server stops accepting, finishes the requests it has read, and the
+//! printer drains them (at most [`DRAIN_GRACE`]) before the process exits. So a receiver taken
+//! down and brought back (as `scripts/faults.sh` does) never hides a delivery it acknowledged.
 
 use crate::delivery::signing::{self, Secret};
 use crate::event::AccountId;
@@ -10,14 +15,19 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Router;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Receivers accept a timestamp this far from their clock (the reference libraries' tolerance).
 pub const TOLERANCE_SECS: i64 = 300;
+
+/// How long a stopping receiver waits for the requests it has read (a worker's whole request is
+/// bounded by `delivery.timeout`, 15 s by default; a sender that hangs longer loses its answer).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where the receiver gets the secrets to verify with.
 #[derive(Clone)]
@@ -52,6 +62,8 @@ impl Secrets {
 /// One delivery as received.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Received {
+    /// When the request had been read, before it was answered.
+    pub received_at: DateTime<Utc>,
     pub path: String,
     pub format: &'static str,
     pub webhook_id: Option<String>,
@@ -94,7 +106,8 @@ struct Shared {
     out: mpsc::UnboundedSender<Received>,
 }
 
-/// Serves on `addr` until `shutdown`; each delivery is sent to the returned channel.
+/// Serves on `addr` until `shutdown`; each delivery is sent to the returned channel, which
+/// closes once the server has answered the last request it read.
 pub async fn serve(
     addr: SocketAddr,
     secrets: Secrets,
@@ -124,6 +137,7 @@ async fn receive(
     let secrets = shared.secrets.get().await;
     let result = verify(&headers, &body, &secrets);
     let received = Received {
+        received_at: Utc::now(),
         path: uri.path().to_owned(),
         format: result.as_ref().map_or("unknown", |f| *f),
         webhook_id: headers
@@ -139,6 +153,7 @@ async fn receive(
     } else {
         StatusCode::UNAUTHORIZED
     };
+    // Handed over before the answer is sent: see the module's opening comment.
     let _ = shared.out.send(received);
     status
 }

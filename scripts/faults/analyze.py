@@ -1,30 +1,39 @@
 #!/usr/bin/env python3
-"""Counting for scripts/faults.sh: what was published, what the receiver got, what is missing.
+"""Counting for scripts/faults.sh: what was published, what the receivers got, what is missing.
 
-Files it reads (all written by faults.sh and receiver.py in the run's temporary directory):
+Why Python and not bash: a scenario is judged on thousands of JSON lines (one per delivery, from
+the `hookrelay listen` receivers), matched per (event id, webhook) pair, with sub-second times
+for the recovery; bash has neither a JSON reader nor floating point, and jq is not a given.
+Everything that talks to hookrelay, the broker or Redis stays in faults.sh.
+
+Files it reads (all in the run's temporary directory):
   published file  one line per publish attempt: "<event id> <account> <t start> <t end> <exit code>"
                   (exit code 0 = the broker confirmed it; anything else = not published)
-  webhooks file   JSON {"/url/path": "<account>", ...}: every webhook the run registered
-  receipts file   receiver.py's JSON lines
-  scenarios file  JSON lines, one per scenario, written by faults.sh when its settle ended
-  dlq file        JSON list of {"queue", "event_id", "reason"} read from the dead-letter queues
+  webhooks file   one line per webhook: "<n> <url path> <account> <webhook id> <port>"
+  receipts dir    receipts-<n>.jsonl: `hookrelay listen --json` lines (received_at, path,
+                  webhook_id, verified, problem, ...)
+  scenarios file  JSON lines, one per scenario, written by this script when its settle ended
+  dlq files       `hookrelay dlq list --json` arrays ({"queue", "event_id", "reason", ...})
 
 Commands (--prefix P: the scenario's event ids start with P):
   missing  --prefix P --published F --webhooks W --receipts R
-           prints "<expected> <missing> <seconds since the last receipt>"
+           prints "<expected> <missing> <whole seconds since the last receipt>"
   scenario --prefix P --published F --webhooks W --receipts R --fault-end T --name N --title T
            --dlq-delta D --dups-allowed 0|1 [--problem TEXT]... --record S
            prints the scenario's line, appends it to S, exits 1 if it failed
-  table    --scenarios S --webhooks W --receipts R [--dlq D]
+  table    --scenarios S --webhooks W --receipts R [--dlq D]...
            prints the final table (recounted now, so late receipts count), exits 1 if any
            scenario failed
 """
 
 import argparse
+import glob
 import json
+import os
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 
 
 def read_published(path):
@@ -47,25 +56,33 @@ def read_published(path):
 
 
 def read_webhooks(path):
-    with open(path, encoding="utf-8") as f:
-        by_path = json.load(f)
     by_account = {}
-    for url_path, account in by_path.items():
-        by_account.setdefault(account, []).append(url_path)
-    return by_path, by_account
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 5:
+                _n, url_path, account, _id, _port = parts
+                by_account.setdefault(account, []).append(url_path)
+    return by_account
 
 
-def read_receipts(path):
+def read_receipts(directory):
+    """`hookrelay listen --json` lines of every receiver, as {t, path, id, ok, problem}."""
     receipts = []
-    try:
+    for path in sorted(glob.glob(os.path.join(directory, "receipts-*.jsonl"))):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 try:
-                    receipts.append(json.loads(line))
+                    r = json.loads(line)
                 except json.JSONDecodeError:
-                    pass  # a line being written right now
-    except FileNotFoundError:
-        pass
+                    continue  # a line being written right now
+                receipts.append({
+                    "t": datetime.fromisoformat(r["received_at"]).timestamp(),
+                    "path": r.get("path"),
+                    "id": r.get("webhook_id"),
+                    "ok": r.get("verified"),
+                    "problem": r.get("problem"),
+                })
     return receipts
 
 
@@ -73,7 +90,7 @@ def stats(published_path, webhooks_path, receipts_path, fault_end, prefix):
     """Counts for one scenario. Delivery = (event id, webhook): an event of an account with two
     webhooks is expected twice, once at each URL."""
     confirmed, failed = read_published(published_path)
-    _, by_account = read_webhooks(webhooks_path)
+    by_account = read_webhooks(webhooks_path)
     expected = {
         (event_id, url_path): t_start
         for event_id, (account, t_start) in confirmed.items()
@@ -147,7 +164,7 @@ def fmt_s(v):
 def cmd_missing(a):
     s = stats(a.published, a.webhooks, a.receipts, time.time(), a.prefix)
     quiet = time.time() - s["last_receipt"] if s["last_receipt"] else 1e9
-    print(s["expected"], s["lost"], round(quiet, 2))
+    print(s["expected"], s["lost"], int(quiet))
 
 
 def cmd_scenario(a):
@@ -180,12 +197,12 @@ def cmd_scenario(a):
 
 def cmd_table(a):
     dead = []
-    if a.dlq:
+    for path in a.dlq or []:
         try:
-            with open(a.dlq, encoding="utf-8") as f:
-                dead = json.load(f)
+            with open(path, encoding="utf-8") as f:
+                dead.extend(json.load(f))
         except (OSError, json.JSONDecodeError):
-            dead = []
+            pass
     with open(a.scenarios, encoding="utf-8") as f:
         scenarios = [json.loads(line) for line in f if line.strip()]
     header = ("scenario", "published", "delivered", "lost", "duplicates", "dead-lettered",
@@ -246,7 +263,7 @@ def main():
     c.add_argument("--scenarios", required=True)
     c.add_argument("--webhooks", required=True)
     c.add_argument("--receipts", required=True)
-    c.add_argument("--dlq")
+    c.add_argument("--dlq", action="append")
     a = p.parse_args()
     if a.cmd == "missing":
         cmd_missing(a)

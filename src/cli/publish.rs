@@ -81,7 +81,8 @@ pub struct ListenArgs {
     /// Exit after this many deliveries.
     #[arg(long)]
     count: Option<u64>,
-    /// One JSON object per delivery (JSON lines).
+    /// One JSON object per delivery (JSON lines: received_at, path, format, webhook_id,
+    /// verified, problem, body).
     #[arg(long)]
     json: bool,
 }
@@ -106,9 +107,19 @@ pub async fn listen(settings: &Settings, args: ListenArgs) -> anyhow::Result<()>
     let (addr, mut received) = listen::serve(args.listen, secrets, shutdown.clone()).await?;
     eprintln!("listening on http://{addr}/ (verifying signatures)");
     let mut seen = 0u64;
+    // On a signal the server stops accepting; what it already answered is still printed (the
+    // channel closes after the last answer), within listen::DRAIN_GRACE.
+    let drained_by = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(listen::DRAIN_GRACE).await;
+    };
+    tokio::pin!(drained_by);
     loop {
         let r = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut drained_by => {
+                eprintln!("stopped with requests still unanswered after {:?}", listen::DRAIN_GRACE);
+                return Ok(());
+            }
             r = received.recv() => match r { Some(r) => r, None => return Ok(()) },
         };
         if args.json {

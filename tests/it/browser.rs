@@ -7,7 +7,7 @@
 //! browser fails the test. Without it (a bare `cargo test` on a machine without Chromium) the test
 //! says loudly that it did not run.
 
-use super::{api_settings, start_api, Api};
+use crate::helpers::api::{api_settings, start_api, Api};
 use crate::helpers::*;
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};

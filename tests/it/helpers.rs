@@ -1,6 +1,13 @@
 //! `spawn_app()` and a scriptable receiver: each test gets its own broker and Redis prefix
 //! (`hrt-…`), a worker running in-process against the real RabbitMQ and Redis, and cleans up its
 //! queues and keys. Leftovers of killed runs are swept by `scripts/sweep.sh`.
+//!
+//! The harness in parts: this file (settings, `spawn_app`, the receiver, queue and header
+//! helpers, for every test); `api` (an API server and its client); `dead_letters` (dead letters
+//! written straight into a test's queues, and queues the broker dead-letters from by itself).
+
+pub mod api;
+pub mod dead_letters;
 
 use axum::body::Bytes;
 use axum::extract::State;

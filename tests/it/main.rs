@@ -1,21 +1,31 @@
-//! One integration-test binary against the real RabbitMQ and Redis (see `helpers`).
+//! One integration-test binary against the real RabbitMQ and Redis (see `helpers`), one file per
+//! thing a user does.
 
-mod api;
 mod api_abuse;
+mod api_attempts;
+mod api_discovery;
 mod api_harness;
+mod api_secrets;
+mod api_tokens;
+mod api_webhooks;
 mod broker;
+mod browser;
 mod cli;
 mod cli_conventions;
-mod dead_letters;
+mod dead_lettering;
 mod delivery;
-mod dlq;
+mod dlq_inspect;
+mod dlq_purge;
+mod dlq_replay;
 mod dlq_scale;
 mod faults;
 mod helpers;
 mod hostile;
 mod isolation;
+mod listen;
 mod metrics;
 mod nodes;
 mod rate_limit;
+mod retries;
 mod subscriptions;
 mod targets;

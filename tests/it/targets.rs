@@ -58,3 +58,59 @@ async fn a_refused_private_target_is_dead_lettered_without_its_address() {
     assert!(app.receiver.hits().is_empty());
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_private_target_is_refused_without_a_request() {
+    let app = spawn_app_with(
+        "200ms",
+        &[("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "false")],
+    )
+    .await;
+    app.add_webhook("s", "/internal", &["*"], Format::Standard)
+        .await;
+
+    app.publish(EventType::CustomerRegistered, "s", "{}").await;
+
+    let dead = app.first_dead_delivery(WITHIN).await;
+    assert_eq!(
+        header_text(&dead, "hookrelay-reason").unwrap(),
+        "target_refused"
+    );
+    assert!(app.receiver.hits().is_empty());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_host_name_resolving_only_to_loopback_is_refused_by_the_resolver() {
+    let app = spawn_app_with(
+        "200ms",
+        &[("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "false")],
+    )
+    .await;
+    // Not an IP literal: the check is the guard's resolver, on the addresses it would connect to.
+    let url = app.receiver.url("/named").replace("127.0.0.1", "localhost");
+    app.store
+        .create(
+            &"dns".parse().unwrap(),
+            hookrelay::subscription::store::NewWebhook {
+                url: hookrelay::subscription::WebhookUrl::parse(&url, true).unwrap(),
+                events: hookrelay::subscription::EventFilter::All,
+                format: Format::Standard,
+                description: String::new(),
+                rate_limit: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    app.publish(EventType::CustomerRegistered, "dns", "{}")
+        .await;
+
+    let dead = app.first_dead_delivery(WITHIN).await;
+    assert_eq!(
+        header_text(&dead, "hookrelay-reason").unwrap(),
+        "target_refused"
+    );
+    assert!(app.receiver.hits().is_empty());
+    app.cleanup().await;
+}
