@@ -114,8 +114,10 @@ impl DeadLetter {
         } else {
             DeadLetteredBy::Broker
         };
+        // An empty reason (a hostile or broken header) says nothing: it reads as unknown.
         let reason = ours
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
+            .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "unknown".to_owned());
         let timestamp = props
             .timestamp()
@@ -359,6 +361,19 @@ mod tests {
             earlier.raw_body_base64.as_deref(),
             Some(B64.encode(ENVELOPE).as_str())
         );
+    }
+
+    /// Found by the `dead_letter` fuzz target (input `Kio=`): an empty `x-last-death-reason`
+    /// gave a letter with an empty reason.
+    #[test]
+    fn an_empty_reason_header_reads_as_unknown() {
+        let props = BasicProperties::default().with_headers(table(&[
+            ("x-last-death-reason", long("")),
+            (header::REASON, long("")),
+        ]));
+        let letter = DeadLetter::read(DlqQueue::Deliveries, &props, b"");
+        assert_eq!(letter.reason, "unknown");
+        assert!(!letter.id.is_empty());
     }
 
     #[test]
