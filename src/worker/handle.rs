@@ -138,8 +138,9 @@ impl Ctx {
         async {
             let webhooks = self.lookup(&event).await?;
             // The job's envelope is what ingest accepted: reused as it is, never rebuilt.
-            let prepared = PreparedEvent::with_envelope(event, job.event.clone());
             let history = job.history().deferred(deferrals);
+            // Moved, not copied: the job's other fields are still read below.
+            let prepared = PreparedEvent::with_envelope(event, job.event);
             let reason = match webhooks.find(&job.webhook_id) {
                 Found::Readable(w) if w.enabled => {
                     let attempt = attempts_made.saturating_add(1);

@@ -10,18 +10,6 @@ use std::collections::HashSet;
 use std::process::Output;
 use std::time::Duration;
 
-fn hookrelay(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(args)
-        .env("HOOKRELAY__AMQP__URL", AMQP_URL)
-        .env("HOOKRELAY__REDIS__URL", REDIS_URL)
-        .env("HOOKRELAY__AMQP__PREFIX", prefix)
-        .env("HOOKRELAY__REDIS__PREFIX", prefix)
-        .envs(env.iter().copied())
-        .output()
-        .expect("hookrelay runs")
-}
-
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited, not killed")
 }

@@ -574,3 +574,16 @@ pub fn small_dead_delivery(
         },
     )
 }
+
+/// Runs the `hookrelay` binary on `prefix` with `args` and extra environment, as users script it.
+pub fn hookrelay(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(args)
+        .env("HOOKRELAY__AMQP__URL", AMQP_URL)
+        .env("HOOKRELAY__REDIS__URL", REDIS_URL)
+        .env("HOOKRELAY__AMQP__PREFIX", prefix)
+        .env("HOOKRELAY__REDIS__PREFIX", prefix)
+        .envs(env.iter().copied())
+        .output()
+        .expect("hookrelay runs")
+}
