@@ -4,6 +4,13 @@
 //! raced the write (and read the older version) cannot put a stale entry back. While the
 //! subscription to the channel is down, nothing is cached and lookups go to Redis.
 //!
+//! Misses are single-flight: while one lookup of an account reads Redis, other lookups of that
+//! account wait for its result instead of each making the same round trip (a burst of one
+//! merchant's events after its entry expired costs one read, not a prefetch window of them).
+//! Concurrent misses of different accounts share the multiplexed connection, whose writer
+//! sends them back to back, so a thousand cold accounts cost a few pipelined round trips, not
+//! a thousand sequential ones.
+//!
 //! The cache is bounded: entries are weighed by their estimated size against
 //! `worker.cache_max_bytes` (least recently and least often used go first, moka's TinyLFU) and
 //! expire after `worker.cache_ttl`, so a worker that sees a million accounts keeps only what
@@ -15,6 +22,7 @@ use super::Webhook;
 use crate::event::AccountId;
 use backon::BackoffBuilder;
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,6 +131,34 @@ pub struct SubscriptionCache {
     epoch: AtomicU64,
     /// True while the change channel is subscribed, i.e. while cached entries can be trusted.
     live: AtomicBool,
+    /// The Redis read in flight per account (single flight), tagged with a number so a finished
+    /// read removes only its own entry. Bounded by the lookups in flight (the prefetch).
+    reads: Mutex<HashMap<AccountId, (u64, Read)>>,
+    /// Reads started so far (also numbers them).
+    next_read: AtomicU64,
+}
+
+/// A read's outcome as its followers see it: `None` until it succeeded. A failed or cancelled
+/// read drops its sender, and each follower then reads for itself.
+type Read = tokio::sync::watch::Receiver<Option<Webhooks>>;
+
+/// Removes a read's entry when it ends, however it ends (a cancelled lookup included).
+struct ReadGuard<'a> {
+    cache: &'a SubscriptionCache,
+    account: &'a AccountId,
+    number: u64,
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let mut reads = self.cache.reads.lock().unwrap();
+        if reads
+            .get(self.account)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            reads.remove(self.account);
+        }
+    }
 }
 
 impl SubscriptionCache {
@@ -142,6 +178,8 @@ impl SubscriptionCache {
             writes: Mutex::new(()),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
+            reads: Mutex::new(HashMap::new()),
+            next_read: AtomicU64::new(0),
         })
     }
 
@@ -163,6 +201,11 @@ impl SubscriptionCache {
         self.is_live()
     }
 
+    /// Redis reads the lookups have made so far (misses minus those that joined a read).
+    pub fn reads_made(&self) -> u64 {
+        self.next_read.load(Ordering::Relaxed)
+    }
+
     /// The version an account's entry is cached at, if it is cached.
     pub fn cached_version(&self, account: &AccountId) -> Option<u64> {
         match self.slots.get(account) {
@@ -177,13 +220,44 @@ impl SubscriptionCache {
         (self.slots.entry_count(), self.slots.weighted_size())
     }
 
-    /// The account's webhooks: from the cache when warm, else from Redis (with its timeout).
+    /// The account's webhooks: from the cache when warm, else from Redis (with its timeout),
+    /// joining a read of the same account already in flight.
     pub async fn lookup(&self, account: &AccountId) -> Result<Webhooks, StoreError> {
         if let Some(Slot::Fresh { webhooks, .. }) = self.slots.get(account) {
             metrics::counter!("hookrelay_cache_hits_total").increment(1);
             return Ok(webhooks);
         }
         metrics::counter!("hookrelay_cache_misses_total").increment(1);
+        let joined = self
+            .reads
+            .lock()
+            .unwrap()
+            .get(account)
+            .map(|(_, r)| r.clone());
+        if let Some(mut read) = joined {
+            if let Ok(webhooks) = read.wait_for(Option::is_some).await {
+                return Ok(webhooks.clone().expect("waited for a result"));
+            }
+            // That read failed or was cancelled: read for ourselves.
+        }
+        let (done, read) = tokio::sync::watch::channel(None);
+        let number = self.next_read.fetch_add(1, Ordering::Relaxed);
+        self.reads
+            .lock()
+            .unwrap()
+            .insert(account.clone(), (number, read));
+        let _guard = ReadGuard {
+            cache: self,
+            account,
+            number,
+        };
+        let webhooks = self.read(account).await?;
+        done.send_replace(Some(webhooks.clone()));
+        Ok(webhooks)
+    }
+
+    /// Reads the account from Redis and caches the result unless a change overtook the read.
+    async fn read(&self, account: &AccountId) -> Result<Webhooks, StoreError> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let live = self.is_live();
         let Snapshot {
@@ -218,6 +292,8 @@ impl SubscriptionCache {
 
     /// A change to `account` at `version` was announced.
     pub fn invalidate(&self, account: AccountId, version: u64) {
+        // A read in flight may predate the change: later lookups must not join it.
+        self.reads.lock().unwrap().remove(&account);
         let _serial = self.writes.lock().unwrap();
         // A marker or an entry at least as new already covers this change (announcements can
         // arrive out of order with a racing lookup's own invalidation).
@@ -235,6 +311,7 @@ impl SubscriptionCache {
     /// Forgets everything: the change channel was lost, so any entry may have missed a change.
     pub fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.reads.lock().unwrap().clear();
         self.slots.invalidate_all();
     }
 

@@ -219,6 +219,47 @@ async fn following_cache(store: &Store) -> (std::sync::Arc<SubscriptionCache>, C
 }
 
 #[tokio::test]
+async fn concurrent_misses_of_one_account_share_one_redis_read() {
+    let store = store().await;
+    let (cache, shutdown) = following_cache(&store).await;
+    let account: AccountId = "burst".parse().unwrap();
+    store
+        .create(&account, new_webhook("https://example.com/burst"))
+        .await
+        .unwrap();
+
+    // A burst of one merchant's events on a cold entry: every lookup answers, one reads.
+    let lookups = (0..64).map(|_| cache.lookup(&account));
+    let results = futures_util::future::join_all(lookups).await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|w| w.len() == 1)));
+    assert_eq!(
+        cache.reads_made(),
+        1,
+        "64 concurrent misses, one Redis read"
+    );
+
+    // A change is not answered from a read that may predate it.
+    store
+        .create(&account, new_webhook("https://example.com/burst2"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while cache.cached_version(&account).is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lookups = (0..8).map(|_| cache.lookup(&account));
+    let results = futures_util::future::join_all(lookups).await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|w| w.len() == 2)));
+    assert_eq!(cache.reads_made(), 2);
+    shutdown.cancel();
+    store.purge_prefix().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_lookup_that_raced_a_change_leaves_no_stale_entry() {
     let store = store().await;
     let (cache, shutdown) = following_cache(&store).await;
