@@ -48,8 +48,8 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
     // Every tenth account has a webhook; seeded in chunks so the ids are never all in memory.
     let with_webhook = accounts.div_ceil(10);
     for chunk in (0..accounts).step_by(10).collect::<Vec<_>>().chunks(10_000) {
-        let ids: Vec<AccountId> = chunk.iter().map(|i| account(*i)).collect();
-        store.seed(&ids, &new).await?;
+        let webhooks = chunk.iter().map(|i| (account(*i), new.clone())).collect();
+        store.seed(webhooks).await?;
     }
 
     let limits = CacheLimits {

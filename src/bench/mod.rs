@@ -1,17 +1,22 @@
 //! `hookrelay bench`: publishes N events over K accounts to webhooks on a built-in receiver,
 //! runs (or attaches to) M worker processes, and prints end-to-end throughput, publish→receipt
 //! latency, the workers' CPU and peak RSS, and the broker's own ceiling measured the same way
-//! every time, so the ratio between the two is comparable across machines.
+//! every time, so the ratio between the two is comparable across machines. `--scenario` picks
+//! what is measured (the friendly case, a million accounts, large payloads, a retry storm, a
+//! backlog, fan-out); [`scenarios`] runs each.
 
 mod cache;
 mod ceiling;
 mod procstat;
 mod receiver;
+mod scenarios;
+
+pub use scenarios::Scenario;
 
 use crate::broker::publisher::{Headers, Outgoing, Publisher};
 use crate::broker::topology::Topology;
 use crate::config::Settings;
-use crate::event::EventType;
+use crate::event::{AccountId, EventType};
 use crate::subscription::store::{NewWebhook, Store};
 use crate::subscription::{EventFilter, Format, WebhookUrl};
 use anyhow::Context;
@@ -25,8 +30,12 @@ use tokio_util::sync::CancellationToken;
 /// Publishes in flight at once, as in the ceiling run.
 const IN_FLIGHT: usize = 512;
 
+/// Accounts written per pipelined batch when seeding (their ids and URLs are built per batch).
+const SEED_BATCH: usize = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
+    pub scenario: Scenario,
     pub events: usize,
     pub accounts: usize,
     pub webhooks_per_account: usize,
@@ -79,20 +88,21 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     let shutdown = CancellationToken::new();
-    let bench = Bench::setup(&settings, &opts, shutdown.clone()).await?;
-    let result = bench.measure(&settings, &opts).await;
+    let mut bench = Bench::setup(&settings, &opts, shutdown.clone()).await?;
+    let result = scenarios::measure(&mut bench, &settings).await;
     bench.teardown().await;
     shutdown.cancel();
     let report = result?;
     if opts.json {
         crate::print_json(&report);
     } else {
-        print_report(&report);
+        scenarios::print_report(&report);
     }
     Ok(())
 }
 
 struct Bench {
+    opts: BenchOptions,
     settings: Settings,
     topology: Topology,
     store: Store,
@@ -103,6 +113,15 @@ struct Bench {
     /// Account of each webhook, by webhook index.
     accounts: Vec<String>,
     attached: bool,
+}
+
+/// What [`Bench::publish`] sent: the deliveries it should cause and when it began.
+struct Published {
+    label: String,
+    events: usize,
+    expected: u64,
+    first_publish: Duration,
+    rate: Option<f64>,
 }
 
 impl Bench {
@@ -119,6 +138,11 @@ impl Bench {
             (1..=crate::subscription::MAX_WEBHOOKS_PER_ACCOUNT)
                 .contains(&opts.webhooks_per_account),
             "--webhooks must be 1 to 10 (the per-account limit)"
+        );
+        anyhow::ensure!(
+            !(opts.attach && opts.scenario.workers_start_late()),
+            "--scenario {} starts its own workers; it cannot --attach",
+            opts.scenario.name()
         );
         let mut settings = base.clone();
         if !opts.attach {
@@ -141,153 +165,113 @@ impl Bench {
             .await
             .context("connecting to Redis")?;
 
-        let total = opts.accounts * opts.webhooks_per_account;
-        let mut secrets = Vec::with_capacity(total);
-        let mut accounts = Vec::with_capacity(total);
-        let hanging: Vec<bool> = (0..total).map(|i| i < opts.hanging).collect();
-        let mut creates = Vec::new();
-        for a in 0..opts.accounts {
-            for w in 0..opts.webhooks_per_account {
-                creates.push((format!("bench-{a}"), a * opts.webhooks_per_account + w));
-            }
-        }
         // The URLs need the receiver's port and the receiver needs the secrets: bind first,
         // serve once the webhooks exist.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let listener_addr = listener.local_addr()?;
-        let webhooks = futures_util::stream::iter(creates)
-            .map(|(account, index)| {
-                let store = store.clone();
-                let url = format!("http://{listener_addr}/b/{index}");
-                async move {
-                    let w = store
-                        .create(
-                            &account.parse().expect("bench account ids are valid"),
-                            NewWebhook {
-                                url: WebhookUrl::parse(&url, true)?,
-                                events: EventFilter::All,
-                                format: Format::Standard,
-                                description: "hookrelay bench".into(),
-                                rate_limit: None,
-                            },
-                        )
-                        .await?;
-                    Ok::<_, anyhow::Error>((index, account, w.secret))
-                }
+        let addr = listener.local_addr()?;
+        let total = opts.accounts * opts.webhooks_per_account;
+        let accounts: Vec<String> = (0..total)
+            .map(|i| format!("bench-{}", i / opts.webhooks_per_account))
+            .collect();
+        let new_webhook = |index: usize| {
+            Ok::<_, anyhow::Error>(NewWebhook {
+                url: WebhookUrl::parse(&format!("http://{addr}/b/{index}"), true)?,
+                events: EventFilter::All,
+                format: Format::Standard,
+                description: "hookrelay bench".into(),
+                rate_limit: None,
             })
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
-        let mut by_index: Vec<_> = webhooks.into_iter().collect::<Result<_, _>>()?;
-        by_index.sort_by_key(|(i, _, _)| *i);
-        for (_, account, secret) in by_index {
-            accounts.push(account);
-            secrets.push(secret);
-        }
-        let tally = Tally::new(opts.events.max(opts.accounts), secrets, hanging);
+        };
+        let account_id = |index: usize| -> AccountId {
+            accounts[index]
+                .parse()
+                .expect("bench account ids are valid")
+        };
+        let secrets = if opts.attach {
+            // Running workers may have cached these accounts: create them the announced way.
+            let created = futures_util::stream::iter(0..total)
+                .map(|index| {
+                    let store = store.clone();
+                    let new = new_webhook(index);
+                    let account = account_id(index);
+                    async move { Ok::<_, anyhow::Error>(store.create(&account, new?).await?.secret) }
+                })
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await;
+            created.into_iter().collect::<Result<Vec<_>, _>>()?
+        } else {
+            eprintln!("creating {total} webhooks…");
+            let mut secrets = Vec::with_capacity(total);
+            for batch in (0..total).collect::<Vec<_>>().chunks(SEED_BATCH) {
+                let webhooks = batch
+                    .iter()
+                    .map(|&i| Ok((account_id(i), new_webhook(i)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                secrets.extend(store.seed(webhooks).await?);
+            }
+            secrets
+        };
+        let answers = (0..total)
+            .map(|i| opts.scenario.answer(i, opts.hanging, total))
+            .collect();
+        let tally = Tally::new(opts.events.max(opts.accounts), secrets, answers);
         receiver::serve(listener, tally.clone(), shutdown);
 
-        let workers = if opts.attach {
-            Vec::new()
-        } else {
-            procstat::spawn_workers(&settings, opts.workers).await?
-        };
-        Ok(Bench {
+        let mut bench = Bench {
+            opts: opts.clone(),
             settings,
             topology,
             store,
             publisher,
             conn,
             tally,
-            workers,
+            workers: Vec::new(),
             accounts,
             attached: opts.attach,
-        })
-    }
-
-    async fn measure(
-        &self,
-        base: &Settings,
-        opts: &BenchOptions,
-    ) -> anyhow::Result<serde_json::Value> {
-        let ceiling = if opts.skip_ceiling {
-            None
-        } else {
-            eprintln!("measuring the broker's ceiling ({} messages)…", opts.events);
-            Some(
-                ceiling::measure(
-                    &crate::broker::Connector::new(&base.amqp),
-                    &self.settings.amqp.prefix,
-                    opts.events,
-                    opts.payload_bytes,
-                )
-                .await?,
-            )
         };
-        let hanging_total = opts.hanging;
-        // Warm-up: one event per account, so every worker's cache is warm before measuring.
-        self.run_events(opts, opts.accounts, None, "warm-up", hanging_total)
-            .await?;
-        let cpu_before = procstat::cpu_seconds(&self.workers);
-        let max = self
-            .run_events(opts, opts.events, None, "throughput", hanging_total)
-            .await?;
-        let cpu = procstat::cpu_seconds(&self.workers) - cpu_before;
-        let rate = opts.rate.unwrap_or(max.events_per_sec / 2.0);
-        let latency_events = (opts.events / 2).max(1);
-        let paced = self
-            .run_events(opts, latency_events, Some(rate), "latency", hanging_total)
-            .await?;
-        let peak_rss_mb = procstat::peak_rss_mb(&self.workers);
-        Ok(serde_json::json!({
-            "setup": {
-                "events": opts.events, "accounts": opts.accounts,
-                "webhooks_per_account": opts.webhooks_per_account,
-                "payload_bytes": opts.payload_bytes, "workers": opts.workers,
-                "attached": opts.attach, "hanging_webhooks": opts.hanging,
-                "prefetch": self.settings.amqp.prefetch,
-            },
-            "broker_ceiling_msgs_per_sec": ceiling,
-            "throughput": max,
-            "ratio_to_ceiling": ceiling.map(|c| max.events_per_sec / c),
-            "latency_run": paced,
-            "worker_cpu_seconds_per_1000_deliveries":
-                (!self.workers.is_empty()).then(|| cpu / max.deliveries as f64 * 1000.0),
-            "worker_peak_rss_mb": peak_rss_mb,
-            "bad_signatures": self.tally.bad_signatures.load(Ordering::Acquire),
-        }))
+        if !opts.scenario.workers_start_late() {
+            bench.start_workers().await?;
+        }
+        Ok(bench)
     }
 
-    /// Publishes `n` events (paced at `rate` if given) and waits for every live delivery.
-    async fn run_events(
+    /// Starts the worker processes (none when attached to running ones).
+    async fn start_workers(&mut self) -> anyhow::Result<()> {
+        if !self.attached {
+            self.workers = procstat::spawn_workers(&self.settings, self.opts.workers).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `n` events (paced at `rate` if given), event `seq` to the account `pick(seq)`.
+    async fn publish(
         &self,
-        opts: &BenchOptions,
+        label: &str,
         n: usize,
         rate: Option<f64>,
-        label: &str,
-        hanging: usize,
-    ) -> anyhow::Result<RunFigures> {
+        pick: impl Fn(usize) -> usize,
+    ) -> anyhow::Result<Published> {
         self.tally.reset();
-        let accounts = opts.accounts;
-        let per_event_live = |seq: usize| {
-            let a = seq % accounts;
-            let first = a * opts.webhooks_per_account;
-            (first..first + opts.webhooks_per_account)
-                .filter(|i| *i >= hanging)
-                .count() as u64
-        };
-        let expected: u64 = (0..n).map(per_event_live).sum();
-        let pad = "x".repeat(opts.payload_bytes.saturating_sub(24));
+        let per_account = self.opts.webhooks_per_account;
+        let expected = (0..n)
+            .map(|seq| {
+                let first = pick(seq) * per_account;
+                (first..first + per_account)
+                    .filter(|i| self.tally.succeeds(*i))
+                    .count() as u64
+            })
+            .sum();
+        let pad = "x".repeat(self.opts.payload_bytes.saturating_sub(24));
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let exchange = self.topology.events_exchange();
         let started = Instant::now();
         let first_publish = self.tally.since_epoch(started);
-        let progress = self.progress(label, n, expected);
         let publishing = futures_util::stream::iter(0..n)
             .map(|seq| {
                 let body = format!(
                     r#"{{"id":"evt_b{seq}_{label}","type":"payment.card.success","account_id":"{}","created_at":"{created_at}","data":{{"seq":{seq},"pad":"{pad}"}}}}"#,
-                    self.accounts[(seq % accounts) * opts.webhooks_per_account]
+                    self.accounts[pick(seq) * per_account]
                 );
                 let exchange = exchange.clone();
                 async move {
@@ -309,34 +293,66 @@ impl Bench {
                 }
             })
             .buffer_unordered(IN_FLIGHT)
-            .collect::<Vec<_>>();
-        let published = publishing.await;
-        published.into_iter().collect::<Result<Vec<()>, _>>()?;
-        let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 500);
-        while self.tally.delivered.load(Ordering::Acquire) < expected {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{label}: only {} of {expected} deliveries arrived",
-                self.tally.delivered.load(Ordering::Acquire)
-            );
+            .fold(Ok(()), |all, one| async move { all.and(one) });
+        publishing.await?;
+        Ok(Published {
+            label: label.to_owned(),
+            events: n,
+            expected,
+            first_publish,
+            rate,
+        })
+    }
+
+    /// Waits for every delivery `published` should cause; the time runs from `since` (since
+    /// the receiver's epoch) to the last receipt.
+    async fn wait(&self, published: &Published, since: Duration) -> anyhow::Result<RunFigures> {
+        let Published {
+            label,
+            events,
+            expected,
+            ..
+        } = published;
+        let progress = self.progress(label, *events, *expected);
+        let deadline = Instant::now() + Duration::from_secs(120 + *events as u64 / 500);
+        while self.tally.delivered.load(Ordering::Acquire) < *expected {
+            if Instant::now() >= deadline {
+                progress.abort();
+                anyhow::bail!(
+                    "{label}: only {} of {expected} deliveries arrived",
+                    self.tally.delivered.load(Ordering::Acquire)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         progress.abort();
-        let seconds = (self.tally.last_receipt() - first_publish).as_secs_f64();
+        let seconds = (self.tally.last_receipt().saturating_sub(since)).as_secs_f64();
         let delivered = self.tally.delivered.load(Ordering::Acquire);
         eprintln!(
-            "\r[{label}] {n} events, {delivered} deliveries in {seconds:.2}s{:30}",
+            "\r[{label}] {events} events, {delivered} deliveries in {seconds:.2}s{:30}",
             ""
         );
         Ok(RunFigures {
-            events: n,
+            events: *events,
             deliveries: delivered,
             seconds,
-            events_per_sec: n as f64 / seconds,
+            events_per_sec: *events as f64 / seconds,
             deliveries_per_sec: delivered as f64 / seconds,
             latency_ms: self.tally.percentiles(),
-            target_rate: rate,
+            target_rate: published.rate,
         })
+    }
+
+    /// Publishes and waits: throughput from the first publish to the last receipt.
+    async fn run_events(
+        &self,
+        label: &str,
+        n: usize,
+        rate: Option<f64>,
+        pick: impl Fn(usize) -> usize,
+    ) -> anyhow::Result<RunFigures> {
+        let published = self.publish(label, n, rate, pick).await?;
+        self.wait(&published, published.first_publish).await
     }
 
     fn progress(&self, label: &str, n: usize, expected: u64) -> tokio::task::JoinHandle<()> {
@@ -353,6 +369,14 @@ impl Bench {
                 );
             }
         })
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        procstat::cpu_seconds(&self.workers)
+    }
+
+    fn peak_rss_mb(&self) -> Option<f64> {
+        procstat::peak_rss_mb(&self.workers)
     }
 
     async fn teardown(self) {
@@ -394,60 +418,4 @@ impl Bench {
             }
         }
     }
-}
-
-fn print_report(r: &serde_json::Value) {
-    let s = &r["setup"];
-    println!(
-        "hookrelay bench: {} events, {} accounts x {} webhook(s), {}-byte payload, {} worker process(es){}",
-        s["events"], s["accounts"], s["webhooks_per_account"], s["payload_bytes"], s["workers"],
-        if s["hanging_webhooks"].as_u64().unwrap_or(0) > 0 {
-            format!(", {} hanging webhook(s)", s["hanging_webhooks"])
-        } else {
-            String::new()
-        }
-    );
-    if let Some(c) = r["broker_ceiling_msgs_per_sec"].as_f64() {
-        println!("broker ceiling (quorum queue, confirms {IN_FLIGHT} in flight, prefetch 256): {c:.0} msgs/s");
-    }
-    let t = &r["throughput"];
-    println!(
-        "throughput: {:.0} events/s, {:.0} deliveries/s end to end{}",
-        t["events_per_sec"].as_f64().unwrap_or(0.0),
-        t["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-        r["ratio_to_ceiling"]
-            .as_f64()
-            .map(|x| format!(" ({x:.2} x broker ceiling)"))
-            .unwrap_or_default()
-    );
-    let lat = |run: &serde_json::Value| {
-        let l = &run["latency_ms"];
-        format!(
-            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            l[0].as_f64().unwrap_or(0.0),
-            l[1].as_f64().unwrap_or(0.0),
-            l[2].as_f64().unwrap_or(0.0),
-            l[3].as_f64().unwrap_or(0.0)
-        )
-    };
-    println!("  latency publish->receipt at full speed: {}", lat(t));
-    let p = &r["latency_run"];
-    println!(
-        "latency run at {:.0} events/s: {}",
-        p["target_rate"].as_f64().unwrap_or(0.0),
-        lat(p)
-    );
-    if let Some(cpu) = r["worker_cpu_seconds_per_1000_deliveries"].as_f64() {
-        println!(
-            "workers: {cpu:.3} CPU-seconds per 1,000 deliveries ({:.0} us each)",
-            cpu * 1000.0
-        );
-    }
-    if let Some(rss) = r["worker_peak_rss_mb"].as_f64() {
-        println!("workers: peak RSS {rss:.1} MB (largest process)");
-    }
-    println!(
-        "signature failures at the receiver: {}",
-        r["bad_signatures"]
-    );
 }

@@ -10,6 +10,8 @@ use tokio::process::{Child, Command};
 pub struct WorkerProcess {
     child: Child,
     pid: u32,
+    /// Its ops endpoint (`/metrics`), from its start-up log line.
+    ops_addr: Option<String>,
 }
 
 /// Starts `n` `hookrelay worker` processes on the bench's prefix and waits until each is
@@ -56,23 +58,66 @@ pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if line.contains("worker consuming") {
-                    return Ok::<_, std::io::Error>(true);
+                    return Ok::<_, std::io::Error>(Some(ops_addr(&line)));
                 }
                 eprintln!("worker: {line}");
             }
-            Ok(false)
+            Ok(None)
         })
         .await;
-        anyhow::ensure!(matches!(ready, Ok(Ok(true))), "a worker did not start");
+        let Ok(Ok(Some(ops_addr))) = ready else {
+            anyhow::bail!("a worker did not start");
+        };
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("worker {pid}: {line}");
             }
         });
-        workers.push(WorkerProcess { child, pid });
+        workers.push(WorkerProcess {
+            child,
+            pid,
+            ops_addr,
+        });
     }
     Ok(workers)
+}
+
+/// The `ops_addr=127.0.0.1:PORT` of a worker's start-up line (colours or not).
+fn ops_addr(line: &str) -> Option<String> {
+    let rest = &line[line.find("ops_addr")? + "ops_addr".len()..];
+    let start = rest.find(|c: char| c.is_ascii_digit())?;
+    let addr: String = rest[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    Some(addr)
+}
+
+/// The sum over the workers of the given counters (every label set), from their `/metrics`.
+pub async fn counter_sum(workers: &[WorkerProcess], names: &[&str]) -> anyhow::Result<f64> {
+    let client = reqwest::Client::new();
+    let mut sum = 0.0;
+    for addr in workers.iter().filter_map(|w| w.ops_addr.as_ref()) {
+        let text = client
+            .get(format!("http://{addr}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .text()
+            .await?;
+        sum += text
+            .lines()
+            .filter(|l| {
+                names.iter().any(|n| {
+                    l.strip_prefix(n)
+                        .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                })
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(sum)
 }
 
 /// SIGTERM, then a bounded wait.

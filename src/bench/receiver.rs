@@ -7,10 +7,21 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How a bench webhook answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 204 after checking the signature.
+    Ok,
+    /// Never answers (until the sender's timeout).
+    Hang,
+    /// 500 while the storm is on ([`Tally::set_storm`]), 204 before.
+    Fail,
+}
 
 /// What the receiver has seen; shared with the bench loop.
 pub struct Tally {
@@ -19,26 +30,45 @@ pub struct Tally {
     published_at: Vec<AtomicU64>,
     /// Webhook secrets by index (the URL path names the index).
     secrets: Vec<Secret>,
-    /// Index of the webhook that hangs (never answers), if any.
-    hanging: Vec<bool>,
+    /// How each webhook answers, by index.
+    answers: Vec<Answer>,
+    storm: AtomicBool,
     pub delivered: AtomicU64,
+    /// 500s answered by failing webhooks during the storm.
+    pub failed: AtomicU64,
     pub bad_signatures: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     last_receipt_ns: AtomicU64,
 }
 
 impl Tally {
-    pub fn new(events: usize, secrets: Vec<Secret>, hanging: Vec<bool>) -> Arc<Self> {
+    pub fn new(events: usize, secrets: Vec<Secret>, answers: Vec<Answer>) -> Arc<Self> {
         Arc::new(Tally {
             epoch: Instant::now(),
             published_at: (0..events).map(|_| AtomicU64::new(0)).collect(),
             secrets,
-            hanging,
+            answers,
+            storm: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             latencies_us: Mutex::new(Vec::with_capacity(events)),
             last_receipt_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Failing webhooks answer 500 from now on.
+    pub fn set_storm(&self) {
+        self.storm.store(true, Ordering::Release);
+    }
+
+    /// Whether a delivery to the webhook at `index` is answered 2xx now.
+    pub fn succeeds(&self, index: usize) -> bool {
+        match self.answers.get(index) {
+            Some(Answer::Ok) | None => true,
+            Some(Answer::Hang) => false,
+            Some(Answer::Fail) => !self.storm.load(Ordering::Acquire),
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -60,6 +90,7 @@ impl Tally {
     /// Forgets latencies and counts (between the warm-up and the measured runs).
     pub fn reset(&self) {
         self.delivered.store(0, Ordering::Release);
+        self.failed.store(0, Ordering::Release);
         self.latencies_us.lock().unwrap().clear();
         for p in &self.published_at {
             p.store(0, Ordering::Release);
@@ -96,9 +127,14 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    if tally.hanging.get(index).copied().unwrap_or(false) {
+    match tally.answers.get(index) {
         // Holds the request until the sender's timeout: the endpoint "hangs".
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Some(Answer::Hang) => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Some(Answer::Fail) if !tally.succeeds(index) => {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        _ => {}
     }
     let received_ns = tally.now_ns();
     // Verified exactly as `hookrelay listen` (and a merchant's receiver) does.

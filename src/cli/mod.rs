@@ -77,7 +77,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  hookrelay listen --listen 127.0.0.1:8765 --account 68")]
     Listen(publish::ListenArgs),
     /// Measure end-to-end throughput and latency against the broker's own ceiling.
-    #[command(after_help = "Example:\n  hookrelay bench --events 20000 --workers 2 --json")]
+    #[command(
+        after_help = "Example:\n  hookrelay bench --events 20000 --workers 2 --json\n  hookrelay bench --scenario many-accounts"
+    )]
     Bench(BenchArgs),
     /// Show the effective configuration (secrets redacted) or check it.
     #[command(after_help = "Example:\n  hookrelay config show")]
@@ -94,18 +96,21 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Events in the throughput run (the latency run publishes half as many).
-    #[arg(long, default_value_t = 20_000)]
-    events: usize,
-    /// Accounts the events are spread over.
-    #[arg(long, default_value_t = 100)]
-    accounts: usize,
-    /// Webhooks per account (fan-out), 1 to 10.
-    #[arg(long, default_value_t = 1)]
-    webhooks: usize,
-    /// Size of each event's data in bytes.
-    #[arg(long, default_value_t = 100)]
-    payload_bytes: usize,
+    /// What to measure; each scenario sets the defaults of the four options below it.
+    #[arg(long, value_enum, default_value_t = crate::bench::Scenario::Headline)]
+    scenario: crate::bench::Scenario,
+    /// Events in the main run (headline 20,000; many-accounts 200,000; backlog 1,000,000).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Accounts the events are spread over (100; many-accounts 1,000,000; fan-out 1,000).
+    #[arg(long)]
+    accounts: Option<usize>,
+    /// Webhooks per account, 1 to 10 (1; fan-out 10).
+    #[arg(long)]
+    webhooks: Option<usize>,
+    /// Size of each event's data in bytes (100; large-payloads 65,536).
+    #[arg(long)]
+    payload_bytes: Option<usize>,
     /// Worker processes to start.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -190,11 +195,13 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Listen(args) => publish::listen(&settings, args).await,
         Command::Bench(a) => {
+            let preset = a.scenario.preset();
             let options = crate::bench::BenchOptions {
-                events: a.events,
-                accounts: a.accounts,
-                webhooks_per_account: a.webhooks,
-                payload_bytes: a.payload_bytes,
+                scenario: a.scenario,
+                events: a.events.unwrap_or(preset.events),
+                accounts: a.accounts.unwrap_or(preset.accounts),
+                webhooks_per_account: a.webhooks.unwrap_or(preset.webhooks),
+                payload_bytes: a.payload_bytes.unwrap_or(preset.payload_bytes),
                 workers: a.workers,
                 attach: a.attach,
                 rate: a.rate,

@@ -268,11 +268,16 @@ impl Store {
 
     /// Writes one new webhook per account in pipelined batches, for benchmark set-up only: it
     /// skips the per-account rules (limit, duplicate URL) and the change announcements that
-    /// [`Store::create`] makes atomically, so it must only be used on fresh accounts.
-    pub async fn seed(&self, accounts: &[AccountId], new: &NewWebhook) -> Result<(), StoreError> {
-        for chunk in accounts.chunks(1000) {
+    /// [`Store::create`] makes atomically, so it must only be used on fresh accounts that no
+    /// running worker has looked up yet. Returns each new webhook's secret, in order.
+    pub async fn seed(
+        &self,
+        webhooks: Vec<(AccountId, NewWebhook)>,
+    ) -> Result<Vec<Secret>, StoreError> {
+        let mut secrets = Vec::with_capacity(webhooks.len());
+        for chunk in webhooks.chunks(1000) {
             let mut pipe = redis::pipe();
-            for account in chunk {
+            for (account, new) in chunk {
                 let webhook = new.clone().into_webhook(account);
                 let [webhooks, urls, version] = self.keys(account);
                 pipe.hset(
@@ -287,10 +292,11 @@ impl Store {
                 .ignore()
                 .hset(self.index_key(), webhook.id.as_str(), account.as_str())
                 .ignore();
+                secrets.push(webhook.secret);
             }
             self.run_pipeline(&pipe).await?;
         }
-        Ok(())
+        Ok(secrets)
     }
 
     pub async fn create(
