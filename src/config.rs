@@ -173,6 +173,8 @@ pub struct WorkerSettings {
     pub cache_max_bytes: u64,
     /// How long a cached account is trusted without a change announcement.
     pub cache_ttl: Duration,
+    /// Bound on the bytes of the messages being handled at once (parsed, formatted, sent).
+    pub max_in_flight_bytes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +278,7 @@ struct RawWorker {
     threads: usize,
     cache_max_bytes: u64,
     cache_ttl: String,
+    max_in_flight_bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -662,6 +665,12 @@ impl Settings {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        if !(1 << 20..=u64::from(u32::MAX)).contains(&raw.worker.max_in_flight_bytes) {
+            return Err(invalid(
+                "worker.max_in_flight_bytes",
+                "must be 1048576 (1 MiB) to 4294967295",
+            ));
+        }
         if raw.amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1"));
         }
@@ -743,6 +752,9 @@ impl Settings {
                 },
                 cache_max_bytes: raw.worker.cache_max_bytes,
                 cache_ttl: parse_duration("worker.cache_ttl", &raw.worker.cache_ttl)?,
+                // At most u32::MAX: checked above.
+                max_in_flight_bytes: u32::try_from(raw.worker.max_in_flight_bytes)
+                    .unwrap_or(u32::MAX),
             },
             log: LogSettings { format },
             api: ApiSettings {
@@ -851,6 +863,11 @@ mod tests {
         assert!(err.to_string().contains("log.format"), "{err}");
         let err = load(&[("HOOKRELAY__REDIS__SECRET_KEY", "c2hvcnQ=")]).unwrap_err();
         assert!(err.to_string().contains("redis.secret_key"), "{err}");
+        let err = load(&[("HOOKRELAY__WORKER__MAX_IN_FLIGHT_BYTES", "1000")]).unwrap_err();
+        assert!(
+            err.to_string().contains("worker.max_in_flight_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

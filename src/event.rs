@@ -372,20 +372,12 @@ impl Event {
 /// to skip.
 pub fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&b) = json.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            // A string's end is found with memchr (a large payload is mostly strings).
+            b'"' => at = string_end(json, at),
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -397,6 +389,22 @@ pub fn nesting_exceeds(json: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// The index just past the closing quote of the string whose contents start at `from`.
+fn string_end(json: &[u8], mut from: usize) -> usize {
+    while let Some(i) = memchr::memchr2(b'"', b'\\', &json[from..]) {
+        let i = from + i;
+        if json[i] == b'"' {
+            return i + 1;
+        }
+        // A backslash escapes the next byte, whatever it is.
+        from = i + 2;
+        if from >= json.len() {
+            break;
+        }
+    }
+    json.len()
 }
 
 /// Serializes a string as a JSON string literal.

@@ -24,7 +24,7 @@ use backon::{ExponentialBuilder, Retryable};
 use endpoints::Endpoints;
 use handle::Ctx;
 use rate_limit::RateLimits;
-use session::{Ended, Session};
+use session::{Ended, InHand, Session};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +58,7 @@ struct Parts {
     endpoints: Arc<Endpoints>,
     rate_limits: Arc<RateLimits>,
     redis_ok: Arc<AtomicBool>,
+    in_hand: InHand,
     shutdown: CancellationToken,
 }
 
@@ -156,6 +157,7 @@ pub async fn start(
                 .max(Duration::from_secs(1)),
         ),
         redis_ok: Arc::new(AtomicBool::new(true)),
+        in_hand: InHand::new(settings.worker.max_in_flight_bytes),
         shutdown: shutdown.clone(),
         settings,
     };
@@ -188,7 +190,9 @@ async fn run(
     loop {
         consuming.store(true, Ordering::Release);
         crate::metrics::broker_connected(true);
-        let ended = session.run(&ctx, &tracker, &parts.shutdown).await;
+        let ended = session
+            .run(&ctx, &parts.in_hand, &tracker, &parts.shutdown)
+            .await;
         consuming.store(false, Ordering::Release);
         crate::metrics::broker_connected(false);
         match ended {

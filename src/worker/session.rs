@@ -17,6 +17,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -124,10 +125,13 @@ impl Session {
         ))
     }
 
-    /// Hands each message to a handler task until shutdown or until the session is lost.
+    /// Hands each message to a handler task until shutdown or until the session is lost. A
+    /// message waits for its size in `in_hand` (`worker.max_in_flight_bytes`) first, so what is
+    /// being parsed, formatted and sent at once is bounded in bytes, whatever the payloads.
     pub async fn run(
         &mut self,
         ctx: &Arc<Ctx>,
+        in_hand: &InHand,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Ended {
@@ -148,7 +152,18 @@ impl Session {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(handle_one(delivery, queue, ctx.clone(), acks.clone()));
+                    let bytes = tokio::select! {
+                        // Unsettled, the message goes back to the queue with the channel.
+                        _ = shutdown.cancelled() => return Ended::Shutdown,
+                        bytes = in_hand.take(delivery.data.len()) => bytes,
+                    };
+                    tracker.spawn(handle_one(
+                        delivery,
+                        queue,
+                        ctx.clone(),
+                        acks.clone(),
+                        bytes,
+                    ));
                 }
                 Some(Err(e)) => {
                     return Ended::Lost(
@@ -235,7 +250,40 @@ async fn consume(
     })
 }
 
-async fn handle_one(delivery: Delivery, queue: Queue, ctx: Arc<Ctx>, acks: AckBatcher) {
+/// The bytes of the messages being handled (`worker.max_in_flight_bytes`), shared by the
+/// worker's sessions.
+#[derive(Clone)]
+pub struct InHand {
+    bytes: Arc<Semaphore>,
+    bound: u32,
+}
+
+impl InHand {
+    pub fn new(bound: u32) -> Self {
+        InHand {
+            bytes: Arc::new(Semaphore::new(bound as usize)),
+            bound,
+        }
+    }
+
+    /// Waits until a message of `len` bytes fits; one larger than the bound waits for all of it.
+    async fn take(&self, len: usize) -> OwnedSemaphorePermit {
+        let weight = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.bound);
+        self.bytes
+            .clone()
+            .acquire_many_owned(weight)
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
+async fn handle_one(
+    delivery: Delivery,
+    queue: Queue,
+    ctx: Arc<Ctx>,
+    acks: AckBatcher,
+    _bytes: OwnedSemaphorePermit,
+) {
     let result = match queue {
         Queue::Events => ctx.handle_event(&delivery).await,
         Queue::Deliveries => ctx.handle_retry(&delivery).await,
