@@ -334,3 +334,46 @@ async fn a_worker_whose_secret_key_cannot_open_the_stored_secrets_refuses_to_sta
     assert_worker_alive(&app).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn large_events_in_hand_at_once_are_bounded_by_max_in_flight_bytes() {
+    // 1 MiB in hand and events of about 200 KB: five at a time, whatever the prefetch.
+    let app = spawn_app_with(
+        "30s",
+        &[
+            ("HOOKRELAY__WORKER__MAX_IN_FLIGHT_BYTES", "1048576"),
+            ("HOOKRELAY__AMQP__PREFETCH", "64"),
+        ],
+    )
+    .await;
+    app.receiver
+        .behave("/big", Behaviour::Delay(Duration::from_millis(300)));
+    app.add_webhook("big", "/big", &["*"], Format::Standard)
+        .await;
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200_000));
+    for _ in 0..20 {
+        app.publish(EventType::PaymentCardSuccess, "big", &data)
+            .await;
+    }
+
+    let hits = app.receiver.wait_for("/big", 20, WITHIN).await;
+    let mut arrivals: Vec<_> = hits.iter().map(|h| h.at).collect();
+    arrivals.sort();
+    // Each request is held 300 ms: six arrivals within 200 ms mean six were in hand at once.
+    let most_at_once = arrivals
+        .iter()
+        .map(|t| {
+            arrivals
+                .iter()
+                .filter(|u| **u >= *t && u.duration_since(*t) < Duration::from_millis(200))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most_at_once <= 5, "{most_at_once} at once: {arrivals:?}");
+    // Twenty in waves of at most five, each held 300 ms: at least three waves after the first.
+    let spread = arrivals[19].duration_since(arrivals[0]);
+    assert!(spread >= Duration::from_millis(900), "all in {spread:?}");
+    assert_worker_alive(&app).await;
+    app.cleanup().await;
+}
