@@ -88,6 +88,12 @@ impl Deliverer {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        // Boxed: the request's state (kilobytes) exists only while it is made, not in each of
+        // the many attempts that wait for a slot (fan-out x prefetch of them).
+        Box::pin(self.send(webhook, event)).await
+    }
+
+    async fn send(&self, webhook: &Webhook, event: &PreparedEvent) -> AttemptReport {
         let started = Instant::now();
         // The scheme and IP-literal hosts; host names are checked by the guard's resolver.
         if let Err(refusal) = self.targets.admits(webhook.url.as_url()) {

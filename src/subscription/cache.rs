@@ -251,7 +251,8 @@ impl SubscriptionCache {
             account,
             number,
         };
-        let webhooks = self.read(account).await?;
+        // Boxed: only a miss carries the Redis request's state, not every waiting handler.
+        let webhooks = Box::pin(self.read(account)).await?;
         done.send_replace(Some(webhooks.clone()));
         Ok(webhooks)
     }

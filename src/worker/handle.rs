@@ -213,17 +213,21 @@ impl Ctx {
     ) -> Result<(), HandleError> {
         let made = attempt.saturating_sub(1);
         if let Some(next) = self.pace(webhook).await? {
-            return self
-                .defer(webhook, event, made, history, next, Why::RateLimit)
-                .await;
+            return Box::pin(self.defer(webhook, event, made, history, next, Why::RateLimit)).await;
         }
         let permit = match self.endpoints.admit(&webhook.id).await {
             Admission::Go(permit) => Some(permit),
             Admission::Defer => match self.schedule.deferral(history.deferrals, rand::random()) {
                 Some(next) => {
-                    return self
-                        .defer(webhook, event, made, history, next, Why::Endpoint)
-                        .await;
+                    return Box::pin(self.defer(
+                        webhook,
+                        event,
+                        made,
+                        history,
+                        next,
+                        Why::Endpoint,
+                    ))
+                    .await;
                 }
                 // Without a delay queue there is nowhere to wait: the request is made anyway.
                 None => None,
@@ -250,11 +254,11 @@ impl Ctx {
                     &history,
                 );
                 let headers = Headers::default().int(header::ATTEMPTS, attempt.into());
-                self.publish_retry(&job, next, headers).await
+                Box::pin(self.publish_retry(&job, next, headers)).await
             }
             Settlement::Dead(reason) => {
                 if reason == DeadReason::Gone {
-                    self.disable_gone(webhook).await;
+                    Box::pin(self.disable_gone(webhook)).await;
                 }
                 let dying = dying(
                     event,
@@ -263,7 +267,7 @@ impl Ctx {
                     attempt,
                     &history,
                 );
-                self.publish_dead(reason, dying).await
+                Box::pin(self.publish_dead(reason, dying)).await
             }
         }
     }
@@ -277,16 +281,16 @@ impl Ctx {
         };
         // Without a delay queue the delivery waits in-process as long as it takes.
         let deferral = self.schedule.deferral(0, rand::random());
-        let pass = self
-            .rate_limits
-            .admit(
-                &webhook.account_id,
-                &webhook.id,
-                limit,
-                deferral.is_some(),
-                &self.shutdown,
-            )
-            .await;
+        // Boxed, like every step below that only some attempts reach, so that an attempt
+        // waiting for a slot stays small.
+        let pass = Box::pin(self.rate_limits.admit(
+            &webhook.account_id,
+            &webhook.id,
+            limit,
+            deferral.is_some(),
+            &self.shutdown,
+        ))
+        .await;
         match pass {
             Pass::Go => Ok(None),
             // Never without a deferral: `admit` was told whether it may defer.
