@@ -73,9 +73,10 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
         .fold(0usize, |n, failed| async move { n + usize::from(failed) })
         .await;
     let elapsed = started.elapsed();
+    // Read before the follower stops: stopping flushes the cache.
+    let (entries, bytes) = cache.footprint();
     follow.cancel();
     anyhow::ensure!(failed == 0, "{failed} lookups failed");
-    let (entries, bytes) = cache.footprint();
     let figures = CacheFigures {
         accounts_seen: accounts,
         accounts_with_a_webhook: with_webhook,
