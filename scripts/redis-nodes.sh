@@ -533,7 +533,10 @@ part_cluster() {
   # bench on the same config: 20 accounts spread over the masters' slots, and its clean-up
   # (Store::purge_prefix) must find its keys on every master.
   "$BIN" bench --events 300 --accounts 20 --workers 1 --skip-ceiling \
-    >"$WORK/cluster-bench.log" 2>&1 || die "cluster: bench failed (see $WORK/cluster-bench.log)"
+    >"$WORK/cluster-bench.log" 2>&1 || {
+    tail -n 20 "$WORK/cluster-bench.log" >&2
+    die "cluster: bench failed (its log's end above)"
+  }
   local left=0
   for p in "${CLUSTER_PORTS[@]}"; do
     [[ $p == "$KILLED_PORT" ]] && continue

@@ -276,10 +276,15 @@ impl Store {
     ) -> Result<Vec<Secret>, StoreError> {
         let mut secrets = Vec::with_capacity(webhooks.len());
         for chunk in webhooks.chunks(1000) {
-            let mut pipe = redis::pipe();
+            // A cluster refuses a pipeline across slots: the index (one key) gets one
+            // pipeline, and each account (its keys share its hash tag) one of its own; the
+            // multiplexed connection still sends them back to back.
+            let mut index = redis::pipe();
+            let mut accounts = Vec::with_capacity(chunk.len());
             for (account, new) in chunk {
                 let webhook = new.clone().into_webhook(account);
                 let [webhooks, urls, version] = self.keys(account);
+                let mut pipe = redis::pipe();
                 pipe.hset(
                     &webhooks,
                     webhook.id.as_str(),
@@ -289,12 +294,16 @@ impl Store {
                 .hset(&urls, webhook.url.as_str(), webhook.id.as_str())
                 .ignore()
                 .incr(&version, 1)
-                .ignore()
-                .hset(self.index_key(), webhook.id.as_str(), account.as_str())
                 .ignore();
+                accounts.push(pipe);
+                index
+                    .hset(self.index_key(), webhook.id.as_str(), account.as_str())
+                    .ignore();
                 secrets.push(webhook.secret);
             }
-            self.run_pipeline(&pipe).await?;
+            self.run_pipeline(&index).await?;
+            futures_util::future::try_join_all(accounts.iter().map(|p| self.run_pipeline(p)))
+                .await?;
         }
         Ok(secrets)
     }
