@@ -161,6 +161,10 @@ pub struct DeliverySettings {
     pub allow_private_targets: bool,
     pub allow_http: bool,
     pub max_in_flight_per_webhook: usize,
+    /// Share of `max_in_flight` one target origin (scheme, host, port) may hold.
+    pub max_in_flight_per_origin: usize,
+    /// Share of `max_in_flight` one account may hold.
+    pub max_in_flight_per_account: usize,
     pub max_in_flight: usize,
 }
 
@@ -268,6 +272,8 @@ struct RawDelivery {
     allow_private_targets: bool,
     allow_http: bool,
     max_in_flight_per_webhook: usize,
+    max_in_flight_per_origin: usize,
+    max_in_flight_per_account: usize,
     max_in_flight: usize,
 }
 
@@ -735,6 +741,24 @@ impl Settings {
                     0 => {
                         return Err(invalid(
                             "delivery.max_in_flight_per_webhook",
+                            "must be at least 1",
+                        ))
+                    }
+                    n => n,
+                },
+                max_in_flight_per_origin: match raw.delivery.max_in_flight_per_origin {
+                    0 => {
+                        return Err(invalid(
+                            "delivery.max_in_flight_per_origin",
+                            "must be at least 1",
+                        ))
+                    }
+                    n => n,
+                },
+                max_in_flight_per_account: match raw.delivery.max_in_flight_per_account {
+                    0 => {
+                        return Err(invalid(
+                            "delivery.max_in_flight_per_account",
                             "must be at least 1",
                         ))
                     }

@@ -3,7 +3,7 @@
 //! (a delay queue or a dead letter) with confirms. The source message is acked only after every
 //! follow-up is confirmed, otherwise it comes back.
 
-use super::endpoints::{Admission, Endpoints};
+use super::endpoints::{Admission, Endpoints, Target};
 use super::rate_limit::{Pass, RateLimits};
 use crate::broker::headers;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
@@ -215,7 +215,7 @@ impl Ctx {
         if let Some(next) = self.pace(webhook).await? {
             return Box::pin(self.defer(webhook, event, made, history, next, Why::RateLimit)).await;
         }
-        let permit = match self.endpoints.admit(&webhook.id).await {
+        let permit = match self.endpoints.admit(&Target::of(webhook)).await {
             Admission::Go(permit) => Some(permit),
             Admission::Defer => match self.schedule.deferral(history.deferrals, rand::random()) {
                 Some(next) => {
@@ -313,7 +313,7 @@ impl Ctx {
         let deferrals = match why {
             Why::Endpoint => {
                 metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
-                tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow or circuit open: deferred");
+                tracing::debug!(webhook_id = %webhook.id, attempts_made, "endpoint slow, circuit open or share spent: deferred");
                 history.deferrals.saturating_add(1)
             }
             // Counted in hookrelay_rate_limited_total{outcome="deferred"}.

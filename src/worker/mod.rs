@@ -21,7 +21,7 @@ use crate::subscription::cache::{CacheLimits, SubscriptionCache};
 use crate::subscription::store::Store;
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use endpoints::Endpoints;
+use endpoints::{Caps, Endpoints};
 use handle::Ctx;
 use rate_limit::RateLimits;
 use session::{Ended, InHand, Session};
@@ -146,7 +146,11 @@ pub async fn start(
         rate_limits: RateLimits::new(store.clone(), settings.delivery.max_in_flight_per_webhook),
         attempt_log: AttemptLog::start(store, settings.delivery.disable_after),
         endpoints: Endpoints::new(
-            settings.delivery.max_in_flight_per_webhook,
+            Caps {
+                webhook: settings.delivery.max_in_flight_per_webhook,
+                origin: settings.delivery.max_in_flight_per_origin,
+                account: settings.delivery.max_in_flight_per_account,
+            },
             // The circuit's cool-down: the first retry step, when a probe would retry anyway.
             settings
                 .delivery
