@@ -203,6 +203,10 @@ async fn run(
             Ended::Shutdown => {
                 session.stop_consuming().await;
                 drain(&tracker, parts.settings.worker.shutdown_grace).await;
+                // Closed before its last handle drops, so that lapin does not close it too,
+                // racing the connection's close (see `session::close_channel`).
+                let publisher = ctx.publisher.channel().close(200, "shutdown".into());
+                let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
                 drop(ctx);
                 session.close().await;
                 tracing::info!("worker stopped");

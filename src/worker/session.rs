@@ -189,7 +189,8 @@ impl Session {
         }
     }
 
-    /// After the handlers are done: sends the last acks, then closes both connections.
+    /// After the handlers are done: sends the last acks, closes each consumer channel once the
+    /// broker has them, then closes both connections.
     pub async fn close(self) {
         for c in self.consumers {
             drop(c.acks);
@@ -199,6 +200,7 @@ impl Session {
             {
                 tracing::warn!("could not send the last acks in time; the broker will redeliver");
             }
+            close_channel(&c.channel).await;
         }
         let close = async {
             let _ = self.consume_conn.close(200, "shutdown".into()).await;
@@ -219,6 +221,23 @@ impl Session {
             let _ = self.publish_conn.close(320, "reconnecting".into()).await;
         };
         let _ = tokio::time::timeout(ABANDON_TIMEOUT, close).await;
+    }
+}
+
+/// Closes a consumer channel and waits for the broker's close-ok, which it sends only after it
+/// has processed every earlier frame of the channel: the acks just sent are then settled.
+///
+/// Left to lapin, the channel would be closed when its last handle drops, by a task racing our
+/// connection close; the loser fails on a channel already closing, lapin turns that into a
+/// connection error and drops the socket without a close, and the broker then discards acks it
+/// had read but not yet processed and redelivers those messages: a clean stop delivered the last
+/// few events twice. A channel closed here is no longer open when its handles drop.
+async fn close_channel(channel: &Channel) {
+    let close = channel.close(200, "shutdown".into());
+    match tokio::time::timeout(Duration::from_secs(5), close).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "closing a consumer channel failed; the broker may redeliver its last messages"),
+        Err(_) => tracing::warn!("the broker did not confirm closing a consumer channel; it may redeliver its last messages"),
     }
 }
 
