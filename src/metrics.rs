@@ -21,6 +21,7 @@ pub const DELIVERY_LAG: &str = "hookrelay_delivery_lag_seconds";
 pub const DEAD_LETTERS: &str = "hookrelay_dead_letters_total";
 pub const RETRIES: &str = "hookrelay_retries_total";
 pub const DEFERRED: &str = "hookrelay_deliveries_deferred_total";
+pub const SHARE_DEFERRALS: &str = "hookrelay_share_deferrals_total";
 pub const IN_FLIGHT: &str = "hookrelay_in_flight_deliveries";
 pub const BROKER_CONNECTED: &str = "hookrelay_broker_connected";
 pub const BROKER_RECONNECTS: &str = "hookrelay_broker_reconnects_total";
@@ -145,7 +146,11 @@ fn describe() {
     );
     describe_counter!(
         DEFERRED,
-        "Deliveries sent to wait in a delay queue without an attempt (endpoint slow or circuit open)"
+        "Deliveries sent to wait in a delay queue without an attempt (endpoint slow or circuit open, or a share spent)"
+    );
+    describe_counter!(
+        SHARE_DEFERRALS,
+        "Deliveries deferred because their origin's or account's share of delivery.max_in_flight was held by slow requests, by share (origin|account)"
     );
     describe_gauge!(
         IN_FLIGHT,
@@ -219,6 +224,9 @@ pub fn worker_started() {
     ];
     for name in counters {
         metrics::counter!(name).increment(0);
+    }
+    for share in ["origin", "account"] {
+        metrics::counter!(SHARE_DEFERRALS, "share" => share).increment(0);
     }
     for result in ["delivered", "failed", "gone", "refused", "body_too_large"] {
         metrics::counter!(ATTEMPTS, "result" => result).increment(0);

@@ -244,7 +244,7 @@ impl Endpoints {
         let account_slots = account.slots.clone();
         if origin_spent || account_spent {
             let share = if origin_spent { "origin" } else { "account" };
-            metrics::counter!("hookrelay_share_deferrals_total", "share" => share).increment(1);
+            metrics::counter!(crate::metrics::SHARE_DEFERRALS, "share" => share).increment(1);
             return Check::Defer;
         }
         let state = states
