@@ -2,7 +2,7 @@ use crate::{flags::*, types::*, value::*};
 use nom::{
     self, Parser,
     bytes::streaming::take,
-    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser, map_res},
+    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser},
     error::{ContextError, ErrorKind, ParseError, context},
     multi::fold_many0,
     number::streaming::{
@@ -100,11 +100,43 @@ pub type ParserError = nom::Err<ParserErrors>;
 /// Return type of parsers
 pub type ParserResult<I, T> = Result<(I, T), ParserError>;
 
+// hookrelay patch (see vendor/README.md and docs/upstream-amq-protocol.md): nesting is bounded.
+//
+// Field tables and arrays nest, and the parser descends into them by recursion: a message whose
+// headers nest tables 1,000 levels deep (or arrays a few thousand), which RabbitMQ accepts within
+// its 128 KiB frame, overflowed the stack of lapin's io-loop thread and aborted the process. The
+// depth is now passed down, and a table or array nested deeper than `MAX_NESTING_DEPTH` is not
+// parsed at all: its bytes are skipped by its length prefix (no recursion, whatever its
+// contents) and the value reads as `AMQPValue::LongString(NESTING_LIMIT_MARKER)`. The frame
+// stays readable, so the message reaches its consumer, which can recognise the marker and reject
+// that one message instead of losing its connection.
+
+/// How many field tables and arrays may be nested in one another; a deeper one is skipped and
+/// read as [`NESTING_LIMIT_MARKER`]. Real headers nest a few levels (RabbitMQ's `x-death`: the
+/// headers table, an array, a table, an array of routing keys: 4), and each level costs the
+/// parser about 3 KiB of stack in a release build and 11 KiB in a debug one (measured on x86-64
+/// with nom 8): 32 levels stay under 400 KiB even in debug, a fifth of a 2 MiB thread stack.
+pub const MAX_NESTING_DEPTH: usize = 32;
+
+/// What a field table or array nested deeper than [`MAX_NESTING_DEPTH`] reads as, in a
+/// [`AMQPValue::LongString`]: a consumer that finds it knows the message's headers were cut.
+pub const NESTING_LIMIT_MARKER: &str =
+    "amq-protocol-types: field table or array nested deeper than 32 levels, not parsed";
+
 /// Parse the [AMQPValue](../type.AMQPValue.html) of the given [AMQPType](../type.AMQPType.html)
 #[must_use]
 pub fn parse_raw_value<I: ParsableInput>(
     amqp_type: AMQPType,
 ) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
+    move |i| parse_raw_value_at(i, amqp_type, 0)
+}
+
+/// [`parse_raw_value`] for a value inside `depth` tables or arrays.
+fn parse_raw_value_at<I: ParsableInput>(
+    i: I,
+    amqp_type: AMQPType,
+    depth: usize,
+) -> ParserResult<I, AMQPValue> {
     context("parse_raw_value", move |i| match amqp_type {
         AMQPType::Boolean => map(parse_boolean, AMQPValue::Boolean).parse(i),
         AMQPType::ShortShortInt => map(parse_short_short_int, AMQPValue::ShortShortInt).parse(i),
@@ -121,17 +153,40 @@ pub fn parse_raw_value<I: ParsableInput>(
         AMQPType::DecimalValue => map(parse_decimal_value, AMQPValue::DecimalValue).parse(i),
         AMQPType::ShortString => map(parse_short_string, AMQPValue::ShortString).parse(i),
         AMQPType::LongString => map(parse_long_string, AMQPValue::LongString).parse(i),
-        AMQPType::FieldArray => map(parse_field_array, AMQPValue::FieldArray).parse(i),
+        /* Tables and arrays are length-prefixed: one too deep is skipped without reading it */
+        AMQPType::FieldArray | AMQPType::FieldTable if depth >= MAX_NESTING_DEPTH => {
+            map(flat_map(parse_long_uint, take), |_| {
+                AMQPValue::LongString(NESTING_LIMIT_MARKER.into())
+            })
+            .parse(i)
+        }
+        AMQPType::FieldArray => {
+            map(|i| parse_field_array_at(i, depth), AMQPValue::FieldArray).parse(i)
+        }
         AMQPType::Timestamp => map(parse_timestamp, AMQPValue::Timestamp).parse(i),
-        AMQPType::FieldTable => map(parse_field_table, AMQPValue::FieldTable).parse(i),
+        AMQPType::FieldTable => {
+            map(|i| parse_field_table_at(i, depth), AMQPValue::FieldTable).parse(i)
+        }
         AMQPType::ByteArray => map(parse_byte_array, AMQPValue::ByteArray).parse(i),
         AMQPType::Void => Ok((i, AMQPValue::Void)),
     })
+    .parse(i)
 }
 
 /// Parse an [AMQPValue](../type.AMQPValue.html)
 pub fn parse_value<I: ParsableInput>(i: I) -> ParserResult<I, AMQPValue> {
-    context("parse_value", flat_map(parse_type, parse_raw_value)).parse(i)
+    parse_value_at(i, 0)
+}
+
+/// [`parse_value`] for a value inside `depth` tables or arrays.
+fn parse_value_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, AMQPValue> {
+    context(
+        "parse_value",
+        flat_map(parse_type, move |t| {
+            move |i| parse_raw_value_at(i, t, depth)
+        }),
+    )
+    .parse(i)
 }
 
 /// Parse an [AMQPType](../type.AMQPType.html)
@@ -215,8 +270,34 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
     .parse(i)
 }
 
-fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(i.iter_elements().collect())
+// hookrelay patch (see vendor/README.md): short strings are read lossily.
+//
+// AMQP 0-9-1 short strings are bytes, and RabbitMQ passes any bytes through (in a property such
+// as `content_type`, a header name, a routing key). Refusing a non-UTF-8 one failed the whole
+// frame, and lapin then closed the connection: the message came back on the next connection and
+// did the same, forever. Invalid sequences now read as U+FFFD, which a consumer can look for.
+fn make_str<I: Input<Item = u8>>(i: I) -> String {
+    match String::from_utf8(i.iter_elements().collect()) {
+        Ok(s) => s,
+        Err(e) => lossy_short_string(e.as_bytes()),
+    }
+}
+
+/// `bytes` with each invalid sequence replaced by U+FFFD, within [`MAX_SHORT_STRING_LENGTH`]
+/// bytes: a replacement takes 3 bytes, so a long enough string is cut, and then ends in U+FFFD
+/// so that the replacement is never the part cut off.
+fn lossy_short_string(bytes: &[u8]) -> String {
+    const MARK: char = char::REPLACEMENT_CHARACTER;
+    let mut s = String::from_utf8_lossy(bytes).into_owned();
+    if s.len() > MAX_SHORT_STRING_LENGTH {
+        let mut end = MAX_SHORT_STRING_LENGTH - MARK.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push(MARK);
+    }
+    s
 }
 
 /// Parse a [ShortString](../type.ShortString.html)
@@ -224,7 +305,7 @@ pub fn parse_short_string<I: ParsableInput>(i: I) -> ParserResult<I, ShortString
     context(
         "parse_short_string",
         map(
-            map_res(flat_map(parse_short_short_uint, take), make_str),
+            map(flat_map(parse_short_short_uint, take), make_str),
             ShortString::from,
         ),
     )
@@ -244,12 +325,20 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
 
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    parse_field_array_at(i, 0)
+}
+
+/// [`parse_field_array`] for an array inside `depth` tables or arrays; its items are one deeper.
+fn parse_field_array_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldArray> {
     context(
         "parse_field_array",
         map_parser(
             flat_map(parse_long_uint, take),
             all_consuming(fold_many0(
-                context("parse_field_array_entry", complete(parse_value)),
+                context(
+                    "parse_field_array_entry",
+                    complete(move |i| parse_value_at(i, depth + 1)),
+                ),
                 FieldArray::default,
                 |mut acc, elem| {
                     acc.push(elem);
@@ -268,6 +357,11 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    parse_field_table_at(i, 0)
+}
+
+/// [`parse_field_table`] for a table inside `depth` tables or arrays; its values are one deeper.
+fn parse_field_table_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldTable> {
     context(
         "parse_field_table",
         map_parser(
@@ -275,7 +369,9 @@ pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> 
             all_consuming(fold_many0(
                 context(
                     "parse_field_table_entry",
-                    complete(pair(parse_short_string, parse_value)),
+                    complete(pair(parse_short_string, move |i| {
+                        parse_value_at(i, depth + 1)
+                    })),
                 ),
                 FieldTable::default,
                 |mut acc, (key, value)| {
@@ -589,5 +685,141 @@ mod test {
             parse_flags(&[0b11011101, 0b00000010][..], &names),
             Ok((EMPTY, flags))
         );
+    }
+}
+
+// hookrelay patch: the bounds above, checked.
+#[cfg(test)]
+mod bounded {
+    use super::*;
+
+    /// A field table `{"a": {"a": … {} …}}` of `levels` tables, written from the outside in
+    /// (each level's length is known: 7 bytes per level inside it).
+    fn tables_nested(levels: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(7 * levels);
+        for k in 1..levels {
+            out.extend((7 * (levels - k) as u32).to_be_bytes());
+            out.extend([1, b'a', b'F']);
+        }
+        out.extend(0u32.to_be_bytes());
+        out
+    }
+
+    /// A field array `[[…[]…]]` of `levels` arrays (5 bytes per level inside it).
+    fn arrays_nested(levels: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 * levels);
+        for k in 1..levels {
+            out.extend((5 * (levels - k) as u32).to_be_bytes());
+            out.push(b'A');
+        }
+        out.extend(0u32.to_be_bytes());
+        out
+    }
+
+    /// How many tables or arrays `value` nests (walked without recursion), and whether the
+    /// innermost one is the marker.
+    fn depth_and_marker(value: &AMQPValue) -> (usize, bool) {
+        let mut depth = 0;
+        let mut value = value.clone();
+        loop {
+            value = match value {
+                AMQPValue::FieldTable(t) => match t.inner().get("a") {
+                    Some(v) => v.clone(),
+                    None => return (depth + 1, false),
+                },
+                AMQPValue::FieldArray(a) => match a.as_slice().first() {
+                    Some(v) => v.clone(),
+                    None => return (depth + 1, false),
+                },
+                AMQPValue::LongString(s) => {
+                    return (depth, s.as_bytes() == NESTING_LIMIT_MARKER.as_bytes());
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            depth += 1;
+        }
+    }
+
+    /// Runs `f` on a thread with a 512 KiB stack, a quarter of the 2 MiB of lapin's io loop,
+    /// which 1,000 nested tables overflowed before the patch.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn tables_nested_100000_deep_parse_on_a_small_stack_and_end_in_the_marker() {
+        let (rest, value) = on_small_stack(|| {
+            let bytes = tables_nested(100_000);
+            let (rest, table) = parse_field_table(&bytes[..]).unwrap();
+            (rest.len(), AMQPValue::FieldTable(table))
+        });
+        assert_eq!(rest, 0, "the whole table is consumed");
+        assert_eq!(depth_and_marker(&value), (MAX_NESTING_DEPTH, true));
+    }
+
+    #[test]
+    fn arrays_nested_100000_deep_parse_on_a_small_stack_and_end_in_the_marker() {
+        let (rest, value) = on_small_stack(|| {
+            let mut bytes = vec![b'A'];
+            bytes.extend(arrays_nested(100_000));
+            let (rest, value) = parse_value(&bytes[..]).unwrap();
+            (rest.len(), value)
+        });
+        assert_eq!(rest, 0);
+        assert_eq!(depth_and_marker(&value), (MAX_NESTING_DEPTH, true));
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_parsed_in_full() {
+        let bytes = tables_nested(MAX_NESTING_DEPTH);
+        let (_, table) = parse_field_table(&bytes[..]).unwrap();
+        let value = AMQPValue::FieldTable(table);
+        assert_eq!(depth_and_marker(&value), (MAX_NESTING_DEPTH, false));
+        assert!(NESTING_LIMIT_MARKER.contains(&MAX_NESTING_DEPTH.to_string()));
+    }
+
+    #[test]
+    fn a_value_after_a_skipped_one_is_still_read() {
+        // {"a": <tables 100 deep>, "b": true}
+        let deep = tables_nested(100);
+        let mut entries = vec![1, b'a', b'F'];
+        entries.extend(&deep);
+        entries.extend([1, b'b', b't', 1]);
+        let mut bytes = (entries.len() as u32).to_be_bytes().to_vec();
+        bytes.extend(entries);
+        let (rest, table) = parse_field_table(&bytes[..]).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(table.inner().get("b"), Some(&AMQPValue::Boolean(true)));
+    }
+
+    #[test]
+    fn a_short_string_that_is_not_utf8_reads_with_replacement_characters() {
+        let (rest, s) = parse_short_string(&[4, b'a', 0xFF, 0xFE, b'b', 42][..]).unwrap();
+        assert_eq!(s.as_str(), "a\u{FFFD}\u{FFFD}b");
+        assert_eq!(rest, &[42][..]);
+    }
+
+    #[test]
+    fn a_lossy_short_string_stays_within_255_bytes_and_ends_in_a_replacement() {
+        let mut all_bad = vec![255];
+        all_bad.extend([0xFF; 255]);
+        let mut last_bad = vec![255];
+        last_bad.extend([b'x'; 254]);
+        last_bad.push(0xFF);
+        for input in [all_bad, last_bad] {
+            let (rest, s) = parse_short_string(&input[..]).unwrap();
+            assert!(rest.is_empty());
+            assert!(
+                s.as_str().len() <= MAX_SHORT_STRING_LENGTH,
+                "{}",
+                s.as_str().len()
+            );
+            assert!(s.as_str().ends_with('\u{FFFD}'));
+        }
     }
 }
