@@ -109,8 +109,11 @@ async fn each_is_parked_alone_and_those_behind_are_delivered(hostile: &[(&[u8], 
         assert!(bodies.contains(&letter.data), "the raw body is kept");
         let headers = letter.properties.headers().clone().unwrap_or_default();
         let names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
+        // x-delivery-count: the quorum queue counts the returns of `dlq list`.
         assert!(
-            names.iter().all(|n| n.starts_with("hookrelay-")),
+            names
+                .iter()
+                .all(|n| n.starts_with("hookrelay-") || *n == "x-delivery-count"),
             "no hostile header copied: {names:?}"
         );
         assert_eq!(
@@ -143,9 +146,11 @@ async fn headers_nested_1000_tables_deep_are_parked_alone_as_invalid_properties(
 }
 
 #[tokio::test]
-async fn headers_nested_2000_to_25000_arrays_deep_are_parked_alone_as_invalid_properties() {
-    // 25,000 arrays take 125 KB: about as deep as RabbitMQ's 128 KiB frame allows.
-    let shapes: Vec<(&[u8], RawProperties)> = [2_000, 5_000, 25_000]
+async fn headers_nested_2000_and_5000_arrays_deep_are_parked_alone_as_invalid_properties() {
+    // Deeper still (25,000 arrays, 125 KB, about all a 128 KiB frame holds) is parked the same
+    // way, but RabbitMQ itself takes seconds per publish and per delivery of such a message
+    // (its codec is quadratic in the depth): too slow for a test among many.
+    let shapes: Vec<(&[u8], RawProperties)> = [2_000, 5_000]
         .into_iter()
         .map(|levels| {
             let headers = raw_amqp::arrays_nested(levels);
@@ -196,7 +201,7 @@ async fn letters_with_hostile_properties_in_the_dead_letter_queues_are_listed_sh
     let (events, deliveries) = (app.topology().dlq_events(), app.topology().dlq_deliveries());
     let shapes = [
         props(&[(flag::HEADERS, raw_amqp::tables_nested(1_000))]),
-        props(&[(flag::HEADERS, raw_amqp::arrays_nested(25_000))]),
+        props(&[(flag::HEADERS, raw_amqp::arrays_nested(5_000))]),
         props(&[(flag::CONTENT_TYPE, raw_amqp::short_str(&[0xFF, 0xFE]))]),
         props(&[(
             flag::HEADERS,
