@@ -97,6 +97,9 @@ pub enum PoisonReason {
     UnknownType,
     RoutingKeyMismatch,
     TooDeep,
+    /// The message's AMQP properties or headers could not be read as sent (see
+    /// [`crate::broker::properties`]); its body is not even looked at.
+    InvalidProperties,
 }
 
 impl PoisonReason {
@@ -109,6 +112,7 @@ impl PoisonReason {
             PoisonReason::UnknownType => "unknown_type",
             PoisonReason::RoutingKeyMismatch => "routing_key_mismatch",
             PoisonReason::TooDeep => "too_deep",
+            PoisonReason::InvalidProperties => "invalid_properties",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! never guessed.
 
 use super::headers::{int, text, Death};
+use crate::event::PoisonReason;
 use crate::messages::{header, DeadDelivery, DeliveryJob};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -114,8 +115,15 @@ impl DeadLetter {
         } else {
             DeadLetteredBy::Broker
         };
+        // Properties the client's parser could not read as sent (broker::properties) are the
+        // reason a letter without ours was dead-lettered (before the parser was patched, the
+        // broker did it past the delivery limit), and its other headers are not to be trusted.
+        let unreadable = crate::broker::properties::check(props, "")
+            .is_err()
+            .then(|| PoisonReason::InvalidProperties.as_str().to_owned());
         // An empty reason (a hostile or broken header) says nothing: it reads as unknown.
         let reason = ours
+            .or(unreadable)
             .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "unknown".to_owned());

@@ -6,12 +6,13 @@
 use super::endpoints::{Admission, Endpoints, Target};
 use super::rate_limit::{Pass, RateLimits};
 use crate::broker::headers;
+use crate::broker::properties;
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::delivery::format::PreparedEvent;
 use crate::delivery::policy::{settle, NextAttempt, RetrySchedule, Settlement, Verdict};
 use crate::delivery::{AttemptReport, Deliverer};
-use crate::event::{Event, Limits, Poison};
+use crate::event::{Event, Limits, Poison, PoisonReason};
 use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers, Dying};
 use crate::messages::{header, DeadDelivery, DeadReason, DeliveryJob, History};
 use crate::subscription::attempts::AttemptLog;
@@ -75,6 +76,17 @@ struct Letter<'a> {
 impl Ctx {
     /// An event from `<prefix>.events`.
     pub async fn handle_event(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        // Properties the client's parser could not read as sent (nested too deep, not UTF-8)
+        // park the message alone, whatever its body; none of them is copied into the letter.
+        if let Err(unreadable) =
+            properties::check(&delivery.properties, delivery.routing_key.as_str())
+        {
+            let poison = Poison {
+                reason: PoisonReason::InvalidProperties,
+                detail: unreadable.to_string(),
+            };
+            return self.dead_letter_event(delivery, &poison).await;
+        }
         let event = match Event::parse(&delivery.data, delivery.routing_key.as_str(), self.limits) {
             Ok(event) => event,
             Err(poison) => return self.dead_letter_event(delivery, &poison).await,
@@ -122,6 +134,14 @@ impl Ctx {
 
     /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
     pub async fn handle_retry(&self, delivery: &Delivery) -> Result<(), HandleError> {
+        // hookrelay never writes such properties: not one of its jobs.
+        if let Err(unreadable) =
+            properties::check(&delivery.properties, delivery.routing_key.as_str())
+        {
+            return self
+                .park_invalid_job(delivery, &unreadable.to_string())
+                .await;
+        }
         // A job without the header (written by an older version) counts as one attempt made.
         let attempts_made = int_header(delivery, header::ATTEMPTS).unwrap_or(1);
         let deferrals = int_header(delivery, header::DEFERRALS).unwrap_or(0);

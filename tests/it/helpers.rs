@@ -4,10 +4,12 @@
 //!
 //! The harness in parts: this file (settings, `spawn_app`, the receiver, queue and header
 //! helpers, for every test); `api` (an API server and its client); `dead_letters` (dead letters
-//! written straight into a test's queues, and queues the broker dead-letters from by itself).
+//! written straight into a test's queues, and queues the broker dead-letters from by itself);
+//! `raw_amqp` (a publisher that puts any bytes in a message's properties).
 
 pub mod api;
 pub mod dead_letters;
+pub mod raw_amqp;
 
 use axum::body::Bytes;
 use axum::extract::State;

@@ -43,7 +43,7 @@ fn peak_rss() -> u64 {
 }
 
 /// The worker answers /healthz and /readyz, and the process stayed under the memory bound.
-async fn assert_worker_alive(app: &TestApp) {
+pub async fn assert_worker_alive(app: &TestApp) {
     let base = format!("http://{}", app.ops_addr);
     let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200, "the worker lives");

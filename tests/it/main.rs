@@ -21,6 +21,7 @@ mod dlq_scale;
 mod faults;
 mod helpers;
 mod hostile;
+mod hostile_properties;
 mod isolation;
 mod listen;
 mod metrics;
