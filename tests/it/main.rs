@@ -27,5 +27,6 @@ mod metrics;
 mod nodes;
 mod rate_limit;
 mod retries;
+mod store;
 mod subscriptions;
 mod targets;
