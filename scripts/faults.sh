@@ -325,6 +325,8 @@ json_field() { sed -n "s/^  \"$1\": \"\(.*\)\",\?$/\1/p" "$2" | head -n 1; }
 register_webhooks() {
   local account n=0 i url id
   : >"$WORK/webhooks.txt"
+  # Writes and workers refuse a store without its marker; init is idempotent.
+  timeout 30 "$BIN" store init >>"$LOGS/cli.log" 2>&1 || die "store init failed; see $LOGS/cli.log"
   for account in "${ACCOUNTS[@]}"; do
     for i in 1 $([[ $account == acct-3 ]] && echo 2); do
       n=$((n + 1))

@@ -100,3 +100,272 @@ async fn store_status_without_a_marker_says_missing_and_exits_78() {
     assert!(stderr.contains(&format!("{prefix}:store")), "{stderr}");
     assert!(stderr.contains("hookrelay store init"), "{stderr}");
 }
+
+/// Runs `hookrelay worker` on `prefix` and waits (bounded) for it to exit.
+async fn worker_exit(prefix: &str, env: &[(&str, &str)]) -> Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .arg("worker")
+        .env("HOOKRELAY__AMQP__URL", AMQP_URL)
+        .env("HOOKRELAY__REDIS__URL", REDIS_URL)
+        .env("HOOKRELAY__AMQP__PREFIX", prefix)
+        .env("HOOKRELAY__REDIS__PREFIX", prefix)
+        .env("HOOKRELAY__OPS__LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("the worker exits instead of starting")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_refuses_to_start_without_the_store_marker_and_says_where_it_looked() {
+    let prefix = test_prefix();
+    let out = worker_exit(&prefix, &[]).await;
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "redis://127.0.0.1:6379 database 0",
+        &format!("{prefix:?}"),
+        "hookrelay store init",
+        "webhooks import",
+    ] {
+        assert!(stderr.contains(part), "{part} not in: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_on_the_wrong_redis_database_refuses_to_start() {
+    let prefix = test_prefix();
+    let store = store_on(&prefix).await;
+    store.init_marker().await.unwrap();
+    let out = worker_exit(
+        &prefix,
+        &[("HOOKRELAY__REDIS__URL", "redis://127.0.0.1:6379/9")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database 9"));
+    store.purge_prefix().await.unwrap();
+}
+
+#[tokio::test]
+async fn webhook_writes_are_refused_without_the_marker_by_the_cli_and_the_api() {
+    let prefix = test_prefix();
+    let add = hookrelay(
+        &prefix,
+        &[
+            "webhooks",
+            "add",
+            "--account",
+            "a1",
+            "--url",
+            "https://example.com/h",
+            "--events",
+            "*",
+        ],
+        &[],
+    );
+    assert_eq!(add.status.code(), Some(78), "{add:?}");
+    let stderr = String::from_utf8_lossy(&add.stderr);
+    assert!(stderr.contains(&format!("{prefix}:store")), "{stderr}");
+
+    let settings = crate::helpers::api::api_settings(&prefix, &[]);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let api = hookrelay::api::start(settings, shutdown.clone())
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/accounts/a1/webhooks", api.addr))
+        .bearer_auth(crate::helpers::api::ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"url": "https://example.com/h", "events": ["*"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "store_missing", "{body}");
+    let store = store_on(&prefix).await;
+    assert_eq!(
+        store
+            .snapshot(&"a1".parse().unwrap())
+            .await
+            .unwrap()
+            .webhooks
+            .len(),
+        0
+    );
+    shutdown.cancel();
+    store.purge_prefix().await.unwrap();
+}
+
+/// Every key of the prefix as DUMP payloads, to put back with RESTORE (a stand-in for a
+/// backup that brings back the same records).
+async fn dump_keys(prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dumped = Vec::new();
+    for key in keys {
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        dumped.push((key, payload));
+    }
+    dumped
+}
+
+async fn restore_keys(dumped: &[(String, Vec<u8>)]) {
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (key, payload) in dumped {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(payload.as_slice())
+            .arg("REPLACE")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn ops(app: &TestApp, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}{path}", app.ops_addr))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn wait_until_not_ready(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ops(app, "/readyz").await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready 20 s after the store went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_store_deleted_under_a_running_worker_pauses_it_and_a_restore_delivers_every_event_once()
+{
+    let app = spawn_app_with(
+        "200ms,200ms",
+        &[("HOOKRELAY__WORKER__STORE_CHECK_INTERVAL", "200ms")],
+    )
+    .await;
+    app.add_webhook(
+        "acct",
+        "/acct",
+        &["*"],
+        hookrelay::subscription::Format::Standard,
+    )
+    .await;
+    app.publish(hookrelay::event::EventType::CustomerUpdated, "acct", "{}")
+        .await;
+    app.receiver
+        .wait_for("/acct", 1, Duration::from_secs(20))
+        .await;
+    let backup = dump_keys(&app.prefix).await;
+
+    // The store's keys are deleted (a Redis restart without persistence looks the same).
+    app.store.purge_prefix().await.unwrap();
+    wait_until_not_ready(&app).await;
+    let (_, metrics) = ops(&app, "/metrics").await;
+    assert!(metrics.contains("hookrelay_store_ok 0"), "{metrics}");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            app.publish(hookrelay::event::EventType::CustomerUpdated, "acct", "{}")
+                .await,
+        );
+    }
+    // Nothing is acked as unmatched nor delivered while the store is gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.receiver.hits_on("/acct").len(), 1);
+    assert_eq!(ops(&app, "/readyz").await.0, 503);
+
+    restore_keys(&backup).await;
+    let hits = app
+        .receiver
+        .wait_for("/acct", 4, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hits_now = app.receiver.hits_on("/acct");
+    assert_eq!(hits_now.len(), 4, "each event delivered once: {hits:?}");
+    for id in &ids {
+        assert_eq!(
+            hits_now
+                .iter()
+                .filter(|h| String::from_utf8_lossy(&h.body).contains(id.as_str()))
+                .count(),
+            1,
+            "{id}"
+        );
+    }
+    assert_eq!(ops(&app, "/readyz").await.0, 200);
+    assert!(ops(&app, "/metrics")
+        .await
+        .1
+        .contains("hookrelay_store_ok 1"));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lookup_that_finds_no_webhooks_and_no_marker_holds_the_event_whatever_the_check_interval()
+{
+    // The periodic check would not run for an hour: the lookup itself must see the marker gone.
+    let app = spawn_app_with(
+        "200ms,200ms",
+        &[("HOOKRELAY__WORKER__STORE_CHECK_INTERVAL", "1h")],
+    )
+    .await;
+    app.add_webhook(
+        "cold",
+        "/cold",
+        &["*"],
+        hookrelay::subscription::Format::Standard,
+    )
+    .await;
+    let backup = dump_keys(&app.prefix).await;
+    app.store.purge_prefix().await.unwrap();
+
+    let id = app
+        .publish(hookrelay::event::EventType::CustomerUpdated, "cold", "{}")
+        .await;
+    wait_until_not_ready(&app).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(app.receiver.hits_on("/cold").is_empty());
+
+    restore_keys(&backup).await;
+    let hits = app
+        .receiver
+        .wait_for("/cold", 1, Duration::from_secs(30))
+        .await;
+    assert!(String::from_utf8_lossy(&hits[0].body).contains(id.as_str()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ops(&app, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again after the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.cleanup().await;
+}
