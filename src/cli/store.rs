@@ -180,7 +180,7 @@ async fn persistence(store: &Store) -> Persistence {
                 }
             }
             Err(e) => {
-                result.error = Some(format!("CONFIG GET is not allowed here ({e})"));
+                result.error = Some(format!("CONFIG GET {name} failed ({e}): CONFIG may be disabled, renamed or denied by an ACL"));
                 break;
             }
         }

@@ -369,3 +369,71 @@ async fn a_lookup_that_finds_no_webhooks_and_no_marker_holds_the_event_whatever_
     }
     app.cleanup().await;
 }
+
+/// A redis-server of the test's own, on a free port, with `args`; killed on drop.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    fn start(args: &[&str]) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("hookrelay-{}", test_prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        OwnRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            dir,
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn store_status_reports_persistence_as_unknown_where_config_is_refused() {
+    let redis = OwnRedis::start(&["--rename-command", "CONFIG", ""]);
+    let env = [("HOOKRELAY__REDIS__URL", redis.url.as_str())];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !hookrelay("hrt-cfg", &["store", "init"], &env)
+        .status
+        .success()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "own Redis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = hookrelay("hrt-cfg", &["store", "status", "--json"], &env);
+
+    assert!(out.status.success(), "{out:?}");
+    let persistence = &json_of(&out)["persistence"];
+    assert!(persistence["appendonly"].is_null(), "{persistence}");
+    assert!(
+        persistence["error"].as_str().unwrap().contains("CONFIG"),
+        "{persistence}"
+    );
+}
