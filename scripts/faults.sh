@@ -705,10 +705,13 @@ store_restore() {
       die "webhooks import failed; see $LOGS/cli.log"
     log "restored: webhooks import --init-store"
   elif [[ $1 == keys ]]; then
-    rcli -n 1 --scan --pattern "$PREFIX:*" | while read -r key; do
+    # The marker last: workers resume as soon as they see it, and an account not yet restored
+    # would then read as one without webhooks.
+    rcli -n 1 --scan --pattern "$PREFIX:*" | { grep -vx "$PREFIX:store" || true; } | while read -r key; do
       rcli -n 1 copy "$key" "$key" db 0 replace >/dev/null
     done
-    log "restored: the keys copied back from database 1"
+    rcli -n 1 copy "$PREFIX:store" "$PREFIX:store" db 0 replace >/dev/null
+    log "restored: the keys copied back from database 1, the marker last"
   else
     rcli shutdown nosave >/dev/null 2>&1 || true
     wait_until 10 redis_down || die "Redis still answering after SHUTDOWN NOSAVE"

@@ -215,6 +215,10 @@ async fn dump_keys(prefix: &str) -> Vec<(String, Vec<u8>)> {
         .await
         .unwrap();
     let mut dumped = Vec::new();
+    // The marker last, as a restore must write it: workers resume as soon as they see it.
+    let marker = format!("{prefix}:store");
+    let (mut keys, markers): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| *k != marker);
+    keys.extend(markers);
     for key in keys {
         let payload: Vec<u8> = redis::cmd("DUMP")
             .arg(&key)
