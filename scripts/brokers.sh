@@ -182,6 +182,8 @@ hookrelay_env() {
 receiver_start() {
   local name=$1 port secret
   port=$(free_port)
+  # Writes and workers refuse a store without its marker; init is idempotent.
+  "$BIN" store init >>"$WORK/cli.log" 2>&1 || die "store init failed; see $WORK/cli.log"
   secret=$("$BIN" webhooks add --account acct-1 --url "http://127.0.0.1:$port/$name" \
     --events '*' --json 2>>"$WORK/cli.log" | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])') ||
     die "webhooks add failed; see $WORK/cli.log"
@@ -197,6 +199,7 @@ receiver_start() {
 worker_start() {
   local logf=$1
   shift
+  env "$@" "$BIN" store init >>"$WORK/cli.log" 2>&1 || return 1
   env "$@" "$BIN" worker >"$logf" 2>&1 8<&- &
   WORKER_PID=$!
   CHILDREN+=("$WORKER_PID")
@@ -344,6 +347,7 @@ log.console = false"
   fi
   # A failing webhook: its retry is published through the default exchange, which the limited
   # user may write to; a refusal would show as ACCESS_REFUSED in the worker's log.
+  "$BIN" store init >>"$WORK/cli.log" 2>&1 || die "store init failed; see $WORK/cli.log"
   "$BIN" webhooks add --account acct-2 --url "http://127.0.0.1:$(free_port)/down" --events '*' \
     >/dev/null 2>>"$WORK/cli.log" || die "webhooks add failed; see $WORK/cli.log"
   env "${good[@]}" "$BIN" publish --type payment.card.failed --account acct-2 >/dev/null 2>>"$WORK/cli.log" ||

@@ -32,6 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== creating the store (idempotent: the store's identity, which workers and writes require)"
+"$hookrelay" store init
+
 echo "== starting a worker"
 "$hookrelay" worker 2>"$logs/worker.log" &
 pids+=($!)

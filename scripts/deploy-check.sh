@@ -184,7 +184,7 @@ import os, sys, yaml
 services = yaml.safe_load(open(sys.argv[1]))["services"]
 plain = sorted(n for n, s in services.items() if not s.get("profiles"))
 monitoring = sorted(n for n, s in services.items() if "monitoring" in s.get("profiles", []))
-assert plain == ["api", "rabbitmq", "redis", "worker"], plain
+assert plain == ["api", "rabbitmq", "redis", "store-init", "worker"], plain
 assert monitoring == ["grafana", "prometheus"], monitoring
 assert services["worker"]["deploy"]["replicas"] == 3
 mounts = 0

@@ -9,6 +9,15 @@
 #   b) force-close the workers' broker          e) receiver down 20 s
 #      connections                              f) SIGTERM a worker mid-stream, start another
 #   c) restart RabbitMQ (stop + start the node)
+#   g) the store's keys deleted mid-stream (3 workers), then restored from a backup taken before
+#   h) Redis restarted empty (no persistence) mid-stream, then restored from a backup
+#   i) a worker started with the wrong redis.url database refuses to start (exit 78)
+#
+# In g and h the workers must pause (not ready, hookrelay_store_ok 0, nothing acked as
+# unmatched) and deliver every event published meanwhile once the store is back. The backup is
+# `hookrelay webhooks export` / `webhooks import --init-store` when the binary has them; without
+# them (a build before the export/import commands) it is Redis' own: the prefix's keys copied to
+# database 1 and back (g), an RDB snapshot (`redis-cli --rdb`) loaded by a restart (h).
 #
 # The receivers are hookrelay's own `hookrelay listen`, one per webhook with that webhook's
 # secret, printing a JSON line per delivery; what one answered 2xx it has printed, also when it is
@@ -22,7 +31,7 @@
 # Usage: scripts/faults.sh     (root, or a user with sudo: Debian runs RabbitMQ as user rabbitmq)
 # Environment:
 #   FAULTS_KEEP=1        keep the temporary directory (logs, receipts, broker data) at the end
-#   FAULTS_SCENARIOS=ab  run only these scenarios (default: abcdef)
+#   FAULTS_SCENARIOS=ab  run only these scenarios (default: abcdefghi)
 #   CARGO_TARGET_DIR     respected when locating the built binary
 set -euo pipefail
 
@@ -48,7 +57,7 @@ readonly PUBLISH_RATE=12
 # Steady stream before the fault and after it (the "after" events measure the recovery).
 readonly BEFORE_S=4
 readonly AFTER_S=6
-readonly SCENARIOS=${FAULTS_SCENARIOS:-abcdef}
+readonly SCENARIOS=${FAULTS_SCENARIOS:-abcdefghi}
 readonly ACCOUNTS=(acct-1 acct-2 acct-3)
 readonly EVENT_TYPES=(payment.card.success subscribe.success customer.registered asset.access.granted)
 
@@ -325,6 +334,8 @@ json_field() { sed -n "s/^  \"$1\": \"\(.*\)\",\?$/\1/p" "$2" | head -n 1; }
 register_webhooks() {
   local account n=0 i url id
   : >"$WORK/webhooks.txt"
+  # Writes and workers refuse a store without its marker; init is idempotent.
+  timeout 30 "$BIN" store init >>"$LOGS/cli.log" 2>&1 || die "store init failed; see $LOGS/cli.log"
   for account in "${ACCOUNTS[@]}"; do
     for i in 1 $([[ $account == acct-3 ]] && echo 2); do
       n=$((n + 1))
@@ -662,6 +673,117 @@ fault_redis_down() {
   fi
 }
 
+# --- the store (g, h, i) -------------------------------------------------------------------------
+
+rcli() { timeout 20 redis-cli -p "$REDIS_PORT" "$@"; }
+
+# has_import: the binary has `webhooks export` and `webhooks import`.
+has_import() { "$BIN" webhooks import --help >/dev/null 2>&1; }
+
+# store_backup NAME: a backup of the store as it is now (see the header for which kind).
+store_backup() {
+  if has_import; then
+    timeout 60 "$BIN" webhooks export --output "$WORK/backup-$1.jsonl" 2>>"$LOGS/cli.log" ||
+      die "webhooks export failed; see $LOGS/cli.log"
+    log "backup: webhooks export -> $(wc -l <"$WORK/backup-$1.jsonl") webhooks"
+  elif [[ $1 == keys ]]; then
+    rcli -n 1 flushdb >/dev/null
+    rcli --scan --pattern "$PREFIX:*" | while read -r key; do
+      rcli copy "$key" "$key" db 1 replace >/dev/null
+    done
+    log "backup: $(rcli -n 1 dbsize) keys of $PREFIX copied to database 1 (no webhooks export in this build)"
+  else
+    rcli --rdb "$WORK/backup-$1.rdb" >/dev/null 2>&1 || die "redis-cli --rdb failed"
+    log "backup: RDB snapshot of Redis, $(stat -c %s "$WORK/backup-$1.rdb") bytes (no webhooks export in this build)"
+  fi
+}
+
+# store_restore NAME: puts the backup NAME back.
+store_restore() {
+  if has_import; then
+    timeout 120 "$BIN" webhooks import --init-store "$WORK/backup-$1.jsonl" >>"$LOGS/cli.log" 2>&1 ||
+      die "webhooks import failed; see $LOGS/cli.log"
+    log "restored: webhooks import --init-store"
+  elif [[ $1 == keys ]]; then
+    # The marker last: workers resume as soon as they see it, and an account not yet restored
+    # would then read as one without webhooks.
+    rcli -n 1 --scan --pattern "$PREFIX:*" | { grep -vx "$PREFIX:store" || true; } | while read -r key; do
+      rcli -n 1 copy "$key" "$key" db 0 replace >/dev/null
+    done
+    rcli -n 1 copy "$PREFIX:store" "$PREFIX:store" db 0 replace >/dev/null
+    log "restored: the keys copied back from database 1, the marker last"
+  else
+    rcli shutdown nosave >/dev/null 2>&1 || true
+    wait_until 10 redis_down || die "Redis still answering after SHUTDOWN NOSAVE"
+    cp "$WORK/backup-$1.rdb" "$WORK/redis/dump.rdb"
+    redis_start
+    log "restored: Redis restarted on the RDB snapshot"
+  fi
+}
+
+# store_ok_everywhere VALUE: every worker's hookrelay_store_ok is VALUE.
+store_ok_everywhere() {
+  local n addr
+  for n in "${!WPID[@]}"; do
+    addr=$(worker_ops_addr "$n")
+    curl -fsS -m 2 "http://$addr/metrics" 2>/dev/null | grep -qx "hookrelay_store_ok $1" || return 1
+  done
+}
+
+# paused WHAT: every worker paused (not ready, store_ok 0) while WHAT.
+check_paused() {
+  if wait_until 20 store_ok_everywhere 0; then
+    log "every worker reports hookrelay_store_ok 0 while $1"
+  else
+    problem "not every worker reported hookrelay_store_ok 0 within 20 s while $1"
+  fi
+  probe_not_ready "$1"
+  if grep -aq "marker is missing" "$LOGS"/worker-*.log; then
+    log "workers logged the missing store: $(grep -ah "no hookrelay store at" "$LOGS"/worker-*.log | tail -n 1 | grep -o 'no hookrelay store at [^,]*' || true)"
+  else
+    problem "no worker logged the missing store"
+  fi
+}
+
+fault_store_deleted() {
+  store_backup keys
+  log "deleting every key of $PREFIX (the webhooks, the index, the marker)"
+  rcli --scan --pattern "$PREFIX:*" | xargs -r -n 100 redis-cli -p "$REDIS_PORT" del >/dev/null
+  sleep 8
+  check_paused "the store's keys are deleted"
+  store_restore keys
+  FAULT_END=$(now)
+  wait_until 20 store_ok_everywhere 1 || problem "workers did not report hookrelay_store_ok 1 within 20 s of the restore"
+}
+
+fault_redis_empty() {
+  store_backup rdb
+  log "Redis: SHUTDOWN NOSAVE and start again with no data (a restart without persistence)"
+  rcli shutdown nosave >/dev/null 2>&1 || true
+  wait_until 10 redis_down || problem "harness: Redis still answering after SHUTDOWN"
+  rm -f "$WORK/redis/dump.rdb"
+  redis_start
+  [[ $(rcli dbsize) == 0 ]] || problem "harness: Redis restarted with data"
+  sleep 8
+  check_paused "Redis came back empty"
+  store_restore rdb
+  FAULT_END=$(now)
+  wait_until 30 store_ok_everywhere 1 || problem "workers did not report hookrelay_store_ok 1 within 30 s of the restore"
+  webhooks_intact || problem "the webhooks are not all there after the restore"
+}
+
+fault_wrong_database() {
+  local rc=0 err
+  log "starting a worker with redis.url on database 7 (nothing of hookrelay's there)"
+  err=$(HOOKRELAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/7" timeout 60 "$BIN" worker 2>&1 >/dev/null) || rc=$?
+  FAULT_END=$(now)
+  if ((rc == 78)) && [[ $err == *"database 7"* && $err == *""$PREFIX""* ]]; then
+    log "the worker refused to start (exit 78): $(grep -o 'no hookrelay store at [^(]*' <<<"$err" | head -n 1)"
+  else
+    problem "the worker on the wrong database exited $rc, not 78 with the address, database and prefix: $err"
+  fi
+}
+
 fault_receiver_down() {
   log "receivers down for 20 s"
   receivers_stop
@@ -779,6 +901,13 @@ main() {
   [[ $SCENARIOS != *d* ]] || run_scenario d "Redis down 10 s (shutdown + start)" 0 45 fault_redis_down
   [[ $SCENARIOS != *e* ]] || run_scenario e "receiver down 20 s" 0 50 fault_receiver_down
   [[ $SCENARIOS != *f* ]] || run_scenario f "SIGTERM a worker, start another" 0 30 fault_sigterm
+  if [[ $SCENARIOS == *[gh]* ]]; then
+    start_worker
+    log "a third worker for the store scenarios"
+  fi
+  [[ $SCENARIOS != *g* ]] || run_scenario g "store keys deleted, then restored (3 workers)" 0 60 fault_store_deleted
+  [[ $SCENARIOS != *h* ]] || run_scenario h "Redis restarted empty, then restored" 0 60 fault_redis_empty
+  [[ $SCENARIOS != *i* ]] || run_scenario i "a worker on the wrong redis.url database" 0 30 fault_wrong_database
 
   log "=== results (recounted now; dead letters attributed by event id)"
   # `dlq list` reads the dead-letter queues without losing or reordering a letter.

@@ -191,6 +191,8 @@ start_listener() {
 start_worker() {
   local part=$1
   OPS_PORT=$(free_ports 1)
+  # Workers refuse a store without its marker; init is idempotent.
+  "$BIN" store init >>"$WORK/$part-worker.log" 2>&1 || die "$part: store init failed (see $WORK/$part-worker.log)"
   HOOKRELAY__OPS__LISTEN=127.0.0.1:$OPS_PORT "$BIN" worker >"$WORK/$part-worker.log" 2>&1 &
   WORKER_PID=$!
   PIDS+=("$WORKER_PID")
@@ -281,6 +283,7 @@ run_failover() {
 # add_webhook PART: the test account's webhook through the CLI; prints its secret.
 add_webhook() {
   local part=$1 out
+  "$BIN" store init >/dev/null || die "$part: store init failed"
   out=$("$BIN" webhooks add --account "$ACCOUNT" --url "http://127.0.0.1:$LISTEN_PORT/$part" \
     --events '*' --json) || die "$part: webhooks add failed"
   jq -r .secret <<<"$out"

@@ -179,6 +179,8 @@ pub struct WorkerSettings {
     pub cache_ttl: Duration,
     /// Bound on the bytes of the messages being handled at once (parsed, formatted, sent).
     pub max_in_flight_bytes: u32,
+    /// How often a running worker reads the store's marker (DESIGN §5 "The store").
+    pub store_check_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,6 +287,7 @@ struct RawWorker {
     cache_max_bytes: u64,
     cache_ttl: String,
     max_in_flight_bytes: u64,
+    store_check_interval: String,
 }
 
 #[derive(Deserialize)]
@@ -779,6 +782,15 @@ impl Settings {
                 // At most u32::MAX: checked above.
                 max_in_flight_bytes: u32::try_from(raw.worker.max_in_flight_bytes)
                     .unwrap_or(u32::MAX),
+                store_check_interval: match parse_duration(
+                    "worker.store_check_interval",
+                    &raw.worker.store_check_interval,
+                )? {
+                    d if d.is_zero() => {
+                        return Err(invalid("worker.store_check_interval", "must be above 0"))
+                    }
+                    d => d,
+                },
             },
             log: LogSettings { format },
             api: ApiSettings {

@@ -26,6 +26,7 @@ pub const IN_FLIGHT: &str = "hookrelay_in_flight_deliveries";
 pub const BROKER_CONNECTED: &str = "hookrelay_broker_connected";
 pub const BROKER_RECONNECTS: &str = "hookrelay_broker_reconnects_total";
 pub const REDIS_OK: &str = "hookrelay_redis_ok";
+pub const STORE_OK: &str = "hookrelay_store_ok";
 pub const PUBLISH_FAILURES: &str = "hookrelay_publish_failures_total";
 pub const CIRCUITS_OPENED: &str = "hookrelay_circuits_opened_total";
 pub const CACHE_HITS: &str = "hookrelay_cache_hits_total";
@@ -120,7 +121,7 @@ fn describe() {
     describe_counter!(EVENTS, "Events consumed from <prefix>.events and parsed");
     describe_counter!(
         EVENTS_UNMATCHED,
-        "Events whose account had no enabled webhook for their type (acked, nothing sent)"
+        "Events whose account had no enabled webhook for their type (acked, nothing sent; only after a lookup that saw the store's marker)"
     );
     describe_counter!(
         ATTEMPTS,
@@ -167,6 +168,10 @@ fn describe() {
     describe_gauge!(
         REDIS_OK,
         "1 while subscription lookups in Redis succeed, 0 during a failure"
+    );
+    describe_gauge!(
+        STORE_OK,
+        "1 while the subscription store's marker (<prefix>:store) is there, 0 while it is missing (the worker takes no new messages)"
     );
     describe_counter!(
         PUBLISH_FAILURES,
@@ -265,6 +270,11 @@ pub fn broker_connected(connected: bool) {
 /// Whether subscription lookups in Redis succeed.
 pub fn redis_ok(ok: bool) {
     metrics::gauge!(REDIS_OK).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Whether the store's marker is there (`hookrelay_store_ok`).
+pub fn store_ok(ok: bool) {
+    metrics::gauge!(STORE_OK).set(if ok { 1.0 } else { 0.0 });
 }
 
 /// A delivery scheduled for another attempt after `step` (its delay queue's name).

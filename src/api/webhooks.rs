@@ -186,6 +186,8 @@ pub async fn create_webhook(
     Body(body): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let account = caller.account(&path.account_id)?;
+    // No marker, no writes (503 store_missing): a lost store must not fill up anew.
+    state.store.require_marker().await?;
     let new = NewWebhook {
         url: checked_url(&body.url, &state.delivery).await?,
         events: parse_events(&body.events)?,
@@ -232,6 +234,7 @@ pub async fn update_webhook(
     Body(body): Body<UpdateWebhook>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let (account, id) = path.resolve(&caller)?;
+    state.store.require_marker().await?;
     let url = match &body.url {
         Some(url) => Some(checked_url(url, &state.delivery).await?),
         None => None,
@@ -265,6 +268,7 @@ pub async fn delete_webhook(
     Path(path): Path<WebhookPath>,
 ) -> Result<StatusCode, ApiError> {
     let (account, id) = path.resolve(&caller)?;
+    state.store.require_marker().await?;
     state.store.delete(&account, &id).await?;
     tracing::info!(account_id = %account, webhook_id = %id, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -283,6 +287,7 @@ pub async fn rotate_secret(
     Path(path): Path<WebhookPath>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let (account, id) = path.resolve(&caller)?;
+    state.store.require_marker().await?;
     let webhook = state
         .store
         .rotate_secret(&account, &id, state.delivery.rotation_grace)

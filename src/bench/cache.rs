@@ -37,6 +37,8 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
     let mut redis = settings.redis.clone();
     redis.prefix = prefix;
     let store = Store::from_settings(&redis).await?;
+    // Lookups of accounts without webhooks read the marker, as in a worker.
+    store.init_marker().await?;
     let account = |i: usize| AccountId::parse(&format!("acct{i}")).expect("a valid account id");
     let new = NewWebhook {
         url: WebhookUrl::parse("https://merchant.example/hooks/payments", false)?,

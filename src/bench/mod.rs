@@ -164,6 +164,8 @@ impl Bench {
         let store = Store::from_settings(&settings.redis)
             .await
             .context("connecting to Redis")?;
+        // The bench's own prefix is a store of its own: its workers refuse one without a marker.
+        store.init_marker().await?;
 
         // The URLs need the receiver's port and the receiver needs the secrets: bind first,
         // serve once the webhooks exist.

@@ -138,6 +138,17 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
     let store = Store::from_settings(&settings.redis)
         .await
         .map_err(Unavailable::redis)?;
+    let writes = matches!(
+        action,
+        WebhooksAction::Add(_)
+            | WebhooksAction::Update(_)
+            | WebhooksAction::Remove(_)
+            | WebhooksAction::RotateSecret(_)
+    );
+    if writes {
+        // No marker, no writes (exit 78): a lost store must not fill up anew unnoticed.
+        store.require_marker().await?;
+    }
     match action {
         WebhooksAction::Add(a) => {
             let new = NewWebhook {

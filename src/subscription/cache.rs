@@ -4,6 +4,9 @@
 //! raced the write (and read the older version) cannot put a stale entry back. While the
 //! subscription to the channel is down, nothing is cached and lookups go to Redis.
 //!
+//! An empty result is cached only from a read that also saw the store's marker
+//! ([`super::marker`]); the worker drops the cache when the marker goes missing.
+//!
 //! Misses are single-flight: while one lookup of an account reads Redis, other lookups of that
 //! account wait for its result instead of each making the same round trip (a burst of one
 //! merchant's events after its entry expired costs one read, not a prefetch window of them).
@@ -269,6 +272,13 @@ impl SubscriptionCache {
             webhooks,
             unreadable,
         } = self.store.snapshot(account).await?;
+        // "No webhooks" only counts from a store that is there: a lost store (Redis restarted
+        // empty, flushed, the wrong database) reads as empty too. Read after the snapshot, so
+        // a store lost before it is seen missing; on a cluster the marker's slot is another
+        // one, hence a command of its own. Only empty results pay this round trip.
+        if webhooks.is_empty() && unreadable.is_empty() && self.store.marker().await?.is_none() {
+            return Err(self.store.missing().into());
+        }
         let webhooks: Webhooks = Arc::new(AccountWebhooks {
             webhooks: webhooks.into_iter().map(Arc::new).collect(),
             unreadable,

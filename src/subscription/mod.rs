@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod cache;
 pub mod connection;
+pub mod marker;
 mod record;
 mod scripts;
 pub mod secret;

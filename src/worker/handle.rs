@@ -17,6 +17,7 @@ use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers,
 use crate::messages::{header, DeadDelivery, DeadReason, DeliveryJob, History};
 use crate::subscription::attempts::AttemptLog;
 use crate::subscription::cache::{Found, SubscriptionCache, Webhooks};
+use crate::subscription::store::StoreError;
 use crate::subscription::Webhook;
 use backon::BackoffBuilder;
 use chrono::Utc;
@@ -51,6 +52,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// False while subscription lookups fail (the worker then reports not ready).
     pub redis_ok: Arc<AtomicBool>,
+    /// Whether the store's marker is there; a lookup that finds it missing reports it.
+    pub store_state: Arc<super::store_watch::StoreState>,
 }
 
 /// Why a delivery waits in a delay queue without an attempt.
@@ -199,6 +202,16 @@ impl Ctx {
             .build();
         loop {
             match self.cache.lookup(&event.account_id).await {
+                // The store is gone: the event waits (unacked) until its marker is back.
+                Err(StoreError::Missing(_)) => {
+                    self.store_state.missing();
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(HandleError::ShuttingDown),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
                 Ok(webhooks) => {
                     crate::metrics::redis_ok(true);
                     let was_failing = !self.redis_ok.load(Ordering::Acquire);

@@ -2,6 +2,8 @@
 //! bounded prefetch, and handles each message in its own task, so a slow endpoint holds only its
 //! own messages. A lost broker connection is reopened with backoff (not ready meanwhile); past
 //! `amqp.reconnect_timeout` the worker gives up with an error so its supervisor restarts it.
+//! Without the store's marker it does not start, and while the marker is missing it takes no
+//! new message ([`store_watch`]).
 //! Shutdown is an argument: on cancel it stops consuming, drains what is in flight for
 //! `worker.shutdown_grace`, sends the last acks and hands back the rest.
 
@@ -9,6 +11,7 @@ pub mod endpoints;
 mod handle;
 pub mod rate_limit;
 mod session;
+pub mod store_watch;
 
 use crate::broker::connect::Connector;
 use crate::broker::topology::Topology;
@@ -29,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use store_watch::StoreState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +62,7 @@ struct Parts {
     endpoints: Arc<Endpoints>,
     rate_limits: Arc<RateLimits>,
     redis_ok: Arc<AtomicBool>,
+    store_state: Arc<StoreState>,
     in_hand: InHand,
     shutdown: CancellationToken,
 }
@@ -80,6 +85,7 @@ impl Parts {
             },
             shutdown: self.shutdown.clone(),
             redis_ok: self.redis_ok.clone(),
+            store_state: self.store_state.clone(),
         })
     }
 
@@ -121,6 +127,8 @@ pub async fn start(
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;
+    // No marker, no work: a lost store reads as accounts without webhooks (DESIGN §5).
+    let marker = store.require_marker().await?;
     store.verify_secret_key().await?;
     if !store.seals_secrets() {
         tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
@@ -138,7 +146,14 @@ pub async fn start(
             "not yet following subscription changes; lookups bypass the cache until then"
         );
     }
+    let store_state = StoreState::new(marker, cache.clone());
+    tokio::spawn(
+        store_state
+            .clone()
+            .watch(settings.worker.store_check_interval, shutdown.clone()),
+    );
     let parts = Parts {
+        store_state,
         connector: Connector::new(&settings.amqp),
         topology: Topology::from_settings(&settings),
         cache,
@@ -169,13 +184,17 @@ pub async fn start(
 
     let consuming = Arc::new(AtomicBool::new(true));
     let health = Health::new({
-        let (consuming, cache, redis_ok) = (
+        let (consuming, cache, redis_ok, store_state) = (
             consuming.clone(),
             parts.cache.clone(),
             parts.redis_ok.clone(),
+            parts.store_state.clone(),
         );
         move || {
-            consuming.load(Ordering::Acquire) && cache.is_live() && redis_ok.load(Ordering::Acquire)
+            consuming.load(Ordering::Acquire)
+                && cache.is_live()
+                && redis_ok.load(Ordering::Acquire)
+                && store_state.is_ok()
         }
     });
     let ops_addr = ops::serve(parts.settings.ops.listen, health, shutdown.clone()).await?;
@@ -195,7 +214,13 @@ async fn run(
         consuming.store(true, Ordering::Release);
         crate::metrics::broker_connected(true);
         let ended = session
-            .run(&ctx, &parts.in_hand, &tracker, &parts.shutdown)
+            .run(
+                &ctx,
+                &parts.in_hand,
+                &tracker,
+                parts.store_state.subscribe(),
+                &parts.shutdown,
+            )
             .await;
         consuming.store(false, Ordering::Release);
         crate::metrics::broker_connected(false);

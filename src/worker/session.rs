@@ -133,12 +133,17 @@ impl Session {
         ctx: &Arc<Ctx>,
         in_hand: &InHand,
         tracker: &TaskTracker,
+        mut store_ok: tokio::sync::watch::Receiver<bool>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut watch = tokio::time::interval(WATCH);
         let (first, rest) = self.consumers.split_at_mut(1);
         let (events, deliveries) = (&mut first[0], &mut rest[0]);
         loop {
+            // The store's marker is missing: take nothing more until it is back. What the
+            // broker pushed waits unacked in the prefetch window, and goes back to the queue
+            // if the session ends.
+            let paused = !*store_ok.borrow_and_update();
             let (queue, next, acks) = tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 _ = watch.tick() => {
@@ -147,8 +152,9 @@ impl Session {
                     }
                     continue;
                 }
-                next = events.consumer.next() => (events.queue, next, &events.acks),
-                next = deliveries.consumer.next() => (deliveries.queue, next, &deliveries.acks),
+                _ = store_ok.changed(), if paused => continue,
+                next = events.consumer.next(), if !paused => (events.queue, next, &events.acks),
+                next = deliveries.consumer.next(), if !paused => (deliveries.queue, next, &deliveries.acks),
             };
             match next {
                 Some(Ok(delivery)) => {

@@ -56,6 +56,7 @@ fn config_is_read_from_a_file_given_before_or_after_the_subcommand() {
 #[tokio::test]
 async fn webhooks_commands_manage_subscriptions_and_explain_refusals() {
     let prefix = test_prefix();
+    assert!(hookrelay(&prefix, &["store", "init"], &[]).status.success());
     let http = [("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")];
     let add = |url: &str, events: &str| {
         hookrelay(

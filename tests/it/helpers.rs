@@ -215,6 +215,11 @@ pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
     let shutdown = CancellationToken::new();
     // The receiver outlives a worker stopped mid-test.
     let receiver_shutdown = CancellationToken::new();
+    let store = Store::connect(REDIS_URL, &prefix, Duration::from_secs(2))
+        .await
+        .unwrap();
+    // Every test's prefix is a store of its own: workers refuse one without a marker.
+    store.init_marker().await.expect("store initialised");
     let worker = hookrelay::worker::start(settings.clone(), shutdown.clone())
         .await
         .expect("worker starts");
@@ -225,9 +230,6 @@ pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
         Publisher::new(&amqp, Duration::from_secs(5)).await.unwrap(),
         &prefix,
     );
-    let store = Store::connect(REDIS_URL, &prefix, Duration::from_secs(2))
-        .await
-        .unwrap();
     TestApp {
         prefix,
         store,

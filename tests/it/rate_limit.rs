@@ -430,6 +430,7 @@ fn cli(prefix: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn the_cli_sets_shows_and_removes_a_rate_limit() {
     let prefix = test_prefix();
+    assert!(cli(&prefix, &["store", "init"]).status.success());
     let add = |limit: &str| {
         let url = format!("https://example.com/{limit}");
         let args = [

@@ -40,6 +40,8 @@ pub async fn start_api(settings: Settings) -> Api {
         .await
         .unwrap()
         .with_secret_key(settings.redis.secret_key.as_ref());
+    // The API refuses writes to a store without a marker.
+    store.init_marker().await.expect("store initialised");
     let shutdown = CancellationToken::new();
     let running = hookrelay::api::start(settings, shutdown.clone())
         .await
