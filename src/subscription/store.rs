@@ -16,12 +16,14 @@
 use super::connection::{ConnectError, RedisConn};
 use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
-use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
+use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND};
+use super::scripts::{SNAPSHOT, UPDATE};
 use super::secret::Secret;
 use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
 use crate::event::AccountId;
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 pub use keycheck::KeyCheckError;
 use redis::AsyncCommands;
@@ -204,6 +206,24 @@ impl Store {
         format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
     }
 
+    /// Runs one command whose reply is ignored.
+    pub async fn run_command(&self, cmd: &redis::Cmd) -> Result<(), StoreError> {
+        self.query_command(cmd).await
+    }
+
+    /// Runs one command and decodes its reply. A single-key command is what follows a slot
+    /// migration safely (see `attempts::write_webhook`); it is retried on TRYAGAIN.
+    pub async fn query_command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.timed(self.following_migration(|| {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async::<T>(&mut conn).await }
+        }))
+        .await
+    }
+
     /// Runs a pipeline whose replies are ignored.
     pub async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -223,6 +243,25 @@ impl Store {
         format!("{}:webhook-accounts", self.prefix)
     }
 
+    /// Runs `op` again, after a short pause, while Redis Cluster answers that the keys it
+    /// names are being moved between nodes (see [`slot_moving`]); a migrating slot then costs
+    /// milliseconds. Bounded: [`timed`](Self::timed) still caps the whole.
+    async fn following_migration<T, F, Fut>(&self, op: F) -> Result<T, redis::RedisError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        op.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(2))
+                .with_max_delay(Duration::from_millis(50))
+                .with_max_times(10)
+                .with_jitter(),
+        )
+        .when(slot_moving)
+        .await
+    }
+
     async fn timed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
@@ -236,16 +275,10 @@ impl Store {
     /// All webhooks of an account and the version they are at, read atomically.
     pub async fn snapshot(&self, account: &AccountId) -> Result<Snapshot, StoreError> {
         let [webhooks, _, version] = self.keys(account);
-        let mut conn = self.conn.clone();
-        let (version, entries): (Option<u64>, Vec<(String, String)>) = self
-            .timed(
-                redis::pipe()
-                    .atomic()
-                    .get(&version)
-                    .hgetall(&webhooks)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        // One script rather than MULTI/EXEC: a script is one command, which the cluster
+        // client follows to the importing node (ASK) while the account's slot migrates.
+        let (version, entries): (Option<u64>, Vec<(String, String)>) =
+            self.run(SNAPSHOT, &[version, webhooks], &[]).await?;
         let mut webhooks = Vec::with_capacity(entries.len());
         let mut unreadable = Vec::new();
         for (id, json) in entries {
@@ -349,12 +382,15 @@ impl Store {
         }
     }
 
-    async fn run(
+    /// Runs a Lua script on `keys` (one slot: the account's), retried while the account's keys
+    /// are split between two nodes by a migration (TRYAGAIN). The script runs at most once
+    /// per answer Redis gave: a TRYAGAIN script did not run.
+    async fn run<T: redis::FromRedisValue>(
         &self,
         script: &str,
         keys: &[String],
         args: &[&str],
-    ) -> Result<(i64, String), StoreError> {
+    ) -> Result<T, StoreError> {
         let script = redis::Script::new(script);
         let mut invocation = script.prepare_invoke();
         for k in keys {
@@ -363,8 +399,12 @@ impl Store {
         for a in args {
             invocation.arg(*a);
         }
-        let mut conn = self.conn.clone();
-        self.timed(invocation.invoke_async(&mut conn)).await
+        let invocation = &invocation;
+        self.timed(self.following_migration(|| {
+            let mut conn = self.conn.clone();
+            async move { invocation.invoke_async(&mut conn).await }
+        }))
+        .await
     }
 
     async fn set_index(&self, id: &WebhookId, account: &AccountId) -> Result<(), StoreError> {
@@ -561,4 +601,17 @@ impl Store {
         }
         Ok(keys.len() as u64)
     }
+}
+
+/// Redis Cluster is moving the slot of the keys a command named: TRYAGAIN (a multi-key command
+/// or script whose keys are split between the two nodes for a moment), or a redirect the
+/// cluster client did not follow to the end. Nothing ran; running it again is safe.
+fn slot_moving(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::TryAgain)
+            | ErrorKind::Server(ServerErrorKind::Ask)
+            | ErrorKind::Server(ServerErrorKind::Moved)
+    )
 }

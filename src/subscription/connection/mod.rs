@@ -10,7 +10,10 @@
 //!
 //! Modes:
 //! - single: the crate's `ConnectionManager` (reconnects to the same address on loss).
-//! - cluster: the crate's async cluster client (`cluster-async`), which follows MOVED/ASK. It
+//! - cluster: the crate's async cluster client (`cluster-async`), which follows MOVED/ASK (with
+//!   ASKING) and retries TRYAGAIN after a few milliseconds. A pipeline answered ASK for one
+//!   command is re-sent whole to the importing node, so writes that create keys go one
+//!   command at a time (see `attempts`), and reads that must be atomic are a script. It
 //!   does not notice on its own that a dead master was replaced (see [`Cluster::is_lost`]), so
 //!   it is held in a [`Renewing`] too. Every multi-key command and pipeline must stay in one
 //!   slot: an account's keys carry `{<account>}` as hash tag for that reason.
@@ -404,9 +407,14 @@ async fn connect_cluster(
             .join(", ")
     );
     let tls = urls.iter().all(|u| u.starts_with("rediss:"));
+    // The client waits between retries of TRYAGAIN (a slot's keys split between two nodes
+    // for a moment while it migrates) and CLUSTERDOWN: from 1.28 s on by default, longer than
+    // such a moment and most of a lookup's timeout. A few milliseconds, growing to 100 ms.
     let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
         .connection_timeout(timeout)
-        .response_timeout(timeout);
+        .response_timeout(timeout)
+        .min_retry_wait(2)
+        .max_retry_wait(100);
     if tls {
         builder = builder.tls(TlsMode::Secure).certs(certs.clone());
     }
