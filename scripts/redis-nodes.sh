@@ -804,9 +804,10 @@ part_reshard() {
   reshard_drained "$DRAIN_MAX_S" || log "reshard: not everything delivered within ${DRAIN_MAX_S} s"
   local published delivered unique lost
   published=$(($(cat "$WORK/reshard-count") * 10))
-  delivered=$(reshard_delivered | wc -l)
-  unique=$(reshard_delivered | sort -u | wc -l)
-  lost=$(comm -23 <(reshard_expected | sort -u) <(reshard_delivered | sort -u) | wc -l)
+  reshard_delivered | sort >"$WORK/reshard-delivered"
+  delivered=$(wc -l <"$WORK/reshard-delivered")
+  unique=$(sort -u "$WORK/reshard-delivered" | wc -l)
+  lost=$(comm -23 <(reshard_expected | sort -u) <(sort -u "$WORK/reshard-delivered") | wc -l)
   RESHARD_RESULTS+=("deliveries delivered / published (x10 webhooks)|$unique / $published, lost $lost, duplicates $((delivered - unique))")
   RESHARD_RESULTS+=("attempt-log errors at the end|$(metric hookrelay_attempt_log_errors_total)")
   log "reshard: delivered $unique of $published, lost $lost, duplicates $((delivered - unique))"

@@ -23,7 +23,6 @@ use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, 
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
 use crate::config::SecretKey;
 use crate::event::AccountId;
-use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 pub use keycheck::KeyCheckError;
 use redis::AsyncCommands;
@@ -212,16 +211,13 @@ impl Store {
     }
 
     /// Runs one command and decodes its reply. A single-key command is what follows a slot
-    /// migration safely (see `attempts::write_webhook`); it is retried on TRYAGAIN.
+    /// migration safely (see `attempts::write_webhook`).
     pub async fn query_command<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.timed(self.following_migration(|| {
-            let mut conn = self.conn.clone();
-            async move { cmd.query_async::<T>(&mut conn).await }
-        }))
-        .await
+        let mut conn = self.conn.clone();
+        self.timed(cmd.query_async::<T>(&mut conn)).await
     }
 
     /// Runs a pipeline whose replies are ignored.
@@ -241,25 +237,6 @@ impl Store {
 
     fn index_key(&self) -> String {
         format!("{}:webhook-accounts", self.prefix)
-    }
-
-    /// Runs `op` again, after a short pause, while Redis Cluster answers that the keys it
-    /// names are being moved between nodes (see [`slot_moving`]); a migrating slot then costs
-    /// milliseconds. Bounded: [`timed`](Self::timed) still caps the whole.
-    async fn following_migration<T, F, Fut>(&self, op: F) -> Result<T, redis::RedisError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
-    {
-        op.retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(2))
-                .with_max_delay(Duration::from_millis(50))
-                .with_max_times(10)
-                .with_jitter(),
-        )
-        .when(slot_moving)
-        .await
     }
 
     async fn timed<T>(
@@ -382,9 +359,8 @@ impl Store {
         }
     }
 
-    /// Runs a Lua script on `keys` (one slot: the account's), retried while the account's keys
-    /// are split between two nodes by a migration (TRYAGAIN). The script runs at most once
-    /// per answer Redis gave: a TRYAGAIN script did not run.
+    /// Runs a Lua script on `keys` (one slot: the account's). On a cluster, it follows ASK and
+    /// is retried on TRYAGAIN (a script answered TRYAGAIN did not run; see `connection`).
     async fn run<T: redis::FromRedisValue>(
         &self,
         script: &str,
@@ -399,12 +375,8 @@ impl Store {
         for a in args {
             invocation.arg(*a);
         }
-        let invocation = &invocation;
-        self.timed(self.following_migration(|| {
-            let mut conn = self.conn.clone();
-            async move { invocation.invoke_async(&mut conn).await }
-        }))
-        .await
+        let mut conn = self.conn.clone();
+        self.timed(invocation.invoke_async(&mut conn)).await
     }
 
     async fn set_index(&self, id: &WebhookId, account: &AccountId) -> Result<(), StoreError> {
@@ -584,7 +556,7 @@ impl Store {
             self.failing_key(account, id),
             self.rate_limit_key(account, id),
         ];
-        // Three keys: TRYAGAIN while a migration has moved some of them and not the others.
+        // Three keys: TRYAGAIN (retried) while a migration has moved some of them but not all.
         self.run_command(redis::cmd("DEL").arg(&keys)).await?;
         self.drop_index(id).await
     }
@@ -601,17 +573,4 @@ impl Store {
         }
         Ok(keys.len() as u64)
     }
-}
-
-/// Redis Cluster is moving the slot of the keys a command named: TRYAGAIN (a multi-key command
-/// or script whose keys are split between the two nodes for a moment), or a redirect the
-/// cluster client did not follow to the end. Nothing ran; running it again is safe.
-fn slot_moving(e: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    matches!(
-        e.kind(),
-        ErrorKind::Server(ServerErrorKind::TryAgain)
-            | ErrorKind::Server(ServerErrorKind::Ask)
-            | ErrorKind::Server(ServerErrorKind::Moved)
-    )
 }

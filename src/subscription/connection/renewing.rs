@@ -4,7 +4,6 @@
 //! failover (see the parent module).
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisFuture};
 use redis::{ServerErrorKind, Value};
@@ -168,11 +167,14 @@ pub struct Cluster {
 }
 
 impl Source for Cluster {
-    type Conn = ClusterConnection;
+    type Conn = super::redirect::Redirecting;
     const WHAT: &'static str = "the Redis Cluster connection";
 
     fn open(&mut self) -> BoxFuture<'_, Result<Self::Conn, RedisError>> {
-        Box::pin(self.client.get_async_connection())
+        Box::pin(async {
+            let conn = self.client.get_async_connection().await?;
+            Ok(super::redirect::Redirecting(conn))
+        })
     }
 
     /// The cluster client refreshes its slot map on MOVED, but not when the master of a slot
