@@ -712,9 +712,19 @@ metric() {
   awk -v m="$1" '$1 == m { v = $2 } END { print v + 0 }' <<<"$out"
 }
 
-# not_ready_s FILE: seconds of the sampling intervals that began with a non-200 answer.
+# not_ready_s FILE: "X s (N samples unanswered)": seconds of the sampling intervals that began
+# with a 503, and how many samples got no answer within 1 s (a starved CPU, not a 503).
 not_ready_s() {
-  awk 'NR > 1 && prev != 200 { s += $1 - t } { t = $1; prev = $2 } END { printf "%.1f", s }' "$1"
+  awk 'NR > 1 && prev == 503 { s += $1 - t } { t = $1; prev = $2 } $2 == "000" { n++ }
+    END { printf "%.1f s (%d samples unanswered)", s, n }' "$1"
+}
+
+# redirect_stats: ASK, MOVED and TRYAGAIN answers the cluster's nodes gave (INFO errorstats).
+redirect_stats() {
+  local p
+  for p in "${RESHARD_PORTS[@]}"; do cli -p "$p" info errorstats; done |
+    awk -F'[_:=,]' '/^errorstat_(ASK|MOVED|TRYAGAIN)/ { n[$2] += $4 }
+      END { printf "ASK %d, MOVED %d, TRYAGAIN %d", n["ASK"], n["MOVED"], n["TRYAGAIN"] }'
 }
 
 # reshard_move FROM TO: one `--cluster reshard` of one slot (the source's lowest: ours); true
@@ -797,7 +807,7 @@ part_reshard() {
   RESHARD_RESULTS+=("moves completed / attempted|$done_moves / $moves in ${moves_s} s")
   RESHARD_RESULTS+=("attempt-log errors before / after moves|$errors_before / $errors_after")
   RESHARD_RESULTS+=("cluster reconnects during moves|$((reconnects_after - reconnects_before))")
-  RESHARD_RESULTS+=("worker not ready during moves|${ready_moves} s")
+  RESHARD_RESULTS+=("worker not ready (503) during moves|${ready_moves}")
   ((done_moves == moves)) && reshard_hold
   : >"$stop"
   wait "$publisher" || true
@@ -810,6 +820,7 @@ part_reshard() {
   lost=$(comm -23 <(reshard_expected | sort -u) <(sort -u "$WORK/reshard-delivered") | wc -l)
   RESHARD_RESULTS+=("deliveries delivered / published (x10 webhooks)|$unique / $published, lost $lost, duplicates $((delivered - unique))")
   RESHARD_RESULTS+=("attempt-log errors at the end|$(metric hookrelay_attempt_log_errors_total)")
+  RESHARD_RESULTS+=("redirects the nodes answered|$(redirect_stats)")
   log "reshard: delivered $unique of $published, lost $lost, duplicates $((delivered - unique))"
   ((lost == 0 && published > 0 && delivered == unique)) || FAILED=1
 }
@@ -896,7 +907,7 @@ reshard_hold() {
   bad_writes=$(awk '$1 != 200' "$WORK/hold-writes" | wc -l)
   RESHARD_RESULTS+=("hold: lookups (API list) ok / made|$((reads - bad_reads)) / $reads, p99 ${p99} ms, max ${max%.*} ms")
   RESHARD_RESULTS+=("hold: Lua writes (API update) ok / made|$((writes - bad_writes)) / $writes")
-  RESHARD_RESULTS+=("hold: worker not ready|$(not_ready_s "$WORK/hold-readyz") s")
+  RESHARD_RESULTS+=("hold: worker not ready (503)|$(not_ready_s "$WORK/hold-readyz")")
   log "reshard: hold: lookups $((reads - bad_reads))/$reads ok (p99 ${p99} ms), writes $((writes - bad_writes))/$writes ok"
   ((bad_reads == 0 && bad_writes == 0 && reads > 0)) || FAILED=1
 }
