@@ -752,7 +752,14 @@ part_reshard() {
   for p in "${RESHARD_PORTS[@]}"; do wait_until 10 listening "$p" || die "reshard: node $p"; done
   redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$WORK/reshard-create.log" 2>&1 ||
     die "reshard: create failed (see $WORK/reshard-create.log)"
-  wait_until 30 cluster_clean || die "reshard: cluster not ok"
+  reshard_ok() {
+    local q
+    for q in "${RESHARD_PORTS[@]}"; do
+      cli -p "$q" cluster info | grep -q 'cluster_state:ok' || return 1
+    done
+    cluster_clean
+  }
+  wait_until 30 reshard_ok || die "reshard: cluster not ok"
   RESHARD_SLOT=$(cli -p "${RESHARD_PORTS[0]}" cluster keyslot "$RESHARD_ACCOUNT")
   local a=${RESHARD_PORTS[0]} b=${RESHARD_PORTS[1]}
   [[ $(reshard_owner "$a") == "$a" && $RESHARD_SLOT == 0 ]] ||

@@ -12,9 +12,9 @@
 //! and [`Redirecting`] does what the cluster spec says instead:
 //! - ASK: `ASKING` and the command as one two-command pipeline to the node named, written in one
 //!   piece, so nothing can come between them;
-//! - TRYAGAIN (a multi-key command whose keys are split between the two nodes for a moment) and
-//!   MOVED (the slot map was stale, and is being rebuilt): the command again after a short
-//!   backoff, bounded by [`REDIRECTS`];
+//! - TRYAGAIN (a multi-key command whose keys are split between the two nodes for a moment),
+//!   MOVED (the slot map was stale, and is being rebuilt) and CLUSTERDOWN (which the client
+//!   used to wait out too): the command again after a short backoff, bounded by [`REDIRECTS`];
 //! - a pipeline of several commands is never re-sent: some of it may have run. hookrelay's
 //!   pipelines are single commands (see `attempts`); the error goes to the caller otherwise.
 
@@ -86,8 +86,9 @@ impl Redirecting {
 enum Redirect {
     /// ASK again: at once, to the node it names.
     Now,
-    /// TRYAGAIN (while the rest of the keys move) or MOVED (while the client rebuilds its slot
-    /// map): after a short pause.
+    /// TRYAGAIN (while the rest of the keys move), MOVED (while the client rebuilds its slot
+    /// map) or CLUSTERDOWN (a cluster just formed, or between a failover's steps): after a
+    /// short pause.
     Wait,
 }
 
@@ -95,9 +96,9 @@ impl Redirect {
     fn of(e: &RedisError) -> Option<Redirect> {
         match e.kind() {
             ErrorKind::Server(ServerErrorKind::Ask) => Some(Redirect::Now),
-            ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::TryAgain) => {
-                Some(Redirect::Wait)
-            }
+            ErrorKind::Server(
+                ServerErrorKind::Moved | ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown,
+            ) => Some(Redirect::Wait),
             _ => None,
         }
     }
@@ -159,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn ask_is_followed_at_once_and_moved_and_tryagain_after_a_pause() {
+    fn ask_is_followed_at_once_and_moved_tryagain_and_clusterdown_after_a_pause() {
         assert_eq!(
             Redirect::of(&server_error(ServerErrorKind::Ask)),
             Some(Redirect::Now)
@@ -174,6 +175,10 @@ mod tests {
         );
         assert_eq!(
             Redirect::of(&server_error(ServerErrorKind::ClusterDown)),
+            Some(Redirect::Wait)
+        );
+        assert_eq!(
+            Redirect::of(&server_error(ServerErrorKind::CrossSlot)),
             None
         );
     }
