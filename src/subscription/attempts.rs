@@ -1,8 +1,10 @@
 //! The per-webhook attempt log merchants read (“recent deliveries”): the last
 //! [`LOG_SIZE`] attempts of each webhook in a Redis list `<prefix>:{A}:attempts:<webhook>`.
 //! Written off the hot path: handlers hand records to a bounded channel (dropping, and counting,
-//! when it is full rather than slowing deliveries), and one task writes them in pipelined
-//! batches.
+//! when it is full rather than slowing deliveries), and one task writes them in batches, each
+//! webhook's as a few single-key commands (safe while a Redis Cluster slot migrates, see
+//! [`write_webhook`]). A write that fails is counted (`hookrelay_attempt_log_errors_total`)
+//! and dropped.
 
 use super::store::{Store, StoreError};
 use super::WebhookId;
@@ -79,13 +81,14 @@ async fn write_batches(
 ) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
-        match write_batch(&store, &mut batch).await {
-            Ok(failing) => disable_long_failing(&store, failing, disable_after).await,
-            Err(e) => {
-                metrics::counter!("hookrelay_attempt_log_errors_total").increment(1);
-                tracing::warn!(error = %e, "could not write the attempt log");
-            }
+        let (failing, errors) = write_batch(&store, &mut batch).await;
+        if let Some((count, e)) = errors {
+            // Counted and dropped: the log is best-effort, and a failed write (a slot moving,
+            // a node failing over) says nothing about the connection's health.
+            metrics::counter!("hookrelay_attempt_log_errors_total").increment(count);
+            tracing::warn!(error = %e, writes = count, "could not write the attempt log");
         }
+        disable_long_failing(&store, failing, disable_after).await;
     }
 }
 
@@ -99,76 +102,113 @@ pub async fn append_now(
 ) -> Result<(), StoreError> {
     let key = store.attempts_key(account, webhook);
     let json = serde_json::to_string(record).expect("a record serializes");
-    let mut pipe = redis::pipe();
-    pipe.lpush(&key, json)
-        .ignore()
-        .ltrim(&key, 0, LOG_SIZE - 1)
-        .ignore();
-    store.run_pipeline(&pipe).await
+    store
+        .run_command(redis::cmd("LPUSH").arg(&key).arg(json))
+        .await?;
+    store
+        .run_command(redis::cmd("LTRIM").arg(&key).arg(0).arg(LOG_SIZE - 1))
+        .await
 }
 
-/// Appends the records, trims each log, and updates each webhook's "failing since" mark (set
-/// on a failure if unset, cleared by a success). Returns the failing webhooks with their mark.
-/// One pipeline per account, sent concurrently: on Redis Cluster a pipeline must stay in one
-/// slot, and an account's keys share one (its hash tag).
+/// What a batch of one webhook's attempts does to its "failing since" mark, in order: the mark
+/// is set by a failure if unset and cleared by a success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailingMark {
+    /// The last attempt succeeded.
+    Clear,
+    /// Failures since the batch's last success, the first at this time: the mark is that.
+    Set(i64),
+    /// Only failures, the first at this time: the mark is kept if set, else set to that.
+    SetIfUnset(i64),
+}
+
+/// Folds one webhook's attempts (oldest first) into their effect on the mark, so that each
+/// webhook costs one or two single-key commands whatever the batch holds.
+fn failing_mark(records: &[AttemptRecord]) -> FailingMark {
+    match records.iter().rposition(AttemptRecord::succeeded) {
+        Some(last) if last + 1 == records.len() => FailingMark::Clear,
+        Some(last) => FailingMark::Set(records[last + 1].at.timestamp()),
+        None => FailingMark::SetIfUnset(records.first().map_or(0, |r| r.at.timestamp())),
+    }
+}
+
+/// Writes a batch: per webhook, its records and its "failing since" mark (see
+/// [`write_webhook`]), all webhooks concurrently. Returns the failing webhooks with their mark,
+/// and how many webhooks' writes failed with the last error.
 async fn write_batch(
     store: &Store,
     batch: &mut Vec<(AccountId, WebhookId, AttemptRecord)>,
-) -> Result<Vec<(AccountId, WebhookId, i64)>, StoreError> {
-    let mut by_account: HashMap<AccountId, Vec<(WebhookId, AttemptRecord)>> = HashMap::new();
+) -> (Vec<(AccountId, WebhookId, i64)>, Option<(u64, StoreError)>) {
+    let mut by_webhook: HashMap<(AccountId, WebhookId), Vec<AttemptRecord>> = HashMap::new();
     for (account, webhook, record) in batch.drain(..) {
-        by_account
-            .entry(account)
+        by_webhook
+            .entry((account, webhook))
             .or_default()
-            .push((webhook, record));
+            .push(record);
     }
-    let writes = by_account
+    let writes = by_webhook
         .into_iter()
-        .map(|(account, records)| write_account(store, account, records));
+        .map(|((account, webhook), records)| async move {
+            let since = write_webhook(store, &account, &webhook, &records).await?;
+            Ok::<_, StoreError>(since.map(|s| (account, webhook, s)))
+        });
     let mut failing = Vec::new();
+    let mut errors: Option<(u64, StoreError)> = None;
     for result in futures_util::future::join_all(writes).await {
-        failing.extend(result?);
-    }
-    Ok(failing)
-}
-
-async fn write_account(
-    store: &Store,
-    account: AccountId,
-    records: Vec<(WebhookId, AttemptRecord)>,
-) -> Result<Vec<(AccountId, WebhookId, i64)>, StoreError> {
-    let mut pipe = redis::pipe();
-    let mut logs = Vec::with_capacity(records.len());
-    let mut failed = Vec::new();
-    for (webhook, record) in records {
-        let key = store.attempts_key(&account, &webhook);
-        let json = serde_json::to_string(&record).expect("a record serializes");
-        pipe.lpush(&key, json).ignore();
-        logs.push(key);
-        let failing = store.failing_key(&account, &webhook);
-        if record.succeeded() {
-            pipe.del(&failing).ignore();
-        } else {
-            pipe.cmd("SET")
-                .arg(&failing)
-                .arg(record.at.timestamp())
-                .arg("NX")
-                .ignore();
-            pipe.get(&failing);
-            failed.push(webhook);
+        match result {
+            Ok(since) => failing.extend(since),
+            Err(e) => errors = Some((errors.map_or(0, |(n, _)| n) + 1, e)),
         }
     }
-    logs.sort();
-    logs.dedup();
-    for key in &logs {
-        pipe.ltrim(key, 0, LOG_SIZE - 1).ignore();
+    (failing, errors)
+}
+
+/// One webhook's records and mark, as single-key commands sent one after the other, never
+/// pipelined together. On Redis Cluster, a command for a key that a migrating slot's source
+/// no longer holds is answered ASK, and the cluster client re-sends the whole pipeline it was
+/// in to the importing node: a command in it that creates a key the source still holds (LPUSH
+/// after a DEL of a moved key) would make a second copy there, and the slot's move fails with
+/// BUSYKEY. A single-key command is redirected only when its key is not on the source, so it
+/// can never create such a copy. Returns the mark when the webhook is failing.
+async fn write_webhook(
+    store: &Store,
+    account: &AccountId,
+    webhook: &WebhookId,
+    records: &[AttemptRecord],
+) -> Result<Option<i64>, StoreError> {
+    let key = store.attempts_key(account, webhook);
+    let mut push = redis::cmd("LPUSH");
+    push.arg(&key);
+    for record in records {
+        push.arg(serde_json::to_string(record).expect("a record serializes"));
     }
-    let since: Vec<Option<i64>> = store.query_pipeline(&pipe).await?;
-    Ok(failed
-        .into_iter()
-        .zip(since)
-        .filter_map(|(w, s)| Some((account.clone(), w, s?)))
-        .collect())
+    store.run_command(&push).await?;
+    store
+        .run_command(redis::cmd("LTRIM").arg(&key).arg(0).arg(LOG_SIZE - 1))
+        .await?;
+    let failing = store.failing_key(account, webhook);
+    match failing_mark(records) {
+        FailingMark::Clear => {
+            store.run_command(redis::cmd("DEL").arg(&failing)).await?;
+            Ok(None)
+        }
+        FailingMark::Set(at) => {
+            store
+                .run_command(redis::cmd("SET").arg(&failing).arg(at))
+                .await?;
+            Ok(Some(at))
+        }
+        FailingMark::SetIfUnset(at) => {
+            let set: Option<String> = store
+                .query_command(redis::cmd("SET").arg(&failing).arg(at).arg("NX"))
+                .await?;
+            if set.is_some() {
+                return Ok(Some(at));
+            }
+            let since: Option<i64> = store.query_command(redis::cmd("GET").arg(&failing)).await?;
+            Ok(since)
+        }
+    }
 }
 
 async fn disable_long_failing(
@@ -225,4 +265,46 @@ pub async fn recent(
         .iter()
         .map(|j| serde_json::from_str(j).map_err(StoreError::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(second: i64, status: u16) -> AttemptRecord {
+        AttemptRecord {
+            at: DateTime::from_timestamp(second, 0).unwrap(),
+            attempt: 1,
+            event_id: "evt_1".into(),
+            event_type: "payment.card.success".into(),
+            status: Some(status),
+            error: None,
+            duration_ms: 1,
+            response_excerpt: String::new(),
+            event: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_ending_in_a_success_clears_the_failing_mark() {
+        let records = [attempt(10, 500), attempt(11, 200)];
+        assert_eq!(failing_mark(&records), FailingMark::Clear);
+    }
+
+    #[test]
+    fn failures_after_a_success_mark_the_first_of_them() {
+        let records = [
+            attempt(10, 500),
+            attempt(11, 200),
+            attempt(12, 500),
+            attempt(13, 503),
+        ];
+        assert_eq!(failing_mark(&records), FailingMark::Set(12));
+    }
+
+    #[test]
+    fn only_failures_keep_an_older_mark_or_set_the_first() {
+        let records = [attempt(10, 500), attempt(11, 500)];
+        assert_eq!(failing_mark(&records), FailingMark::SetIfUnset(10));
+    }
 }

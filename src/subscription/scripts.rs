@@ -1,5 +1,6 @@
 //! The Lua scripts that make each write to an account atomic on one slot (the account's hash
-//! tag): create with the 10-webhook and duplicate-URL rules, compare-and-set update, delete.
+//! tag): create with the 10-webhook and duplicate-URL rules, compare-and-set update, delete;
+//! and the account's snapshot, read atomically (a script, unlike MULTI/EXEC, follows ASK).
 //! Each bumps the account's version and announces it on the changes channel.
 
 // Results below zero are refusals; otherwise the account's new version.
@@ -7,6 +8,12 @@ pub(super) const LIMIT_REACHED: i64 = -1;
 pub(super) const DUPLICATE_URL: i64 = -2;
 pub(super) const NOT_FOUND: i64 = -3;
 pub(super) const CONFLICT: i64 = -4;
+
+/// An account's version and webhooks, read atomically. KEYS: version, webhooks.
+pub(super) const SNAPSHOT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+return {v, redis.call('HGETALL', KEYS[2])}
+"#;
 
 /// KEYS: webhooks, urls, version. ARGV: id, url, json, limit, channel, account.
 pub(super) const CREATE: &str = r#"

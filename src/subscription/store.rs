@@ -18,7 +18,8 @@ use super::connection::{ConnectError, RedisConn};
 use super::marker::{self, Marker, StoreMissing};
 use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
-use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
+use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND};
+use super::scripts::{SNAPSHOT, UPDATE};
 use super::secret::Secret;
 use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
 use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
@@ -262,6 +263,21 @@ impl Store {
         format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
     }
 
+    /// Runs one command whose reply is ignored.
+    pub async fn run_command(&self, cmd: &redis::Cmd) -> Result<(), StoreError> {
+        self.query_command(cmd).await
+    }
+
+    /// Runs one command and decodes its reply. A single-key command is what follows a slot
+    /// migration safely (see `attempts::write_webhook`).
+    pub async fn query_command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(cmd.query_async::<T>(&mut conn)).await
+    }
+
     /// Runs a pipeline whose replies are ignored.
     pub async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -294,16 +310,10 @@ impl Store {
     /// All webhooks of an account and the version they are at, read atomically.
     pub async fn snapshot(&self, account: &AccountId) -> Result<Snapshot, StoreError> {
         let [webhooks, _, version] = self.keys(account);
-        let mut conn = self.conn.clone();
-        let (version, entries): (Option<u64>, Vec<(String, String)>) = self
-            .timed(
-                redis::pipe()
-                    .atomic()
-                    .get(&version)
-                    .hgetall(&webhooks)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        // One script rather than MULTI/EXEC: a script is one command, which the cluster
+        // client follows to the importing node (ASK) while the account's slot migrates.
+        let (version, entries): (Option<u64>, Vec<(String, String)>) =
+            self.run(SNAPSHOT, &[version, webhooks], &[]).await?;
         let mut webhooks = Vec::with_capacity(entries.len());
         let mut unreadable = Vec::new();
         for (id, json) in entries {
@@ -407,12 +417,14 @@ impl Store {
         }
     }
 
-    async fn run(
+    /// Runs a Lua script on `keys` (one slot: the account's). On a cluster, it follows ASK and
+    /// is retried on TRYAGAIN (a script answered TRYAGAIN did not run; see `connection`).
+    async fn run<T: redis::FromRedisValue>(
         &self,
         script: &str,
         keys: &[String],
         args: &[&str],
-    ) -> Result<(i64, String), StoreError> {
+    ) -> Result<T, StoreError> {
         let script = redis::Script::new(script);
         let mut invocation = script.prepare_invoke();
         for k in keys {
@@ -597,13 +609,13 @@ impl Store {
         if code == NOT_FOUND {
             return Err(StoreError::NotFound(id.clone()));
         }
-        let mut conn = self.conn.clone();
         let keys = [
             self.attempts_key(account, id),
             self.failing_key(account, id),
             self.rate_limit_key(account, id),
         ];
-        self.timed(conn.del::<_, ()>(&keys)).await?;
+        // Three keys: TRYAGAIN (retried) while a migration has moved some of them but not all.
+        self.run_command(redis::cmd("DEL").arg(&keys)).await?;
         self.drop_index(id).await
     }
 

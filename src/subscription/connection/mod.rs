@@ -10,7 +10,10 @@
 //!
 //! Modes:
 //! - single: the crate's `ConnectionManager` (reconnects to the same address on loss).
-//! - cluster: the crate's async cluster client (`cluster-async`), which follows MOVED/ASK. It
+//! - cluster: the crate's async cluster client (`cluster-async`), without retries of its own:
+//!   [`redirect`] follows ASK (`ASKING` and the command in one piece), MOVED and TRYAGAIN per
+//!   command and never re-sends a pipeline of several commands, so writes that create keys go
+//!   one command at a time (see `attempts`), and reads that must be atomic are a script. It
 //!   does not notice on its own that a dead master was replaced (see [`Cluster::is_lost`]), so
 //!   it is held in a [`Renewing`] too. Every multi-key command and pipeline must stay in one
 //!   slot: an account's keys carry `{<account>}` as hash tag for that reason.
@@ -24,9 +27,11 @@
 //! # Layout
 //! - `mod.rs`: [`RedisConn`], connecting in each mode, TLS settings, error messages.
 //! - `renewing.rs`: [`Renewing`], the sentinel and cluster connections that are replaced.
+//! - `redirect.rs`: following a slot migration per command on a cluster.
 //! - `nodes.rs`: the version guard and a cluster's masters.
 
 mod nodes;
+mod redirect;
 mod renewing;
 
 pub use nodes::{version_supported, MIN_VERSION};
@@ -138,8 +143,9 @@ impl RedisConn {
         match self {
             RedisConn::Cluster { conn, .. } => {
                 let (_, mut conn) = conn.connection().await?;
+                let conn = conn.inner();
                 let mut keys = Vec::new();
-                for (host, port) in cluster_masters(&mut conn).await? {
+                for (host, port) in cluster_masters(conn).await? {
                     let node = || {
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
@@ -187,7 +193,8 @@ impl RedisConn {
                     .connection()
                     .await
                     .map_err(|e| redis_error("the cluster", e))?;
-                let masters = cluster_masters(&mut conn)
+                let conn = conn.inner();
+                let masters = cluster_masters(conn)
                     .await
                     .map_err(|e| redis_error("the cluster", e))?;
                 let mut infos = Vec::new();
@@ -404,9 +411,12 @@ async fn connect_cluster(
             .join(", ")
     );
     let tls = urls.iter().all(|u| u.starts_with("rediss:"));
+    // No retries in the client: `Redirecting` follows ASK, MOVED and TRYAGAIN per command
+    // (see redirect.rs), and the callers retry the rest, as in the other modes.
     let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
         .connection_timeout(timeout)
-        .response_timeout(timeout);
+        .response_timeout(timeout)
+        .retries(0);
     if tls {
         builder = builder.tls(TlsMode::Secure).certs(certs.clone());
     }
