@@ -1,11 +1,11 @@
 //! `hookrelay dlq list|show|replay|purge`: the dead-letter queues for on-call (DESIGN §4, §6).
 
-use super::exit::{Interrupted, Unavailable, Usage};
+use super::exit::{Interrupted, NotDeclared, Unavailable, Usage};
 use super::progress::Reporter;
 use crate::config::Settings;
 use crate::dlq::replay::ReplayOptions;
 use crate::dlq::{
-    Control, DeadLetter, Dlq, DlqQueue, Filter, Outcome, ReplayItem, Selection, Summary,
+    Control, DeadLetter, Dlq, DlqError, DlqQueue, Filter, Outcome, ReplayItem, Selection, Summary,
 };
 use crate::subscription::store::Store;
 use anyhow::{bail, Context};
@@ -181,7 +181,20 @@ pub async fn run(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
     let result = run_with(settings, &dlq, action, &shutdown).await;
     dlq.close().await;
-    result
+    result.map_err(not_declared)
+}
+
+/// A dead-letter queue that does not exist is a set-up step left out (exit 78, one line), not a
+/// broker that cannot be reached.
+fn not_declared(err: anyhow::Error) -> anyhow::Error {
+    let missing = err.chain().find_map(|cause| match cause.downcast_ref() {
+        Some(DlqError::NoQueue(queue, e)) if crate::broker::is_not_found(e) => Some(queue.clone()),
+        _ => None,
+    });
+    match missing {
+        Some(queue) => NotDeclared(format!("queue {queue}")).into(),
+        None => err,
+    }
 }
 
 async fn run_with(
@@ -218,11 +231,8 @@ async fn list(dlq: &Dlq, a: ListArgs, shutdown: &CancellationToken) -> anyhow::R
     };
     let columns = Columns::of(a.queue);
     let mut first = true;
-    if a.json {
-        out.write_all(b"[")?;
-    } else {
-        columns.header(&mut out)?;
-    }
+    // The header (or the `[`) waits for the first row or the end of a listing that worked, so
+    // that a queue that does not exist prints its one error line and nothing else.
     let summary = dlq
         .list_each(
             a.queue,
@@ -231,9 +241,12 @@ async fn list(dlq: &Dlq, a: ListArgs, shutdown: &CancellationToken) -> anyhow::R
             control,
             |letter| {
                 if a.json {
-                    out.write_all(if first { b"\n  " } else { b",\n  " })?;
+                    out.write_all(if first { b"[\n  " } else { b",\n  " })?;
                     serde_json::to_writer(&mut out, &letter)?;
                 } else {
+                    if first {
+                        columns.header(&mut out)?;
+                    }
                     columns.row(&mut out, &letter)?;
                 }
                 first = false;
@@ -244,8 +257,11 @@ async fn list(dlq: &Dlq, a: ListArgs, shutdown: &CancellationToken) -> anyhow::R
     reporter.finish();
     let summary = summary.context("listing")?;
     if a.json {
-        out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
+        out.write_all(if first { b"[]\n" } else { b"\n]\n" })?;
     } else {
+        if first {
+            columns.header(&mut out)?;
+        }
         writeln!(
             out,
             "{} dead letters in {} (read {} of {})",

@@ -297,3 +297,39 @@ async fn webhooks_status_says_why_an_account_fails_in_the_cli_and_the_api() {
     api.wait().await.unwrap();
     app.cleanup().await;
 }
+
+#[test]
+fn publish_and_dlq_list_without_a_declared_topology_say_to_declare_it_and_exit_78() {
+    // A fresh prefix: nothing is declared under it, and nothing is created by these commands.
+    let p = test_prefix();
+
+    let publish = hookrelay(
+        &p,
+        &[
+            "publish",
+            "--type",
+            "payment.card.success",
+            "--account",
+            "68",
+        ],
+        &[],
+    );
+    let list = hookrelay(&p, &["dlq", "list"], &[]);
+    let list_json = hookrelay(&p, &["dlq", "list", "--json"], &[]);
+
+    for (out, missing) in [
+        (&publish, format!("exchange {p}.events")),
+        (&list, format!("queue {p}.dlq.deliveries")),
+        (&list_json, format!("queue {p}.dlq.deliveries")),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(out), 78, "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&missing) && stderr.contains("hookrelay topology declare"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("retrying"), "no retry: {stderr}");
+        assert!(out.stdout.is_empty(), "no table header, no `[`");
+    }
+}
