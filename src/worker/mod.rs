@@ -199,8 +199,11 @@ async fn run(
             Ended::Shutdown => {
                 session.stop_consuming().await;
                 drain(&tracker, parts.settings.worker.shutdown_grace).await;
-                drop(ctx);
                 session.close().await;
+                // The publisher's channel lives in `ctx`: dropped only now, once its connection is
+                // closed, so that lapin does not try to close it during the connection's close
+                // (which it would log as an ERROR).
+                drop(ctx);
                 tracing::info!("worker stopped");
                 return Ok(());
             }

@@ -189,8 +189,10 @@ impl Session {
         }
     }
 
-    /// After the handlers are done: sends the last acks, then closes both connections.
+    /// After the handlers are done: sends the last acks, then closes the consumers' channels and
+    /// both connections, in that order.
     pub async fn close(self) {
+        let mut channels = Vec::with_capacity(self.consumers.len());
         for c in self.consumers {
             drop(c.acks);
             if tokio::time::timeout(Duration::from_secs(5), c.flushed)
@@ -199,8 +201,16 @@ impl Session {
             {
                 tracing::warn!("could not send the last acks in time; the broker will redeliver");
             }
+            channels.push(c.channel);
         }
         let close = async {
+            // Each channel is closed and awaited before its connection. A channel that is only
+            // dropped asks lapin to close it later; when the connection is already closing by
+            // then, lapin logs `ERROR Connection error … invalid channel state: Closing` for a
+            // stop that went as planned.
+            for channel in &channels {
+                let _ = channel.close(200, "shutdown".into()).await;
+            }
             let _ = self.consume_conn.close(200, "shutdown".into()).await;
             let _ = self.publish_conn.close(200, "shutdown".into()).await;
         };
