@@ -398,38 +398,10 @@ impl Run<'_> {
             let Some((at, held)) = next else {
                 return Ok(());
             };
-            let resend = resend_of(&held.letter);
-            let candidate = Candidate {
-                key: held.letter.dedupe_key(),
-                readable: resend.is_some(),
-                webhook: match &resend {
-                    Some((_, Some((account, webhook)))) => {
-                        Some(self.webhook_state(account, webhook).await?)
-                    }
-                    _ => None,
-                },
-            };
-            let index = self.planner.seen;
-            let publisher = self.publisher.clone();
-            let step = match (self.planner.decide(&candidate), resend, publisher) {
-                (Plan::Refused(r), _, _) => Step::Refused(r),
-                (Plan::Duplicate(of), _, _) => Step::Duplicate(of),
-                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
-                    if !self.wait_for_slot(control.shutdown).await {
-                        // Not sent: the letter goes back with the rest.
-                        selected.summary.interrupted = true;
-                        return Ok(());
-                    }
-                    let task = resend.publish(publisher, self.dlq.topology().clone());
-                    self.first(index, &held.letter);
-                    Step::Sent(index, tokio::spawn(task))
-                }
-                (Plan::Replay, Some(_), None) => {
-                    self.first(index, &held.letter);
-                    Step::DryRun(index)
-                }
-                // The planner refuses every letter without a resend.
-                (Plan::Replay, None, _) => Step::Refused(Refusal::Unreadable),
+            let Some(step) = self.plan(&held.letter, control.shutdown).await? else {
+                // Not sent: the letter goes back with the rest.
+                selected.summary.interrupted = true;
+                return Ok(());
             };
             self.pending.push_back(Pending {
                 at,
@@ -438,6 +410,48 @@ impl Run<'_> {
                 step,
             });
         }
+    }
+
+    /// What to do with one letter: refuse it, drop it as a duplicate, or send it (in a dry run,
+    /// only count it). `None` when shutdown came while it waited for its slot (`--rate`).
+    async fn plan(
+        &mut self,
+        letter: &DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Step>, DlqError> {
+        let resend = resend_of(letter);
+        let candidate = Candidate {
+            key: letter.dedupe_key(),
+            readable: resend.is_some(),
+            webhook: match &resend {
+                Some((_, Some((account, webhook)))) => {
+                    Some(self.webhook_state(account, webhook).await?)
+                }
+                _ => None,
+            },
+        };
+        let index = self.planner.seen;
+        let publisher = self.publisher.clone();
+        Ok(Some(
+            match (self.planner.decide(&candidate), resend, publisher) {
+                (Plan::Refused(r), _, _) => Step::Refused(r),
+                (Plan::Duplicate(of), _, _) => Step::Duplicate(of),
+                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
+                    if !self.wait_for_slot(shutdown).await {
+                        return Ok(None);
+                    }
+                    let task = resend.publish(publisher, self.dlq.topology().clone());
+                    self.first(index, letter);
+                    Step::Sent(index, tokio::spawn(task))
+                }
+                (Plan::Replay, Some(_), None) => {
+                    self.first(index, letter);
+                    Step::DryRun(index)
+                }
+                // The planner refuses every letter without a resend.
+                (Plan::Replay, None, _) => Step::Refused(Refusal::Unreadable),
+            },
+        ))
     }
 
     fn first(&mut self, index: usize, letter: &DeadLetter) {
