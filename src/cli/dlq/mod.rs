@@ -1,170 +1,23 @@
-//! `hookrelay dlq list|show|replay|purge`: the dead-letter queues for on-call (DESIGN §4, §6).
+//! `hookrelay dlq list|show|replay|purge`: the dead-letter queues for on-call (docs/design.md
+//! §4, §6). This file runs the commands; [`args`] is what clap parses, [`render`] how letters
+//! are shown.
+
+mod args;
+mod render;
+
+pub use args::DlqAction;
+use args::{ListArgs, PurgeArgs, ReplayArgs};
+use render::{full_json, print_full, replay_line, write_item, Columns};
 
 use super::exit::{Interrupted, NotDeclared, Unavailable, Usage};
 use super::progress::Reporter;
 use crate::config::Settings;
-use crate::dlq::replay::ReplayOptions;
-use crate::dlq::{
-    Control, DeadLetter, Dlq, DlqError, DlqQueue, Filter, Outcome, ReplayItem, Selection, Summary,
-};
+use crate::dlq::replay::{ReplayOptions, ReplaySummary};
+use crate::dlq::{Control, Dlq, DlqError, Outcome, Summary};
 use crate::subscription::store::Store;
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use chrono::SecondsFormat;
-use clap::{Args, Subcommand};
 use std::io::{BufWriter, IsTerminal, Write};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Subcommand, Debug)]
-pub enum DlqAction {
-    /// List dead letters in queue order, streamed as they are read; nothing is removed or
-    /// reordered.
-    #[command(
-        after_help = "Example:\n  hookrelay dlq list --account 68 --reason exhausted --older-than 1h --json > letters.json"
-    )]
-    List(ListArgs),
-    /// Show one dead letter in full, with its event.
-    #[command(after_help = "Example:\n  hookrelay dlq show dl_Xb3kq9TzP0aLr2mN8vWy")]
-    Show(ShowArgs),
-    /// Send dead letters again: a delivery for a fresh round of attempts, a poison event back to
-    /// the events exchange. Each is removed once the broker confirmed it. Ctrl-C stops it with
-    /// nothing lost and nothing sent twice; run it again to continue.
-    #[command(
-        after_help = "Example:\n  hookrelay dlq replay --account 68 --webhook wh_2b1f9c3e --rate 50/s\n  hookrelay dlq replay dl_Xb3kq9TzP0aLr2mN8vWy --dry-run"
-    )]
-    Replay(ReplayArgs),
-    /// Remove dead letters for good.
-    #[command(after_help = "Example:\n  hookrelay dlq purge --reason webhook_deleted --yes")]
-    Purge(PurgeArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct FilterArgs {
-    #[arg(long)]
-    account: Option<String>,
-    /// Event type label.
-    #[arg(long = "type")]
-    event_type: Option<String>,
-    /// Webhook id (wh_...).
-    #[arg(long)]
-    webhook: Option<String>,
-    /// exhausted, gone, target_refused, webhook_deleted, webhook_disabled, delivery_limit, or a
-    /// poison reason (invalid_json, missing_field, ...).
-    #[arg(long)]
-    reason: Option<String>,
-    /// Only letters whose last attempt (or dead-lettering) is older than this, e.g. 1h.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    older_than: Option<Duration>,
-}
-
-impl FilterArgs {
-    fn into_filter(self) -> Filter {
-        Filter {
-            account: self.account,
-            event_type: self.event_type,
-            webhook: self.webhook,
-            reason: self.reason,
-            older_than: self.older_than,
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct ListArgs {
-    /// deliveries or events.
-    #[arg(long, default_value = "deliveries")]
-    queue: DlqQueue,
-    #[command(flatten)]
-    filter: FilterArgs,
-    /// At most this many letters (the first in queue order).
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ShowArgs {
-    id: String,
-    /// Look only in this queue (default: both).
-    #[arg(long)]
-    queue: Option<DlqQueue>,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct SelectArgs {
-    /// Dead letter ids (as `dlq list` shows them).
-    ids: Vec<String>,
-    /// Every letter of the queue (that matches the filters).
-    #[arg(long, conflicts_with = "ids")]
-    all: bool,
-    /// deliveries or events (default: both for ids, else deliveries).
-    #[arg(long)]
-    queue: Option<DlqQueue>,
-    #[command(flatten)]
-    filter: FilterArgs,
-}
-
-impl SelectArgs {
-    fn into_selection(self) -> Selection {
-        Selection {
-            ids: self.ids,
-            all: self.all,
-            filter: self.filter.into_filter(),
-            queue: self.queue,
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct ReplayArgs {
-    #[command(flatten)]
-    select: SelectArgs,
-    /// Say what would happen; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Replay deliveries even when their webhook is deleted or disabled.
-    #[arg(long)]
-    force: bool,
-    /// At most this many republishes per second: N, N/s or N/m (default: as fast as the
-    /// broker confirms).
-    #[arg(long, value_parser = parse_rate)]
-    rate: Option<f64>,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct PurgeArgs {
-    #[command(flatten)]
-    select: SelectArgs,
-    /// Confirm: purged letters are gone for good.
-    #[arg(long)]
-    yes: bool,
-    /// Say what would be removed; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-}
-
-/// A `--rate` value: `N`, `N/s` or `N/m` (letters per second or per minute).
-fn parse_rate(text: &str) -> Result<f64, String> {
-    let (number, per) = match text.split_once('/') {
-        Some((n, "s")) => (n, 1.0),
-        Some((n, "m")) => (n, 60.0),
-        Some((_, unit)) => return Err(format!("unit {unit:?}: write N/s or N/m")),
-        None => (text, 1.0),
-    };
-    match number.trim().parse::<f64>() {
-        Ok(n) if n > 0.0 && n.is_finite() => Ok(n / per),
-        _ => Err(format!("{text:?} is not a rate like 100/s")),
-    }
-}
 
 pub async fn run(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     if let DlqAction::Purge(a) = &action {
@@ -346,16 +199,27 @@ async fn replay(
     reporter.finish();
     let summary = summary.context("replaying")?;
     written?;
-    let c = summary.counts;
-    if a.json {
+    print_replay_summary(&mut out, &summary, a.json)?;
+    out.flush()?;
+    replay_status(&summary)
+}
+
+/// The closing line (or the JSON document's `summary` and its end).
+fn print_replay_summary(
+    out: &mut impl Write,
+    summary: &ReplaySummary,
+    json: bool,
+) -> anyhow::Result<()> {
+    let c = &summary.counts;
+    if json {
         write!(out, "\n], \"summary\": ")?;
-        serde_json::to_writer(&mut out, &summary)?;
+        serde_json::to_writer(&mut *out, summary)?;
         writeln!(out, "}}")?;
     } else {
         writeln!(
             out,
             "{} {} of {} dead letters selected ({} duplicates removed, {} refused, {} failed, {} kept)",
-            if a.dry_run { "would replay" } else { "replayed" },
+            if summary.dry_run { "would replay" } else { "replayed" },
             c.replayed,
             summary.summary.selected,
             c.duplicate,
@@ -364,7 +228,12 @@ async fn replay(
             c.skipped
         )?;
     }
-    out.flush()?;
+    Ok(())
+}
+
+/// Exit 130 when interrupted, 1 when letters were left unreplayed, else success.
+fn replay_status(summary: &ReplaySummary) -> anyhow::Result<()> {
+    let c = &summary.counts;
     stopped_early(
         &summary.summary,
         &format!(
@@ -379,12 +248,6 @@ async fn replay(
             c.total()
         );
     }
-    Ok(())
-}
-
-fn write_item(out: &mut impl Write, item: &ReplayItem, first: bool) -> std::io::Result<()> {
-    out.write_all(if first { b"\n  " } else { b",\n  " })?;
-    serde_json::to_writer(&mut *out, &item.to_json())?;
     Ok(())
 }
 
@@ -433,159 +296,4 @@ async fn purge(dlq: &Dlq, a: PurgeArgs, shutdown: &CancellationToken) -> anyhow:
         &summary,
         &format!("{verb} {} dead letters", summary.selected),
     )
-}
-
-fn or_dash(v: &Option<String>) -> String {
-    v.clone().unwrap_or_else(|| "-".to_owned())
-}
-
-fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map_or("-".to_owned(), |t| {
-        t.to_rfc3339_opts(SecondsFormat::Secs, true)
-    })
-}
-
-/// The columns of a streamed listing: fixed widths, so rows can be printed as they are read
-/// (a table crate would need every row first). Longer values widen their row, not the table.
-struct Columns {
-    queue: DlqQueue,
-}
-
-impl Columns {
-    fn of(queue: DlqQueue) -> Columns {
-        Columns { queue }
-    }
-
-    fn spec(&self) -> &'static [(&'static str, usize)] {
-        match self.queue {
-            DlqQueue::Deliveries => &[
-                ("ID", 23),
-                ("REASON", 16),
-                ("TYPE", 32),
-                ("ACCOUNT", 12),
-                ("WEBHOOK", 27),
-                ("ATTEMPTS", 8),
-                ("STATUS", 6),
-                ("LAST ATTEMPT", 20),
-            ],
-            DlqQueue::Events => &[
-                ("ID", 27),
-                ("REASON", 20),
-                ("ROUTING KEY", 32),
-                ("EVENT", 24),
-                ("ACCOUNT", 12),
-                ("DEAD-LETTERED", 20),
-            ],
-        }
-    }
-
-    fn cells(&self, l: &DeadLetter) -> Vec<String> {
-        match self.queue {
-            DlqQueue::Deliveries => vec![
-                l.id.clone(),
-                l.reason.clone(),
-                or_dash(&l.event_type),
-                or_dash(&l.account_id),
-                or_dash(&l.webhook_id),
-                l.attempts.map_or("-".into(), |n| n.to_string()),
-                l.last_status.map_or("-".into(), |s| s.to_string()),
-                time(l.last_attempt_at.or(l.dead_lettered_at)),
-            ],
-            DlqQueue::Events => vec![
-                l.id.clone(),
-                l.reason.clone(),
-                or_dash(&l.routing_key),
-                or_dash(&l.event_id),
-                or_dash(&l.account_id),
-                time(l.dead_lettered_at),
-            ],
-        }
-    }
-
-    fn line(&self, out: &mut impl Write, cells: &[String]) -> std::io::Result<()> {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(self.spec())
-            .map(|(cell, (_, w))| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "{}", text.join("  ").trim_end())
-    }
-
-    fn header(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let names: Vec<String> = self.spec().iter().map(|(n, _)| n.to_string()).collect();
-        self.line(out, &names)
-    }
-
-    fn row(&self, out: &mut impl Write, letter: &DeadLetter) -> std::io::Result<()> {
-        self.line(out, &self.cells(letter))
-    }
-}
-
-/// The listing's object plus the event (deliveries) or the body read as JSON (events).
-fn full_json(letter: &DeadLetter) -> serde_json::Value {
-    let mut v = serde_json::to_value(letter).expect("a letter serializes");
-    let event = match (&letter.event, &letter.raw_body_base64) {
-        (Some(event), _) => serde_json::from_str(event.get()).ok(),
-        (None, Some(raw)) => B64
-            .decode(raw)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
-        (None, None) => None,
-    };
-    v["event"] = event.unwrap_or(serde_json::Value::Null);
-    v
-}
-
-fn print_full(letter: &DeadLetter) {
-    let v = full_json(letter);
-    let serde_json::Value::Object(fields) = &v else {
-        unreachable!("a letter serializes to an object")
-    };
-    for (key, value) in fields {
-        if key == "event" || key == "raw_body_base64" {
-            continue;
-        }
-        let text = match value {
-            serde_json::Value::Null => "-".to_owned(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        println!("{key:<17} {text}");
-    }
-    if let Some(raw) = &letter.raw_body_base64 {
-        let body = B64.decode(raw).unwrap_or_default();
-        match std::str::from_utf8(&body) {
-            Ok(text) => println!("body:\n{text}"),
-            Err(_) => println!("body (base64):\n{raw}"),
-        }
-    }
-    if !v["event"].is_null() {
-        println!(
-            "event:\n{}",
-            serde_json::to_string_pretty(&v["event"]).expect("JSON values serialize")
-        );
-    }
-}
-
-/// A line for a letter that was not simply replayed.
-fn replay_line(item: &ReplayItem, dry_run: bool) -> String {
-    let l = &item.letter;
-    let what = match l.queue {
-        DlqQueue::Deliveries => format!(
-            "{} ({} → {})",
-            l.id,
-            or_dash(&l.event_id),
-            or_dash(&l.webhook_id)
-        ),
-        DlqQueue::Events => format!("{} (routing key {})", l.id, or_dash(&l.routing_key)),
-    };
-    match &item.outcome {
-        Outcome::Replayed if dry_run => format!("would replay {what}"),
-        Outcome::Replayed => format!("replayed {what}"),
-        Outcome::Duplicate { of } if dry_run => format!("would remove {what}: a duplicate of {of}"),
-        Outcome::Duplicate { of } => format!("removed {what}: a duplicate of {of}"),
-        Outcome::Refused(r) => format!("refused {what}: {}", r.as_str()),
-        Outcome::Failed(e) => format!("failed {what}: {e}"),
-        Outcome::Skipped { of } => format!("kept {what}: {of} could not be replayed"),
-    }
 }
