@@ -1,5 +1,8 @@
-//! The event envelope upstream services publish (DESIGN §2): the 27 event types, and parsing a
-//! message body into an [`Event`] or a [`Poison`] reason, never anything in between.
+//! The event envelope upstream services publish (docs/design.md §2): the 27 event types, and
+//! parsing a message body into an [`Event`] or a [`Poison`] reason, never anything in between.
+//!
+//! One file on purpose: every step that reads an envelope (ingest, retries, the attempt log,
+//! resend, replay) goes through the one parse here, so nothing accepted once is refused later.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
