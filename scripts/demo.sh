@@ -29,6 +29,16 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$logs"
+  # The demo's queues, exchange and Redis keys all start with its prefix; with the worker
+  # stopped, the sweeper removes them. DEMO_KEEP=1 leaves them, to look around afterwards.
+  if [[ -n ${DEMO_KEEP:-} ]]; then
+    echo "== kept the demo's queues and keys (prefix hookrelay-demo); remove them with:"
+    echo "   SWEEP_MIN_IDLE=0 scripts/sweep.sh hookrelay-demo"
+  else
+    echo "== removing the demo's queues, exchange and Redis keys (prefix hookrelay-demo; DEMO_KEEP=1 keeps them)"
+    SWEEP_MIN_IDLE=0 scripts/sweep.sh hookrelay-demo | sed 's/^/   /' ||
+      warn "cleaning up failed; run: SWEEP_MIN_IDLE=0 scripts/sweep.sh hookrelay-demo"
+  fi
 }
 trap cleanup EXIT
 
@@ -75,3 +85,4 @@ cat "$logs/received.txt"
 got=$(grep -c '^✔ verified' "$logs/received.txt" || true)
 [[ "$got" -eq "$expected" ]] || die "expected $expected verified deliveries, got $got"
 echo "== all $got deliveries arrived with valid signatures"
+echo "== the binary is $PWD/$hookrelay; \`cargo install --path .\` puts hookrelay on your PATH"

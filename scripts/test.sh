@@ -10,6 +10,21 @@ source scripts/lib.sh
 
 have_all cargo || die "cargo not found; install Rust with rustup (https://rustup.rs)"
 
+cat <<'EOF'
+== test.sh installs what is missing (apt-get as root or through sudo; each is named again when
+   it is actually installed):
+     rabbitmq-server redis-server          the services (scripts/services.sh)
+     chromium chromium-driver fonts-dejavu-core
+                                           the browser test of the Webhooks page
+     kubernetes-client docker-compose binutils podman buildah, promtool (unpacked from the
+     prometheus package, not installed), kubernetes-validate (PyPI, in target/deploy-tools/venv)
+                                           deploy/ checks (scripts/deploy-check.sh)
+     openssl python3 curl jq redis-tools util-linux
+                                           fault, broker and Redis node scripts
+   About 25 minutes on 2 cores once installed (build, deploy checks, bench smoke run, faults,
+   brokers, Redis nodes, then the test suite).
+EOF
+
 scripts/services.sh
 
 # The browser test of the Webhooks page drives Debian's Chromium through chromedriver. Once they

@@ -1,5 +1,8 @@
-//! The event envelope upstream services publish (DESIGN §2): the 27 event types, and parsing a
-//! message body into an [`Event`] or a [`Poison`] reason, never anything in between.
+//! The event envelope upstream services publish (docs/design.md §2): the 27 event types, and
+//! parsing a message body into an [`Event`] or a [`Poison`] reason, never anything in between.
+//!
+//! One file on purpose: every step that reads an envelope (ingest, retries, the attempt log,
+//! resend, replay) goes through the one parse here, so nothing accepted once is refused later.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -230,6 +233,72 @@ fn required<'a>(field: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue,
     }
 }
 
+// The fields of an envelope, each read from its raw JSON in the order `Event::parse` fixes.
+
+fn parse_id(raw: &RawValue) -> Result<EventId, Poison> {
+    let id = string_field(raw, "id")?;
+    EventId::parse(&id).ok_or_else(|| {
+        Poison::new(
+            PoisonReason::InvalidField,
+            "field `id` must be 1 to 128 of A-Z a-z 0-9 _ -",
+        )
+    })
+}
+
+fn parse_account_id(raw: &RawValue) -> Result<AccountId, Poison> {
+    let account_id = string_field(raw, "account_id")?;
+    AccountId::parse(&account_id).ok_or_else(|| {
+        Poison::new(
+            PoisonReason::InvalidField,
+            "field `account_id` must be 1 to 128 of A-Z a-z 0-9 _ . : -",
+        )
+    })
+}
+
+fn parse_created_at(raw: &RawValue) -> Result<DateTime<Utc>, Poison> {
+    let created_at = string_field(raw, "created_at")?;
+    DateTime::parse_from_rfc3339(&created_at)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            Poison::new(
+                PoisonReason::InvalidField,
+                format!("field `created_at` is not an RFC 3339 time: {e}"),
+            )
+        })
+}
+
+/// `data` is an object nested at most `max_depth` levels (counted without recursion).
+fn check_data(data: &RawValue, max_depth: usize) -> Result<(), Poison> {
+    if !data.get().starts_with('{') {
+        return Err(Poison::new(
+            PoisonReason::InvalidField,
+            "field `data` must be a JSON object",
+        ));
+    }
+    if nesting_exceeds(data.get().as_bytes(), max_depth) {
+        return Err(Poison::new(
+            PoisonReason::TooDeep,
+            format!("field `data` is nested deeper than {max_depth} levels"),
+        ));
+    }
+    Ok(())
+}
+
+/// One of the 27 labels, and the routing key's, when there is one.
+fn parse_type(raw: &RawValue, routing_key: Option<&str>) -> Result<EventType, Poison> {
+    let type_label = string_field(raw, "type")?;
+    let event_type: EventType = type_label
+        .parse()
+        .map_err(|e: UnknownEventType| Poison::new(PoisonReason::UnknownType, e.to_string()))?;
+    match routing_key {
+        Some(key) if event_type.label() != key => Err(Poison::new(
+            PoisonReason::RoutingKeyMismatch,
+            format!("type is {type_label:?} but the routing key is {key:?}"),
+        )),
+        _ => Ok(event_type),
+    }
+}
+
 fn string_field(raw: &RawValue, name: &str) -> Result<String, Poison> {
     serde_json::from_str::<String>(raw.get()).map_err(|_| {
         Poison::new(
@@ -296,53 +365,11 @@ impl Event {
         let created_at = required(raw.created_at, "created_at")?;
         let data = required(raw.data, "data")?;
 
-        let id = string_field(id, "id")?;
-        let id = EventId::parse(&id).ok_or_else(|| {
-            Poison::new(
-                PoisonReason::InvalidField,
-                "field `id` must be 1 to 128 of A-Z a-z 0-9 _ -",
-            )
-        })?;
-        let account_id = string_field(account_id, "account_id")?;
-        let account_id = AccountId::parse(&account_id).ok_or_else(|| {
-            Poison::new(
-                PoisonReason::InvalidField,
-                "field `account_id` must be 1 to 128 of A-Z a-z 0-9 _ . : -",
-            )
-        })?;
-        let created_at = string_field(created_at, "created_at")?;
-        let created_at = DateTime::parse_from_rfc3339(&created_at)
-            .map_err(|e| {
-                Poison::new(
-                    PoisonReason::InvalidField,
-                    format!("field `created_at` is not an RFC 3339 time: {e}"),
-                )
-            })?
-            .with_timezone(&Utc);
-        if !data.get().starts_with('{') {
-            return Err(Poison::new(
-                PoisonReason::InvalidField,
-                "field `data` must be a JSON object",
-            ));
-        }
-        if nesting_exceeds(data.get().as_bytes(), max_depth) {
-            return Err(Poison::new(
-                PoisonReason::TooDeep,
-                format!("field `data` is nested deeper than {max_depth} levels"),
-            ));
-        }
-        let type_label = string_field(event_type, "type")?;
-        let event_type: EventType = type_label
-            .parse()
-            .map_err(|e: UnknownEventType| Poison::new(PoisonReason::UnknownType, e.to_string()))?;
-        if let Some(routing_key) = routing_key {
-            if event_type.label() != routing_key {
-                return Err(Poison::new(
-                    PoisonReason::RoutingKeyMismatch,
-                    format!("type is {type_label:?} but the routing key is {routing_key:?}"),
-                ));
-            }
-        }
+        let id = parse_id(id)?;
+        let account_id = parse_account_id(account_id)?;
+        let created_at = parse_created_at(created_at)?;
+        check_data(data, max_depth)?;
+        let event_type = parse_type(event_type, routing_key)?;
         Ok(Event {
             id,
             event_type,

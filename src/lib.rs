@@ -4,7 +4,7 @@
 //! Stateless workers ([`worker`]) consume it, look up the account's webhooks ([`subscription`],
 //! kept in Redis and cached in each worker), sign and POST the event to each matching URL
 //! ([`delivery`]), wait out failures in the broker's delay queues, and park what finally fails in
-//! dead-letter queues ([`broker::topology`]). The public contract is DESIGN.md.
+//! dead-letter queues ([`broker::topology`]). The public contract is `docs/design.md`.
 //!
 //! # Layout
 //! - [`config`]: one typed settings tree: defaults → file → environment, validated once.

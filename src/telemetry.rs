@@ -18,8 +18,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; later calls (tests) are ignored.
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+    // lapin logs a channel the broker closed (e.g. NOT_FOUND for an exchange that was never
+    // declared) at ERROR on `lapin::channel`, while the operation that met it returns the same
+    // error to hookrelay, which reports it once in its own words: one line, not two.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -28,6 +28,28 @@ pub struct CacheFigures {
     pub peak_rss_mb: f64,
 }
 
+/// Account `i` of the run.
+fn account(i: usize) -> AccountId {
+    AccountId::parse(&format!("acct{i}")).expect("a valid account id")
+}
+
+/// Gives every tenth of `accounts` one webhook; returns how many have one. Seeded in chunks so
+/// the ids are never all in memory.
+async fn seed(store: &Store, accounts: usize) -> anyhow::Result<usize> {
+    let new = NewWebhook {
+        url: WebhookUrl::parse("https://merchant.example/hooks/payments", false)?,
+        events: EventFilter::parse(&["payment.card.success", "subscribe.success"])?,
+        format: Format::Standard,
+        description: "bench".to_owned(),
+        rate_limit: None,
+    };
+    for chunk in (0..accounts).step_by(10).collect::<Vec<_>>().chunks(10_000) {
+        let webhooks = chunk.iter().map(|i| (account(*i), new.clone())).collect();
+        store.seed(webhooks).await?;
+    }
+    Ok(accounts.div_ceil(10))
+}
+
 pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFigures> {
     let prefix = format!(
         "{}-cachebench-{}",
@@ -39,20 +61,7 @@ pub async fn run(settings: &Settings, accounts: usize) -> anyhow::Result<CacheFi
     let store = Store::from_settings(&redis).await?;
     // Lookups of accounts without webhooks read the marker, as in a worker.
     store.init_marker().await?;
-    let account = |i: usize| AccountId::parse(&format!("acct{i}")).expect("a valid account id");
-    let new = NewWebhook {
-        url: WebhookUrl::parse("https://merchant.example/hooks/payments", false)?,
-        events: EventFilter::parse(&["payment.card.success", "subscribe.success"])?,
-        format: Format::Standard,
-        description: "bench".to_owned(),
-        rate_limit: None,
-    };
-    // Every tenth account has a webhook; seeded in chunks so the ids are never all in memory.
-    let with_webhook = accounts.div_ceil(10);
-    for chunk in (0..accounts).step_by(10).collect::<Vec<_>>().chunks(10_000) {
-        let webhooks = chunk.iter().map(|i| (account(*i), new.clone())).collect();
-        store.seed(webhooks).await?;
-    }
+    let with_webhook = seed(&store, accounts).await?;
 
     let limits = CacheLimits {
         max_bytes: settings.worker.cache_max_bytes,

@@ -8,8 +8,9 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Channel, Connection};
 use std::time::Instant;
+use tokio::task::JoinHandle;
 
 /// Messages per second from the first publish to the last ack.
 pub async fn measure(
@@ -23,6 +24,21 @@ pub async fn measure(
         .await?
         .connection;
     let queue = format!("{prefix}.ceiling");
+    let publish = declare(&conn, &queue).await?;
+    let consuming = consume(&conn, &queue, n).await?;
+    let started = Instant::now();
+    publish_all(&publish, &queue, n, body_bytes).await?;
+    let (seen, finished) = consuming.await??;
+    anyhow::ensure!(seen == n, "the ceiling consumer saw {seen} of {n}");
+    let _ = publish
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(n as f64 / (finished - started).as_secs_f64())
+}
+
+/// Declares the temporary quorum queue; returns a channel in confirm mode to publish on.
+async fn declare(conn: &Connection, queue: &str) -> anyhow::Result<Channel> {
     let publish = conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -31,7 +47,7 @@ pub async fn measure(
     );
     publish
         .queue_declare(
-            queue.as_str().into(),
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -42,18 +58,27 @@ pub async fn measure(
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    Ok(publish)
+}
 
+/// One consumer, prefetch 256, acking each message; ends after `n` with how many it saw and
+/// when it saw the last.
+async fn consume(
+    conn: &Connection,
+    queue: &str,
+    n: usize,
+) -> anyhow::Result<JoinHandle<Result<(usize, Instant), lapin::Error>>> {
     let consume = conn.create_channel().await?;
     consume.basic_qos(256, BasicQosOptions::default()).await?;
     let mut consumer = consume
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let consuming = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut seen = 0;
         while seen < n {
             let Some(Ok(delivery)) = consumer.next().await else {
@@ -62,19 +87,27 @@ pub async fn measure(
             delivery.acker.ack(BasicAckOptions::default()).await?;
             seen += 1;
         }
-        Ok::<_, lapin::Error>((seen, Instant::now()))
-    });
+        Ok((seen, Instant::now()))
+    }))
+}
 
+/// `n` persistent messages of `body_bytes`, `IN_FLIGHT` confirms outstanding at once; every
+/// one must be acked.
+async fn publish_all(
+    publish: &Channel,
+    queue: &str,
+    n: usize,
+    body_bytes: usize,
+) -> anyhow::Result<()> {
     let body = vec![b'x'; body_bytes.max(1)];
-    let started = Instant::now();
     let confirms = futures_util::stream::iter(0..n)
         .map(|_| {
-            let (publish, queue, body) = (&publish, &queue, &body);
+            let body = &body;
             async move {
                 publish
                     .basic_publish(
                         "".into(),
-                        queue.as_str().into(),
+                        queue.into(),
                         BasicPublishOptions::default(),
                         body,
                         BasicProperties::default().with_delivery_mode(2),
@@ -89,11 +122,5 @@ pub async fn measure(
     for c in confirms {
         anyhow::ensure!(c?.is_ack(), "the broker nacked a ceiling message");
     }
-    let (seen, finished) = consuming.await??;
-    anyhow::ensure!(seen == n, "the ceiling consumer saw {seen} of {n}");
-    let _ = publish
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "done".into()).await;
-    Ok(n as f64 / (finished - started).as_secs_f64())
+    Ok(())
 }

@@ -10,15 +10,15 @@ mod ceiling;
 mod procstat;
 mod receiver;
 mod scenarios;
+mod setup;
 
 pub use scenarios::Scenario;
 
 use crate::broker::publisher::{Headers, Outgoing, Publisher};
 use crate::broker::topology::Topology;
 use crate::config::Settings;
-use crate::event::{AccountId, EventType};
-use crate::subscription::store::{NewWebhook, Store};
-use crate::subscription::{EventFilter, Format, WebhookUrl};
+use crate::event::EventType;
+use crate::subscription::store::Store;
 use anyhow::Context;
 use futures_util::StreamExt;
 use receiver::Tally;
@@ -130,30 +130,8 @@ impl Bench {
         opts: &BenchOptions,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Bench> {
-        anyhow::ensure!(
-            opts.events > 0 && opts.accounts > 0,
-            "--events and --accounts must be positive"
-        );
-        anyhow::ensure!(
-            (1..=crate::subscription::MAX_WEBHOOKS_PER_ACCOUNT)
-                .contains(&opts.webhooks_per_account),
-            "--webhooks must be 1 to 10 (the per-account limit)"
-        );
-        anyhow::ensure!(
-            !(opts.attach && opts.scenario.workers_start_late()),
-            "--scenario {} starts its own workers; it cannot --attach",
-            opts.scenario.name()
-        );
-        let mut settings = base.clone();
-        if !opts.attach {
-            // Its own names, so a bench never touches a deployment's queues or keys.
-            let prefix = format!("hrbench-{}", crate::random_token(6).to_lowercase());
-            settings.amqp.prefix = prefix.clone();
-            settings.redis.prefix = prefix;
-        }
-        // The receiver is on loopback over http.
-        settings.delivery.allow_http = true;
-        settings.delivery.allow_private_targets = true;
+        setup::check_options(opts)?;
+        let settings = setup::bench_settings(base, opts);
         let topology = Topology::from_settings(&settings);
         let conn = crate::broker::Connector::new(&settings.amqp)
             .connect("hookrelay bench")
@@ -170,50 +148,12 @@ impl Bench {
         // The URLs need the receiver's port and the receiver needs the secrets: bind first,
         // serve once the webhooks exist.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let total = opts.accounts * opts.webhooks_per_account;
         let accounts: Vec<String> = (0..total)
             .map(|i| format!("bench-{}", i / opts.webhooks_per_account))
             .collect();
-        let new_webhook = |index: usize| {
-            Ok::<_, anyhow::Error>(NewWebhook {
-                url: WebhookUrl::parse(&format!("http://{addr}/b/{index}"), true)?,
-                events: EventFilter::All,
-                format: Format::Standard,
-                description: "hookrelay bench".into(),
-                rate_limit: None,
-            })
-        };
-        let account_id = |index: usize| -> AccountId {
-            accounts[index]
-                .parse()
-                .expect("bench account ids are valid")
-        };
-        let secrets = if opts.attach {
-            // Running workers may have cached these accounts: create them the announced way.
-            let created = futures_util::stream::iter(0..total)
-                .map(|index| {
-                    let store = store.clone();
-                    let new = new_webhook(index);
-                    let account = account_id(index);
-                    async move { Ok::<_, anyhow::Error>(store.create(&account, new?).await?.secret) }
-                })
-                .buffered(64)
-                .collect::<Vec<_>>()
-                .await;
-            created.into_iter().collect::<Result<Vec<_>, _>>()?
-        } else {
-            eprintln!("creating {total} webhooks…");
-            let mut secrets = Vec::with_capacity(total);
-            for batch in (0..total).collect::<Vec<_>>().chunks(SEED_BATCH) {
-                let webhooks = batch
-                    .iter()
-                    .map(|&i| Ok((account_id(i), new_webhook(i)?)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                secrets.extend(store.seed(webhooks).await?);
-            }
-            secrets
-        };
+        let secrets =
+            setup::create_webhooks(&store, opts, listener.local_addr()?, &accounts).await?;
         let answers = (0..total)
             .map(|i| opts.scenario.answer(i, opts.hanging, total))
             .collect();

@@ -20,67 +20,77 @@ pub async fn spawn_workers(settings: &Settings, n: usize) -> anyhow::Result<Vec<
     let exe = std::env::current_exe().context("locating the hookrelay binary")?;
     let mut workers = Vec::new();
     for _ in 0..n {
-        let mut command = Command::new(&exe);
-        command
-            .arg("worker")
-            // The same broker configuration as the bench itself: nodes and TLS files.
-            .env("HOOKRELAY__AMQP__URL", &settings.amqp.url)
-            .env(
-                "HOOKRELAY__AMQP__TLS__CA_FILE",
-                &settings.amqp.tls_files.ca_file,
-            )
-            .env(
-                "HOOKRELAY__AMQP__TLS__CERT_FILE",
-                &settings.amqp.tls_files.cert_file,
-            )
-            .env(
-                "HOOKRELAY__AMQP__TLS__KEY_FILE",
-                &settings.amqp.tls_files.key_file,
-            )
-            .env("HOOKRELAY__AMQP__PREFIX", &settings.amqp.prefix)
-            .envs(settings.redis.to_env())
-            .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
-            .env("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
-            .env("HOOKRELAY__OPS__LISTEN", "127.0.0.1:0")
-            .env("HOOKRELAY__LOG__FORMAT", "text")
-            .env("RUST_LOG", "warn,hookrelay::worker=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if !settings.amqp.urls.is_empty() {
-            command.env("HOOKRELAY__AMQP__URLS", settings.amqp.urls.join(","));
-        }
-        let mut child = command.spawn().context("starting a worker")?;
-        let pid = child.id().context("worker pid")?;
-        let stderr = child.stderr.take().context("worker stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("worker consuming") {
-                    return Ok::<_, std::io::Error>(Some(ops_addr(&line)));
-                }
-                eprintln!("worker: {line}");
-            }
-            Ok(None)
-        })
-        .await;
-        let Ok(Ok(Some(ops_addr))) = ready else {
-            anyhow::bail!("a worker did not start");
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("worker {pid}: {line}");
-            }
-        });
-        workers.push(WorkerProcess {
-            child,
-            pid,
-            ops_addr,
-        });
+        workers.push(start_worker(worker_command(&exe, settings)).await?);
     }
     Ok(workers)
+}
+
+/// `hookrelay worker` with the bench's broker and Redis configuration, its log on a pipe.
+fn worker_command(exe: &std::path::Path, settings: &Settings) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .arg("worker")
+        // The same broker configuration as the bench itself: nodes and TLS files.
+        .env("HOOKRELAY__AMQP__URL", &settings.amqp.url)
+        .env(
+            "HOOKRELAY__AMQP__TLS__CA_FILE",
+            &settings.amqp.tls_files.ca_file,
+        )
+        .env(
+            "HOOKRELAY__AMQP__TLS__CERT_FILE",
+            &settings.amqp.tls_files.cert_file,
+        )
+        .env(
+            "HOOKRELAY__AMQP__TLS__KEY_FILE",
+            &settings.amqp.tls_files.key_file,
+        )
+        .env("HOOKRELAY__AMQP__PREFIX", &settings.amqp.prefix)
+        .envs(settings.redis.to_env())
+        .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
+        .env("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
+        .env("HOOKRELAY__OPS__LISTEN", "127.0.0.1:0")
+        .env("HOOKRELAY__LOG__FORMAT", "text")
+        .env("RUST_LOG", "warn,hookrelay::worker=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if !settings.amqp.urls.is_empty() {
+        command.env("HOOKRELAY__AMQP__URLS", settings.amqp.urls.join(","));
+    }
+    command
+}
+
+/// Starts one worker and waits (at most 30 s) for its "worker consuming" line.
+async fn start_worker(mut command: Command) -> anyhow::Result<WorkerProcess> {
+    let mut child = command.spawn().context("starting a worker")?;
+    let pid = child.id().context("worker pid")?;
+    let stderr = child.stderr.take().context("worker stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("worker consuming") {
+                return Ok::<_, std::io::Error>(Some(ops_addr(&line)));
+            }
+            eprintln!("worker: {line}");
+        }
+        Ok(None)
+    })
+    .await;
+    let Ok(Ok(Some(ops_addr))) = ready else {
+        anyhow::bail!("a worker did not start");
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("worker {pid}: {line}");
+        }
+    });
+    Ok(WorkerProcess {
+        child,
+        pid,
+        ops_addr,
+    })
 }
 
 /// The `ops_addr=127.0.0.1:PORT` of a worker's start-up line (colours or not).

@@ -275,6 +275,14 @@ fn load_average() -> Option<f64> {
 }
 
 pub(super) fn print_report(r: &Value) {
+    print_setup(r);
+    print_throughput(r);
+    print_scenario_figures(r);
+    print_resources(r);
+}
+
+/// What ran, and the broker's ceiling.
+fn print_setup(r: &Value) {
     let s = &r["setup"];
     println!(
         "hookrelay bench --scenario {}: {} events, {} accounts x {} webhook(s), {}-byte payload, {} worker process(es){}",
@@ -289,6 +297,10 @@ pub(super) fn print_report(r: &Value) {
     if let Some(c) = r["broker_ceiling_msgs_per_sec"].as_f64() {
         println!("broker ceiling (quorum queue, confirms {IN_FLIGHT} in flight, prefetch 256): {c:.0} msgs/s");
     }
+}
+
+/// End-to-end rates and full-speed latency.
+fn print_throughput(r: &Value) {
     let t = &r["throughput"];
     println!(
         "throughput: {:.0} events/s, {:.0} deliveries/s end to end{}",
@@ -303,6 +315,11 @@ pub(super) fn print_report(r: &Value) {
     if let Some(mb) = r["payload_mb_per_sec"].as_f64() {
         println!("  payload: {mb:.1} MB/s of event data delivered");
     }
+}
+
+/// The figures only some scenarios have: a reference run, the retry path, the backlog, the
+/// latency run at a set rate.
+fn print_scenario_figures(r: &Value) {
     if let Some(reference) = r["reference"].as_object() {
         println!(
             "reference ({}): {:.0} deliveries/s; ratio {:.2}",
@@ -330,6 +347,10 @@ pub(super) fn print_report(r: &Value) {
             latency(p)
         );
     }
+}
+
+/// What the workers and the machine spent.
+fn print_resources(r: &Value) {
     if let Some(cpu) = r["worker_cpu_us_per_delivery"].as_f64() {
         println!("workers: {cpu:.0} us CPU per delivery");
     }

@@ -17,3 +17,12 @@ pub use connect::{ConnectError, Connected, Connector};
 pub async fn connect(url: &str, name: &str) -> Result<lapin::Connection, ConnectError> {
     Ok(Connector::for_url(url)?.connect(name).await?.connection)
 }
+
+/// Whether the broker refused an operation because the exchange or queue it names does not exist
+/// (`NOT_FOUND`): the topology was not declared. That is a set-up step left out, not an outage,
+/// so another try, or another node of the cluster, would get the same answer.
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}

@@ -32,7 +32,12 @@ pub enum PublishError {
 impl PublishError {
     /// The broker answered about this message: another node would answer the same.
     fn is_final(&self) -> bool {
-        matches!(self, PublishError::Returned(_))
+        matches!(self, PublishError::Returned(_)) || self.is_not_declared()
+    }
+
+    /// The exchange does not exist (`NOT_FOUND`): the topology is not declared.
+    pub fn is_not_declared(&self) -> bool {
+        matches!(self, PublishError::Amqp(e) if super::is_not_found(e))
     }
 }
 

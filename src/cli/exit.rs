@@ -9,7 +9,7 @@
 //! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
 //! | 75 | temporary failure: the broker or Redis failed or timed out mid-command; try again |
-//! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points |
+//! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points; the exchanges and queues not declared |
 //! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
 
 use crate::config::ConfigError;
@@ -57,6 +57,12 @@ impl Unavailable {
     }
 }
 
+/// The exchange or queue a command needs does not exist (exit 78): the topology was never
+/// declared on this broker and prefix. A set-up step, so one line that says which, and no retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} does not exist on the broker: run `hookrelay topology declare` first (a worker also declares it when it starts)")]
+pub struct NotDeclared(pub String);
+
 /// A signal stopped the command; what it did is printed before (exit 130).
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted: {0}")]
@@ -82,7 +88,10 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if cause.is::<Interrupted>() {
         return Some(INTERRUPTED);
     }
-    if cause.is::<ConfigError>() || cause.is::<crate::subscription::marker::StoreMissing>() {
+    if cause.is::<ConfigError>()
+        || cause.is::<NotDeclared>()
+        || cause.is::<crate::subscription::marker::StoreMissing>()
+    {
         return Some(CONFIG);
     }
     if let Some(e) = cause.downcast_ref::<DlqError>() {

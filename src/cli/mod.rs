@@ -23,7 +23,7 @@ use std::path::PathBuf;
     about = "Webhook delivery from RabbitMQ events",
     after_help = "Exit status: 0 success, 1 failed (not found, refused), 64 usage, 65 data refused, \
                   69 RabbitMQ or Redis unreachable, 75 temporary failure (try again), \
-                  78 configuration, 130 interrupted."
+                  78 configuration or topology not declared, 130 interrupted."
 )]
 pub struct Cli {
     /// Configuration file (TOML); also HOOKRELAY_CONFIG. Environment HOOKRELAY__SECTION__KEY wins.

@@ -1,5 +1,6 @@
 //! `hookrelay publish` and `hookrelay listen`: the two ends of a delivery, from the command line.
 
+use super::exit::NotDeclared;
 use crate::broker::publisher::{EventPublisher, NewEvent};
 use crate::config::Settings;
 use crate::delivery::signing::Secret;
@@ -54,9 +55,10 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
             data,
         })
         .await
-        .context(
-            "publishing (is the topology declared? run a worker or `hookrelay topology declare`)",
-        )?;
+        .map_err(|e| match e.is_not_declared() {
+            true => NotDeclared(format!("exchange {}.events", settings.amqp.prefix)).into(),
+            false => anyhow::Error::new(e).context("publishing"),
+        })?;
     publisher.close().await;
     if args.json {
         let envelope: serde_json::Value = serde_json::from_str(&event.to_envelope_json())?;

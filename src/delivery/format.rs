@@ -130,87 +130,114 @@ struct Frame {
 /// Duplicate keys are kept, in order. `json` is valid JSON (ingest checked it); anything else
 /// ends the walk where it stops making sense rather than panicking.
 fn flatten(json: &str, form: &mut Form) -> Result<(), BodyTooLarge> {
-    let mut scan = Scanner::new(json);
-    let mut path = String::from("resource");
-    let mut stack: Vec<Frame> = Vec::new();
-    // Whether the next token starts a value (true) or closes/continues a container (false).
-    let mut expect_value = true;
+    let mut flattener = Flattener {
+        scan: Scanner::new(json),
+        path: String::from("resource"),
+        stack: Vec::new(),
+    };
+    let mut next = Next::Value;
     loop {
-        scan.skip_insignificant();
-        if expect_value {
-            match scan.peek() {
-                Some(b'{') => {
-                    scan.bump();
-                    stack.push(Frame {
-                        path_len: path.len(),
-                        next_index: None,
-                    });
-                    expect_value = false;
-                    continue;
-                }
-                Some(b'[') => {
-                    scan.bump();
-                    stack.push(Frame {
-                        path_len: path.len(),
-                        next_index: Some(0),
-                    });
-                    // An empty array closes at once; otherwise its first item follows.
-                    scan.skip_insignificant();
-                    if scan.peek() == Some(b']') {
-                        expect_value = false;
-                        continue;
-                    }
-                    push_index(&mut path, stack.last_mut());
-                    continue;
-                }
-                Some(b'"') => {
-                    let value = scan.string();
-                    form.pair(&path, &value)?;
-                }
-                Some(_) => {
-                    let token = scan.bare_token();
-                    form.pair(&path, if token == "null" { "" } else { token })?;
-                }
-                None => return Ok(()),
-            }
-            expect_value = false;
-            continue;
-        }
-        // After a value, or just inside an object: a key, a comma, or a closing bracket.
-        let Some(frame) = stack.last_mut() else {
-            return Ok(());
+        flattener.scan.skip_insignificant();
+        next = match next {
+            Next::Value => flattener.value(form)?,
+            Next::Punctuation => flattener.punctuation(),
+            Next::Done => return Ok(()),
         };
-        match scan.peek() {
-            Some(b'}') | Some(b']') => {
-                scan.bump();
-                let frame = stack.pop().expect("a frame is open");
-                path.truncate(frame.path_len);
-                if stack.is_empty() {
-                    return Ok(());
-                }
+    }
+}
+
+/// What [`flatten`] reads next.
+enum Next {
+    /// A value: an object, an array or a scalar.
+    Value,
+    /// After a value, or just inside an object: a key, a comma or a closing bracket.
+    Punctuation,
+    Done,
+}
+
+/// The state of [`flatten`]: where it is in the text, the bracketed path of the current value
+/// (`resource[a][0]`), and the containers open around it (an explicit stack, no recursion).
+struct Flattener<'a> {
+    scan: Scanner<'a>,
+    path: String,
+    stack: Vec<Frame>,
+}
+
+impl Flattener<'_> {
+    /// A value: opens a container, or writes a scalar's pair to `form`.
+    fn value(&mut self, form: &mut Form) -> Result<Next, BodyTooLarge> {
+        match self.scan.peek() {
+            Some(b'{') => {
+                self.scan.bump();
+                self.stack.push(Frame {
+                    path_len: self.path.len(),
+                    next_index: None,
+                });
             }
-            Some(b',') => {
-                scan.bump();
-                path.truncate(frame.path_len);
-                if frame.next_index.is_some() {
-                    push_index(&mut path, Some(frame));
-                    expect_value = true;
+            Some(b'[') => {
+                self.scan.bump();
+                self.stack.push(Frame {
+                    path_len: self.path.len(),
+                    next_index: Some(0),
+                });
+                // An empty array closes at once; otherwise its first item follows.
+                self.scan.skip_insignificant();
+                if self.scan.peek() != Some(b']') {
+                    push_index(&mut self.path, self.stack.last_mut());
+                    return Ok(Next::Value);
                 }
             }
             Some(b'"') => {
-                // A key of an object (the first member, or one after a comma).
-                let key = scan.string();
-                path.truncate(frame.path_len);
-                path.push('[');
-                path.push_str(&key);
-                path.push(']');
-                scan.skip_insignificant();
-                if scan.peek() == Some(b':') {
-                    scan.bump();
-                }
-                expect_value = true;
+                let value = self.scan.string();
+                form.pair(&self.path, &value)?;
             }
-            _ => return Ok(()),
+            Some(_) => {
+                let token = self.scan.bare_token();
+                form.pair(&self.path, if token == "null" { "" } else { token })?;
+            }
+            None => return Ok(Next::Done),
+        }
+        Ok(Next::Punctuation)
+    }
+
+    /// A key of an object, a comma, or a closing bracket.
+    fn punctuation(&mut self) -> Next {
+        let Some(frame) = self.stack.last_mut() else {
+            return Next::Done;
+        };
+        match self.scan.peek() {
+            Some(b'}') | Some(b']') => {
+                self.scan.bump();
+                let frame = self.stack.pop().expect("a frame is open");
+                self.path.truncate(frame.path_len);
+                if self.stack.is_empty() {
+                    return Next::Done;
+                }
+                Next::Punctuation
+            }
+            Some(b',') => {
+                self.scan.bump();
+                self.path.truncate(frame.path_len);
+                if frame.next_index.is_some() {
+                    push_index(&mut self.path, Some(frame));
+                    return Next::Value;
+                }
+                Next::Punctuation
+            }
+            Some(b'"') => {
+                // A key of an object (the first member, or one after a comma).
+                let key = self.scan.string();
+                self.path.truncate(frame.path_len);
+                self.path.push('[');
+                self.path.push_str(&key);
+                self.path.push(']');
+                self.scan.skip_insignificant();
+                if self.scan.peek() == Some(b':') {
+                    self.scan.bump();
+                }
+                Next::Value
+            }
+            _ => Next::Done,
         }
     }
 }

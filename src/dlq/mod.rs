@@ -8,6 +8,7 @@
 
 pub mod headers;
 pub mod letter;
+pub mod plan;
 pub mod replay;
 pub mod snapshot;
 pub mod status;

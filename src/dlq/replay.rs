@@ -15,6 +15,7 @@
 //! is sent twice.
 
 use super::letter::{DeadLetter, DlqQueue};
+pub use super::plan::{plan, Candidate, Plan, Planner, Refusal, WebhookState};
 use super::snapshot::Tag;
 use super::{Control, Dlq, DlqError, Selected, Selection, Summary};
 use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
@@ -23,8 +24,6 @@ use crate::event::{AccountId, Event};
 use crate::messages::DeliveryJob;
 use crate::subscription::store::{Store, StoreError};
 use crate::subscription::WebhookId;
-use sha2::{Digest, Sha256};
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -42,25 +41,6 @@ pub struct ReplayOptions {
 
 /// Republishes waiting for their confirms at once.
 pub const IN_FLIGHT: usize = 512;
-
-/// Why a letter is left in the queue without a try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    WebhookDeleted,
-    WebhookDisabled,
-    /// The body holds no event and webhook (or no routing key) to send again.
-    Unreadable,
-}
-
-impl Refusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::WebhookDeleted => "webhook_deleted",
-            Refusal::WebhookDisabled => "webhook_disabled",
-            Refusal::Unreadable => "unreadable",
-        }
-    }
-}
 
 /// What replay did with one letter (in a dry run: would do).
 #[derive(Debug)]
@@ -174,83 +154,6 @@ pub struct ReplaySummary {
     pub counts: Counts,
     #[serde(flatten)]
     pub summary: Summary,
-}
-
-/// The state of a delivery's webhook, as replay needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WebhookState {
-    Enabled,
-    Disabled,
-    Deleted,
-}
-
-/// What to do with one letter, decided before anything is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
-    Replay,
-    /// Same dedupe key as the letter at this index (in the order planned), which is replayed.
-    Duplicate(usize),
-    Refused(Refusal),
-}
-
-/// What [`Planner::decide`] needs to know of one letter.
-#[derive(Clone, Debug)]
-pub struct Candidate {
-    /// [`DeadLetter::dedupe_key`].
-    pub key: String,
-    /// Whether the letter holds what it takes to send it again.
-    pub readable: bool,
-    /// The state of a delivery's webhook; `None` for events.
-    pub webhook: Option<WebhookState>,
-}
-
-/// Plans letters one at a time in queue order: refusals first, then the first of each dedupe
-/// key is replayed and the later ones are its duplicates. A refused letter is never the first
-/// of a key. Pure; it remembers 16 bytes of hash and an index per key replayed.
-pub struct Planner {
-    force: bool,
-    first: HashMap<[u8; 16], usize>,
-    seen: usize,
-}
-
-impl Planner {
-    pub fn new(force: bool) -> Planner {
-        Planner {
-            force,
-            first: HashMap::new(),
-            seen: 0,
-        }
-    }
-
-    pub fn decide(&mut self, c: &Candidate) -> Plan {
-        let index = self.seen;
-        self.seen += 1;
-        if !c.readable {
-            return Plan::Refused(Refusal::Unreadable);
-        }
-        match (c.webhook, self.force) {
-            (Some(WebhookState::Deleted), false) => return Plan::Refused(Refusal::WebhookDeleted),
-            (Some(WebhookState::Disabled), false) => {
-                return Plan::Refused(Refusal::WebhookDisabled)
-            }
-            _ => {}
-        }
-        let digest = Sha256::digest(c.key.as_bytes());
-        let key: [u8; 16] = digest[..16].try_into().expect("SHA-256 has 32 bytes");
-        match self.first.entry(key) {
-            Entry::Occupied(e) => Plan::Duplicate(*e.get()),
-            Entry::Vacant(e) => {
-                e.insert(index);
-                Plan::Replay
-            }
-        }
-    }
-}
-
-/// Plans a whole list at once (see [`Planner`]).
-pub fn plan(candidates: &[Candidate], force: bool) -> Vec<Plan> {
-    let mut planner = Planner::new(force);
-    candidates.iter().map(|c| planner.decide(c)).collect()
 }
 
 /// What a letter is sent as.
@@ -398,38 +301,10 @@ impl Run<'_> {
             let Some((at, held)) = next else {
                 return Ok(());
             };
-            let resend = resend_of(&held.letter);
-            let candidate = Candidate {
-                key: held.letter.dedupe_key(),
-                readable: resend.is_some(),
-                webhook: match &resend {
-                    Some((_, Some((account, webhook)))) => {
-                        Some(self.webhook_state(account, webhook).await?)
-                    }
-                    _ => None,
-                },
-            };
-            let index = self.planner.seen;
-            let publisher = self.publisher.clone();
-            let step = match (self.planner.decide(&candidate), resend, publisher) {
-                (Plan::Refused(r), _, _) => Step::Refused(r),
-                (Plan::Duplicate(of), _, _) => Step::Duplicate(of),
-                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
-                    if !self.wait_for_slot(control.shutdown).await {
-                        // Not sent: the letter goes back with the rest.
-                        selected.summary.interrupted = true;
-                        return Ok(());
-                    }
-                    let task = resend.publish(publisher, self.dlq.topology().clone());
-                    self.first(index, &held.letter);
-                    Step::Sent(index, tokio::spawn(task))
-                }
-                (Plan::Replay, Some(_), None) => {
-                    self.first(index, &held.letter);
-                    Step::DryRun(index)
-                }
-                // The planner refuses every letter without a resend.
-                (Plan::Replay, None, _) => Step::Refused(Refusal::Unreadable),
+            let Some(step) = self.plan(&held.letter, control.shutdown).await? else {
+                // Not sent: the letter goes back with the rest.
+                selected.summary.interrupted = true;
+                return Ok(());
             };
             self.pending.push_back(Pending {
                 at,
@@ -438,6 +313,48 @@ impl Run<'_> {
                 step,
             });
         }
+    }
+
+    /// What to do with one letter: refuse it, drop it as a duplicate, or send it (in a dry run,
+    /// only count it). `None` when shutdown came while it waited for its slot (`--rate`).
+    async fn plan(
+        &mut self,
+        letter: &DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Step>, DlqError> {
+        let resend = resend_of(letter);
+        let candidate = Candidate {
+            key: letter.dedupe_key(),
+            readable: resend.is_some(),
+            webhook: match &resend {
+                Some((_, Some((account, webhook)))) => {
+                    Some(self.webhook_state(account, webhook).await?)
+                }
+                _ => None,
+            },
+        };
+        let index = self.planner.seen;
+        let publisher = self.publisher.clone();
+        Ok(Some(
+            match (self.planner.decide(&candidate), resend, publisher) {
+                (Plan::Refused(r), _, _) => Step::Refused(r),
+                (Plan::Duplicate(of), _, _) => Step::Duplicate(of),
+                (Plan::Replay, Some((resend, _)), Some(publisher)) => {
+                    if !self.wait_for_slot(shutdown).await {
+                        return Ok(None);
+                    }
+                    let task = resend.publish(publisher, self.dlq.topology().clone());
+                    self.first(index, letter);
+                    Step::Sent(index, tokio::spawn(task))
+                }
+                (Plan::Replay, Some(_), None) => {
+                    self.first(index, letter);
+                    Step::DryRun(index)
+                }
+                // The planner refuses every letter without a resend.
+                (Plan::Replay, None, _) => Step::Refused(Refusal::Unreadable),
+            },
+        ))
     }
 
     fn first(&mut self, index: usize, letter: &DeadLetter) {
@@ -605,56 +522,5 @@ impl Dlq {
             counts,
             summary,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(key: &str, webhook: Option<WebhookState>) -> Candidate {
-        Candidate {
-            key: key.to_owned(),
-            readable: true,
-            webhook,
-        }
-    }
-
-    #[test]
-    fn a_delivery_dead_lettered_twice_is_planned_once() {
-        let on = Some(WebhookState::Enabled);
-        let plans = plan(&[c("a", on), c("b", on), c("a", on)], false);
-        assert_eq!(plans, vec![Plan::Replay, Plan::Replay, Plan::Duplicate(0)]);
-    }
-
-    #[test]
-    fn deleted_or_disabled_webhooks_are_refused_unless_forced() {
-        let letters = [
-            c("a", Some(WebhookState::Deleted)),
-            c("b", Some(WebhookState::Disabled)),
-            c("e", None),
-        ];
-        assert_eq!(
-            plan(&letters, false),
-            vec![
-                Plan::Refused(Refusal::WebhookDeleted),
-                Plan::Refused(Refusal::WebhookDisabled),
-                Plan::Replay
-            ]
-        );
-        assert_eq!(plan(&letters, true), vec![Plan::Replay; 3]);
-    }
-
-    #[test]
-    fn an_unreadable_letter_is_refused_even_when_forced_and_never_counts_as_first() {
-        let unreadable = Candidate {
-            readable: false,
-            ..c("a", None)
-        };
-        let plans = plan(&[unreadable, c("a", None)], true);
-        assert_eq!(
-            plans,
-            vec![Plan::Refused(Refusal::Unreadable), Plan::Replay]
-        );
     }
 }

@@ -1,5 +1,8 @@
 //! Reading a dead-letter queue of any size without losing or reordering it.
 //!
+//! One file on purpose: what was tried on the broker, the rule chosen, and the code that keeps
+//! it belong together (about 450 lines, held up as a model of how hookrelay code should read).
+//!
 //! What does not work, as seen on RabbitMQ 3.10: `basic.get` and an immediate requeue hands back
 //! the head of a quorum queue again and again (it never gets past the first message); messages
 //! taken with `basic.get` and handed back by closing the channel come back in no particular

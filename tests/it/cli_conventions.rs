@@ -4,6 +4,7 @@
 //! API) saying why an account fails.
 
 use crate::helpers::*;
+use hookrelay::event::EventType;
 use hookrelay::messages::DeadReason;
 use hookrelay::subscription::{Format, WebhookId};
 use std::collections::HashSet;
@@ -295,5 +296,91 @@ async fn webhooks_status_says_why_an_account_fails_in_the_cli_and_the_api() {
     assert!(openapi.contains("/v1/accounts/{account_id}/status"));
     shutdown.cancel();
     api.wait().await.unwrap();
+    app.cleanup().await;
+}
+
+#[test]
+fn publish_and_dlq_list_without_a_declared_topology_say_to_declare_it_and_exit_78() {
+    // A fresh prefix: nothing is declared under it, and nothing is created by these commands.
+    let p = test_prefix();
+
+    let publish = hookrelay(
+        &p,
+        &[
+            "publish",
+            "--type",
+            "payment.card.success",
+            "--account",
+            "68",
+        ],
+        &[],
+    );
+    let list = hookrelay(&p, &["dlq", "list"], &[]);
+    let list_json = hookrelay(&p, &["dlq", "list", "--json"], &[]);
+
+    for (out, missing) in [
+        (&publish, format!("exchange {p}.events")),
+        (&list, format!("queue {p}.dlq.deliveries")),
+        (&list_json, format!("queue {p}.dlq.deliveries")),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(out), 78, "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&missing) && stderr.contains("hookrelay topology declare"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("retrying"), "no retry: {stderr}");
+        assert!(out.stdout.is_empty(), "no table header, no `[`");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_stopped_with_sigterm_after_delivering_logs_nothing_above_info() {
+    let mut app = spawn_app().await;
+    app.stop_worker().await;
+    app.add_webhook("term", "/term", &["*"], Format::Standard)
+        .await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .arg("worker")
+        .env("HOOKRELAY__AMQP__URL", AMQP_URL)
+        .env("HOOKRELAY__REDIS__URL", REDIS_URL)
+        .env("HOOKRELAY__AMQP__PREFIX", &app.prefix)
+        .env("HOOKRELAY__REDIS__PREFIX", &app.prefix)
+        .env("HOOKRELAY__DELIVERY__RETRY_SCHEDULE", "200ms,200ms")
+        .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
+        .env("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
+        .env("HOOKRELAY__OPS__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    app.publish(EventType::PaymentCardSuccess, "term", "{}")
+        .await;
+    app.receiver
+        .wait_for("/term", 1, Duration::from_secs(30))
+        .await;
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops within 30 s of SIGTERM")
+        .unwrap();
+
+    assert!(exit.success(), "{exit}: {stderr}");
+    assert!(stderr.contains("worker stopped"), "{stderr}");
+    let loud: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .filter(|l| !l.contains("redis.secret_key is empty"))
+        .collect();
+    assert!(loud.is_empty(), "a clean stop logged: {loud:#?}");
     app.cleanup().await;
 }
