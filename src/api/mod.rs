@@ -199,13 +199,13 @@ pub struct RunningApi {
     pub addr: SocketAddr,
     /// Where its `/metrics`, `/healthz` and `/readyz` are (`ops.listen`).
     pub ops_addr: SocketAddr,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl RunningApi {
     /// Waits until the server stopped (after `shutdown` was cancelled and requests finished).
     pub async fn wait(self) -> anyhow::Result<()> {
-        Ok(self.task.await.context("API server task panicked")??)
+        self.task.await.context("API server task panicked")
     }
 }
 
@@ -255,7 +255,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let addr = listener.local_addr()?;
     // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
     let ready = crate::ops::Health::new(|| true);
-    let ops_addr = crate::ops::serve(settings.ops.listen, ready, shutdown.clone())
+    let ops_addr = crate::ops::serve(&settings.ops, ready, shutdown.clone())
         .await
         .with_context(|| {
             format!(
@@ -264,14 +264,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
                 settings.ops.listen
             )
         })?;
-    // The client address is what failed sign-ins are counted by.
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // The listener adds the client address, which failed sign-ins are counted by.
+    let app = router(state.clone());
+    let limits = settings.api.connections.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        crate::ops::listener::serve("api", listener, app, limits, shutdown).await;
         state.resender.close().await;
-        served
     });
     tracing::info!(%addr, %ops_addr, prefix = %settings.redis.prefix,
         "API and Webhooks page listening");

@@ -174,7 +174,7 @@ pub async fn start(
             consuming.load(Ordering::Acquire) && cache.is_live() && redis_ok.load(Ordering::Acquire)
         }
     });
-    let ops_addr = ops::serve(parts.settings.ops.listen, health, shutdown.clone()).await?;
+    let ops_addr = ops::serve(&parts.settings.ops, health, shutdown.clone()).await?;
     tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
     let task = tokio::spawn(run(parts, first, consuming));
     Ok(RunningWorker { ops_addr, task })
