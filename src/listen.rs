@@ -126,7 +126,7 @@ pub async fn serve(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, mpsc::UnboundedReceiver<Received>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::ops::listener::bind(addr)?;
     let local = listener.local_addr()?;
     let (out, rx) = mpsc::unbounded_channel();
     let app = Router::new()

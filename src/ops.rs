@@ -34,7 +34,7 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let listener = listener::bind(settings.listen)?;
     let addr = listener.local_addr()?;
     // Installed before the first scrape so that every family is described from the start.
     crate::metrics::prometheus();

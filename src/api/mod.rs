@@ -249,8 +249,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
              endpoint will be answered 504 instead of reporting the endpoint's timeout"
         );
     }
-    let listener = tokio::net::TcpListener::bind(settings.api.listen)
-        .await
+    let listener = crate::ops::listener::bind(settings.api.listen)
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
     // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.

@@ -42,6 +42,31 @@ use tokio_util::task::TaskTracker;
 /// queued in the backlog is still answered well within a second.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
 
+/// How long a new connection may wait for an older one to become evictable (see [`Slot`]) or to
+/// finish closing; then it is closed.
+const ADMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections told to close that may still hold their socket, beyond `max_connections`.
+const EVICTING: usize = 32;
+
+/// Connections the kernel completes and queues while the accept loop is busy (tokio's `bind`
+/// queues 1,024). A flood can fill a short queue in a few milliseconds; a connection that finds
+/// it full is dropped and its client retries only after a second.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (port 0: any free port) with a backlog of [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `TcpListener::bind` does: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, lets the requests in hand
 /// finish, and returns when the last connection has closed. `name` labels its log lines.
 pub async fn serve(
@@ -62,7 +87,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(slot) = table.admit() else {
+                let Some(slot) = admit(&table).await else {
                     warn_at_bound(name, &mut warned, "every connection has a request in hand");
                     continue; // dropping the stream closes it at once
                 };
@@ -93,6 +118,21 @@ pub async fn serve(
     tracker.wait().await;
 }
 
+/// A place for a new connection, waiting (at most [`ADMIT_WAIT`]) while the connections that could
+/// make way have not been read yet or are still closing; `None` when every connection has a
+/// request in hand.
+async fn admit(table: &Table) -> Option<Arc<Slot>> {
+    let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+    loop {
+        match table.admit() {
+            Admission::Admitted(slot) => return Some(slot),
+            Admission::Full => return None,
+            Admission::NotYet if tokio::time::Instant::now() >= deadline => return None,
+            Admission::NotYet => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 /// Warns at most once a minute that the bound is reached, so that a flood does not flood the log.
 fn warn_at_bound(name: &'static str, last: &mut Option<Instant>, why: &str) {
     if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
@@ -115,7 +155,15 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// One open connection as the accept loop sees it.
+///
+/// A connection is evicted only once its task has started reading it: a real client's request
+/// head is usually in the socket before the connection is accepted, and when the accept loop
+/// outpaces the connection tasks (a flood on a busy machine), evicting connections not read yet
+/// would close real requests along with the idle ones. Accepting waits for the tasks instead,
+/// and later connections wait in the listen backlog.
 struct Slot {
+    /// Set by the connection's task just before it first reads.
+    started: AtomicBool,
     /// Requests being answered on it (0 or 1 with HTTP/1.1 without pipelining).
     in_hand: AtomicUsize,
     /// When a byte was last read or written, in milliseconds since `epoch`.
@@ -124,17 +172,32 @@ struct Slot {
     /// Cancelled to make the connection close (the bound needs its place).
     evict: CancellationToken,
     closed: AtomicBool,
+    /// The table's count of open sockets, decremented once when this one closes.
+    open: Arc<AtomicUsize>,
 }
 
 impl Slot {
-    fn new() -> Self {
+    fn new(open: Arc<AtomicUsize>) -> Self {
         Slot {
+            open,
+            started: AtomicBool::new(false),
             in_hand: AtomicUsize::new(0),
             last_io_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             evict: CancellationToken::new(),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// Called once the socket is dropped.
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     fn touch(&self) {
@@ -149,6 +212,10 @@ impl Slot {
 
     fn is_idle(&self) -> bool {
         self.in_hand.load(Ordering::Acquire) == 0
+    }
+
+    fn is_evictable(&self) -> bool {
+        self.started.load(Ordering::Acquire) && self.is_idle() && !self.is_closed()
     }
 
     /// When the connection will have been idle for `limit`, if nothing happens until then.
@@ -178,9 +245,22 @@ impl Drop for InHand {
     }
 }
 
+/// What [`Table::admit`] decided.
+enum Admission {
+    Admitted(Arc<Slot>),
+    /// At the bound, and only connections not read yet could make way: try again shortly.
+    NotYet,
+    /// At the bound, and every connection has a request in hand.
+    Full,
+}
+
 /// The open connections, oldest first.
 struct Table {
+    /// Those not told to close yet, oldest first; closed ones leave from the front or when the
+    /// queue grows past twice the bound.
     slots: Mutex<VecDeque<Arc<Slot>>>,
+    /// Connections whose socket is still open, including those told to close that have not yet.
+    open: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -188,34 +268,57 @@ impl Table {
     fn new(max: usize) -> Self {
         Table {
             slots: Mutex::new(VecDeque::new()),
+            open: Arc::new(AtomicUsize::new(0)),
             max,
         }
     }
 
-    /// A place for a new connection: at the bound, the oldest idle connection is told to close;
-    /// `None` when every connection has a request in hand.
-    fn admit(&self) -> Option<Arc<Slot>> {
-        // A std Mutex: held for a scan of at most `max` entries, never across an await.
+    /// A place for a new connection: at the bound, the oldest idle connection is told to close.
+    /// Sockets told to close count until they have, so that open sockets stay within
+    /// `max + EVICTING` even when the connections' tasks lag behind the accept loop.
+    fn admit(&self) -> Admission {
+        // A std Mutex: held for a scan of at most `2 * max` entries, never across an await.
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|s| !s.closed.load(Ordering::Acquire));
-        if slots.len() >= self.max && !evict_oldest_idle(&mut slots) {
-            return None;
+        forget_closed(&mut slots, self.max);
+        let open = self.open.load(Ordering::Acquire);
+        if open >= self.max {
+            if open >= self.max + EVICTING {
+                return Admission::NotYet;
+            }
+            if !evict_oldest_idle(&mut slots) {
+                let unread = slots.iter().any(|s| !s.started.load(Ordering::Acquire));
+                return if unread {
+                    Admission::NotYet
+                } else {
+                    Admission::Full
+                };
+            }
         }
-        let slot = Arc::new(Slot::new());
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Arc::new(Slot::new(self.open.clone()));
         slots.push_back(slot.clone());
-        Some(slot)
+        Admission::Admitted(slot)
     }
 
     fn evict_idle(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|s| !s.closed.load(Ordering::Acquire));
+        forget_closed(&mut slots, self.max);
         evict_oldest_idle(&mut slots);
+    }
+}
+
+fn forget_closed(slots: &mut VecDeque<Arc<Slot>>, max: usize) {
+    while slots.front().is_some_and(|s| s.is_closed()) {
+        slots.pop_front();
+    }
+    if slots.len() > 2 * max {
+        slots.retain(|s| !s.is_closed());
     }
 }
 
 /// Tells the oldest connection without a request in hand to close and forgets it.
 fn evict_oldest_idle(slots: &mut VecDeque<Arc<Slot>>) -> bool {
-    let Some(at) = slots.iter().position(|s| s.is_idle()) else {
+    let Some(at) = slots.iter().position(|s| s.is_evictable()) else {
         return false;
     };
     if let Some(slot) = slots.remove(at) {
@@ -244,6 +347,7 @@ impl Connection {
             limits,
             shutdown,
         } = self;
+        let _closed = ClosedOnDrop(slot.clone());
         slot.touch();
         let service = TowerToHyperService::new(app);
         let handler_slot = slot.clone();
@@ -269,9 +373,13 @@ impl Connection {
             .keep_alive(true);
         let mut conn = pin!(builder.serve_connection(io, service));
         let mut draining = false;
+        slot.started.store(true, Ordering::Release);
         loop {
             let idle_deadline = slot.idle_deadline(limits.idle_timeout);
             tokio::select! {
+                // The connection first: a request head already in the socket is read, and its
+                // request counted in hand, before an eviction is looked at.
+                biased;
                 served = conn.as_mut() => {
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "connection ended");
@@ -294,7 +402,16 @@ impl Connection {
                 }
             }
         }
-        slot.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Marks its slot closed when dropped: declared before the connection, it is dropped after it,
+/// once the socket is closed (also when the task panics).
+struct ClosedOnDrop(Arc<Slot>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -361,13 +478,29 @@ impl AsyncWrite for Tracked {
 mod tests {
     use super::*;
 
+    impl Admission {
+        fn slot(self) -> Option<Arc<Slot>> {
+            match self {
+                Admission::Admitted(slot) => Some(slot),
+                Admission::NotYet | Admission::Full => None,
+            }
+        }
+    }
+
+    /// A place, with its connection's task started.
+    fn admit_started(table: &Table) -> Arc<Slot> {
+        let slot = table.admit().slot().expect("room");
+        slot.started.store(true, Ordering::Release);
+        slot
+    }
+
     #[test]
     fn at_the_bound_the_oldest_idle_connection_makes_way() {
         let table = Table::new(2);
-        let first = table.admit().expect("room");
-        let second = table.admit().expect("room");
+        let first = admit_started(&table);
+        let second = admit_started(&table);
         let _busy = InHand::new(&first);
-        let third = table.admit().expect("the idle one makes way");
+        let third = admit_started(&table);
         assert!(!first.evict.is_cancelled(), "a request in hand is kept");
         assert!(second.evict.is_cancelled());
         assert!(!third.evict.is_cancelled());
@@ -376,20 +509,43 @@ mod tests {
     #[test]
     fn when_every_connection_has_a_request_in_hand_a_new_one_is_refused() {
         let table = Table::new(1);
-        let only = table.admit().expect("room");
+        let only = admit_started(&table);
         let busy = InHand::new(&only);
-        assert!(table.admit().is_none());
+        assert!(matches!(table.admit(), Admission::Full));
         drop(busy);
-        assert!(table.admit().is_some());
+        assert!(table.admit().slot().is_some());
         assert!(only.evict.is_cancelled());
+    }
+
+    #[test]
+    fn a_connection_not_read_yet_is_not_evicted_and_the_new_one_waits() {
+        let table = Table::new(1);
+        let unread = table.admit().slot().expect("room");
+        assert!(matches!(table.admit(), Admission::NotYet));
+        assert!(!unread.evict.is_cancelled());
+        unread.started.store(true, Ordering::Release);
+        assert!(table.admit().slot().is_some());
+        assert!(unread.evict.is_cancelled());
+    }
+
+    #[test]
+    fn connections_told_to_close_count_until_they_have() {
+        let table = Table::new(1);
+        let mut evicted = vec![admit_started(&table)];
+        for _ in 0..EVICTING {
+            evicted.push(admit_started(&table));
+        }
+        assert!(matches!(table.admit(), Admission::NotYet));
+        evicted[0].close();
+        assert!(table.admit().slot().is_some());
     }
 
     #[test]
     fn a_closed_connection_frees_its_place() {
         let table = Table::new(1);
-        let only = table.admit().expect("room");
+        let only = admit_started(&table);
         let _busy = InHand::new(&only);
-        only.closed.store(true, Ordering::Release);
-        assert!(table.admit().is_some());
+        only.close();
+        assert!(table.admit().slot().is_some());
     }
 }
