@@ -117,7 +117,7 @@ pub struct CreateWebhook {
     #[schema(example = "https://example.com/webhooks")]
     pub url: String,
     /// Event labels (see `/v1/event-types`), or `["*"]` alone for all.
-    #[schema(example = json!(["payment.card.success", "payment.card.failed"]))]
+    #[schema(example = json!(["payment.card.success", "payment.card.failed"]), min_items = 1)]
     pub events: Vec<String>,
     /// `standard` (default) or `inplayer`.
     pub format: Option<String>,
@@ -133,6 +133,8 @@ pub struct CreateWebhook {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     pub url: Option<String>,
+    /// As on create: at least one label.
+    #[schema(min_items = 1)]
     pub events: Option<Vec<String>>,
     pub format: Option<String>,
     /// Enabling clears `disabled_reason`.
