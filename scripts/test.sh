@@ -53,6 +53,9 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 
+echo "== the OpenAPI document against the API: schemathesis --checks all (about 2 min)"
+scripts/schemathesis.sh
+
 scripts/deploy-check.sh   # deploy/ rendered and validated offline, image's runtime stage built (~15 s)
 
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"

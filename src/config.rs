@@ -207,11 +207,25 @@ pub struct ApiSettings {
     pub failed_signin_window: Duration,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpAddr>,
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Clone, Debug)]
 pub struct OpsSettings {
     pub listen: SocketAddr,
+    pub connections: ConnectionLimits,
+}
+
+/// What one HTTP listener lets its clients hold (`api.*` and `ops.*`), so that connections that
+/// send nothing cannot pile up until the process runs out of file descriptors.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections at most; at the bound the oldest idle one makes way for a new one.
+    pub max_connections: usize,
+    /// A request head must arrive whole within this, from the moment the server waits for it.
+    pub header_read_timeout: Duration,
+    /// A connection without a request in hand on which no byte moves for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// What the layers hold before validation: durations and addresses are still text.
@@ -306,12 +320,18 @@ struct RawApi {
     failed_signin_limit: u32,
     failed_signin_window: String,
     trusted_proxies: Vec<String>,
+    max_connections: usize,
+    header_read_timeout: String,
+    idle_timeout: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOps {
     listen: String,
+    max_connections: usize,
+    header_read_timeout: String,
+    idle_timeout: String,
 }
 
 /// The longest duration any key takes: far beyond any sensible setting, and far below what
@@ -337,6 +357,23 @@ pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigE
         ));
     }
     Ok(d)
+}
+
+/// `keys` names max_connections, header_read_timeout and idle_timeout of one listener.
+fn parse_connection_limits(
+    keys: [&'static str; 3],
+    max_connections: usize,
+    header_read_timeout: &str,
+    idle_timeout: &str,
+) -> Result<ConnectionLimits, ConfigError> {
+    if max_connections == 0 {
+        return Err(invalid(keys[0], "must be at least 1"));
+    }
+    Ok(ConnectionLimits {
+        max_connections,
+        header_read_timeout: parse_duration(keys[1], header_read_timeout)?,
+        idle_timeout: parse_duration(keys[2], idle_timeout)?,
+    })
 }
 
 fn parse_prefix(key: &'static str, text: &str) -> Result<String, ConfigError> {
@@ -823,9 +860,29 @@ impl Settings {
                         })
                     })
                     .collect::<Result<_, _>>()?,
+                connections: parse_connection_limits(
+                    [
+                        "api.max_connections",
+                        "api.header_read_timeout",
+                        "api.idle_timeout",
+                    ],
+                    raw.api.max_connections,
+                    &raw.api.header_read_timeout,
+                    &raw.api.idle_timeout,
+                )?,
             },
             ops: OpsSettings {
                 listen: parse_addr("ops.listen", &raw.ops.listen)?,
+                connections: parse_connection_limits(
+                    [
+                        "ops.max_connections",
+                        "ops.header_read_timeout",
+                        "ops.idle_timeout",
+                    ],
+                    raw.ops.max_connections,
+                    &raw.ops.header_read_timeout,
+                    &raw.ops.idle_timeout,
+                )?,
             },
         })
     }

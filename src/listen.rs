@@ -8,6 +8,7 @@
 //! printer drains them (at most [`DRAIN_GRACE`]) before the process exits. So a receiver taken
 //! down and brought back (as `scripts/faults.sh` does) never hides a delivery it acknowledged.
 
+use crate::config::ConnectionLimits;
 use crate::delivery::signing::{self, Secret};
 use crate::event::AccountId;
 use crate::subscription::store::Store;
@@ -28,6 +29,18 @@ pub const TOLERANCE_SECS: i64 = 300;
 /// How long a stopping receiver waits for the requests it has read (a worker's whole request is
 /// bounded by `delivery.timeout`, 15 s by default; a sender that hangs longer loses its answer).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// The receiver's bounds on its connections (see [`crate::ops::listener`]). Its idle bounds are
+/// longer than a worker keeps an unused connection to an endpoint (90 s), so that the receiver
+/// never closes a connection just as a worker reuses it; the count bound keeps a flood of idle
+/// connections from taking all file descriptors.
+fn connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(120),
+        idle_timeout: Duration::from_secs(120),
+    }
+}
 
 /// Where the receiver gets the secrets to verify with.
 #[derive(Clone)]
@@ -113,18 +126,19 @@ pub async fn serve(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, mpsc::UnboundedReceiver<Received>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::ops::listener::bind(addr)?;
     let local = listener.local_addr()?;
     let (out, rx) = mpsc::unbounded_channel();
     let app = Router::new()
         .fallback(receive)
         .with_state(Arc::new(Shared { secrets, out }));
-    tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "listener failed");
-        }
-    });
+    tokio::spawn(crate::ops::listener::serve(
+        "listen",
+        listener,
+        app,
+        connection_limits(),
+        shutdown,
+    ));
     Ok((local, rx))
 }
 

@@ -1,7 +1,11 @@
 //! The worker's ops endpoints on `ops.listen`: `/healthz` (the process is alive), `/readyz`
 //! (connected and consuming) and `/metrics` (Prometheus text, see [`crate::metrics`]). The API
-//! serves the same three on its own `ops.listen`.
+//! serves the same three on its own `ops.listen`. [`listener`] serves every listener of the
+//! process within bounds on its connections.
 
+pub mod listener;
+
+use crate::config::OpsSettings;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -24,13 +28,13 @@ impl Health {
     }
 }
 
-/// Binds `listen` (port 0 picks a free port) and serves until `shutdown`; returns the address.
+/// Binds `ops.listen` (port 0 picks a free port) and serves until `shutdown`; returns the address.
 pub async fn serve(
-    listen: SocketAddr,
+    settings: &OpsSettings,
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = listener::bind(settings.listen)?;
     let addr = listener.local_addr()?;
     // Installed before the first scrape so that every family is described from the start.
     crate::metrics::prometheus();
@@ -39,12 +43,8 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .with_state(health);
-    tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "ops server failed");
-        }
-    });
+    let limits = settings.connections.clone();
+    tokio::spawn(listener::serve("ops", listener, app, limits, shutdown));
     Ok(addr)
 }
 

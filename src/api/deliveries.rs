@@ -101,6 +101,7 @@ pub async fn send_test(
 #[into_params(parameter_in = Query)]
 pub struct AttemptsQuery {
     /// How many, newest first: 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 

@@ -95,6 +95,65 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Documents, on every operation (applied once the routes are in: see [`documented_routes`]), the errors any request can get whatever its route: a
+/// malformed path, query or body, the limits of [`limits`], and a failing store; with a body,
+/// also 413 and 415. An operation's own description of a status is kept.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let with_body = operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                for (status, description) in COMMON_ERRORS {
+                    let needs_body = matches!(*status, "413" | "415");
+                    if !needs_body || with_body {
+                        responses
+                            .entry((*status).to_owned())
+                            .or_insert_with(|| error(description).into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+const COMMON_ERRORS: &[(&str, &str)] = &[
+    ("400", "A malformed path, query string or JSON body"),
+    ("401", "No valid token"),
+    ("413", "The body is over 16 KiB"),
+    ("415", "The body is not declared `application/json`"),
+    ("422", "A field or query parameter is invalid"),
+    (
+        "429",
+        "Too many invalid tokens from this client (Retry-After)",
+    ),
+    ("500", "A stored record could not be read"),
+    ("503", "The store is unavailable (Retry-After)"),
+    (
+        "504",
+        "The request did not finish within api.request_timeout",
+    ),
+];
+
 #[derive(Serialize, ToSchema)]
 pub struct EventTypeView {
     #[schema(example = "payment.card.success")]
@@ -127,7 +186,7 @@ async fn event_types(_caller: Caller) -> Json<EventTypeList> {
 
 /// The routes with their OpenAPI document.
 fn documented_routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(event_types))
         .routes(routes!(tokens::whoami))
         .routes(routes!(tokens::issue_token, tokens::list_tokens))
@@ -143,16 +202,49 @@ fn documented_routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::resend))
         .routes(routes!(status::account_status_route))
-        .split_for_parts()
+        .split_for_parts();
+    let mut doc = doc;
+    utoipa::Modify::modify(&CommonErrors, &mut doc);
+    (routes, doc)
+}
+
+/// `events` as the server takes it: `["*"]` alone, or known labels (repeats are harmless).
+fn event_filter_schema(description: &serde_json::Value, nullable: bool) -> serde_json::Value {
+    let labels: Vec<&str> = EventType::ALL.iter().map(|t| t.label()).collect();
+    let mut choices = vec![
+        serde_json::json!({"type": "array", "items": {"type": "string", "enum": ["*"]},
+            "minItems": 1, "maxItems": 1}),
+        serde_json::json!({"type": "array", "items": {"type": "string", "enum": labels},
+            "minItems": 1}),
+    ];
+    if nullable {
+        choices.push(serde_json::json!({"type": "null"}));
+    }
+    let description = description
+        .as_str()
+        .unwrap_or("Event labels, or `[\"*\"]` alone");
+    serde_json::json!({"description": description, "oneOf": choices,
+        "example": ["payment.card.success", "payment.card.failed"]})
+}
+
+/// The document as served: what utoipa's annotations cannot say is patched in.
+fn document_json(doc: &utoipa::openapi::OpenApi) -> String {
+    // Plain data: serializing it cannot fail.
+    let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serializes");
+    for (schema, nullable) in [("CreateWebhook", false), ("UpdateWebhook", true)] {
+        let properties = &mut doc["components"]["schemas"][schema]["properties"];
+        let events = &mut properties["events"];
+        *events = event_filter_schema(&events["description"], nullable);
+        // Both are optional: left out or null means the default (create) or unchanged (update).
+        properties["format"]["enum"] = serde_json::json!(["standard", "inplayer", null]);
+    }
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
 /// The whole application: the API, its document and the page.
 pub fn router(state: Arc<AppState>) -> Router {
     let (api, doc) = documented_routes();
-    // Plain data: serializing it cannot fail.
-    let doc = doc
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
+    let doc = document_json(&doc);
     api.route(
         "/v1/openapi.json",
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
@@ -199,13 +291,13 @@ pub struct RunningApi {
     pub addr: SocketAddr,
     /// Where its `/metrics`, `/healthz` and `/readyz` are (`ops.listen`).
     pub ops_addr: SocketAddr,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl RunningApi {
     /// Waits until the server stopped (after `shutdown` was cancelled and requests finished).
     pub async fn wait(self) -> anyhow::Result<()> {
-        Ok(self.task.await.context("API server task panicked")??)
+        self.task.await.context("API server task panicked")
     }
 }
 
@@ -249,13 +341,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
              endpoint will be answered 504 instead of reporting the endpoint's timeout"
         );
     }
-    let listener = tokio::net::TcpListener::bind(settings.api.listen)
-        .await
+    let listener = crate::ops::listener::bind(settings.api.listen)
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
     // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
     let ready = crate::ops::Health::new(|| true);
-    let ops_addr = crate::ops::serve(settings.ops.listen, ready, shutdown.clone())
+    let ops_addr = crate::ops::serve(&settings.ops, ready, shutdown.clone())
         .await
         .with_context(|| {
             format!(
@@ -264,14 +355,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
                 settings.ops.listen
             )
         })?;
-    // The client address is what failed sign-ins are counted by.
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // The listener adds the client address, which failed sign-ins are counted by.
+    let app = router(state.clone());
+    let limits = settings.api.connections.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        crate::ops::listener::serve("api", listener, app, limits, shutdown).await;
         state.resender.close().await;
-        served
     });
     tracing::info!(%addr, %ops_addr, prefix = %settings.redis.prefix,
         "API and Webhooks page listening");

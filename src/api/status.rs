@@ -5,11 +5,12 @@
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::error::{Path, Query};
 use super::webhooks::AccountPath;
 use super::AppState;
 use crate::dlq::status::{account_status, AccountStatus, StatusOptions};
 use crate::dlq::Dlq;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -23,9 +24,37 @@ const MAX_SCAN: u32 = 100_000;
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Last attempts per webhook: 1 to 20, default 5.
+    #[param(minimum = 1, maximum = 20)]
     pub attempts: Option<usize>,
     /// Dead letters to read at most to count them: 1 to 100,000, default 10,000.
+    #[param(minimum = 1, maximum = 100_000)]
     pub scan_limit: Option<u32>,
+}
+
+impl StatusQuery {
+    /// The options it asks for; a value out of the documented range is refused (422), as the
+    /// OpenAPI document says, rather than quietly clamped.
+    fn options(&self) -> Result<StatusOptions, ApiError> {
+        let last = self.attempts.unwrap_or(5);
+        if !(1..=20).contains(&last) {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "attempts must be 1 to 20",
+            ));
+        }
+        let scan_limit = self.scan_limit.unwrap_or(10_000);
+        if !(1..=MAX_SCAN).contains(&scan_limit) {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                format!("scan_limit must be 1 to {MAX_SCAN}"),
+            ));
+        }
+        Ok(StatusOptions {
+            last,
+            scan_limit,
+            scan_time: Duration::from_secs(5),
+        })
+    }
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/status", tag = "deliveries",
@@ -44,11 +73,7 @@ pub async fn account_status_route(
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<AccountStatus>, ApiError> {
     let account = caller.account(&path.account_id)?;
-    let options = StatusOptions {
-        last: query.attempts.unwrap_or(5).clamp(1, 20),
-        scan_limit: query.scan_limit.unwrap_or(10_000).clamp(1, MAX_SCAN),
-        scan_time: Duration::from_secs(5),
-    };
+    let options = query.options()?;
     let (connector, topology, timeout) = state.resender.broker();
     // A connection of its own, closed after the pass: closing it is what hands the letters
     // back, in order, at once.

@@ -8,7 +8,9 @@ use super::AppState;
 use crate::config::DeliverySettings;
 use crate::delivery::guard;
 use crate::subscription::store::{NewWebhook, WebhookPatch};
-use crate::subscription::{EventFilter, Format, RateLimit, Webhook, WebhookId, WebhookUrl};
+use crate::subscription::{
+    EventFilter, Format, RateLimit, UrlError, Webhook, WebhookId, WebhookUrl,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -115,7 +117,7 @@ pub struct CreateWebhook {
     #[schema(example = "https://example.com/webhooks")]
     pub url: String,
     /// Event labels (see `/v1/event-types`), or `["*"]` alone for all.
-    #[schema(example = json!(["payment.card.success", "payment.card.failed"]))]
+    #[schema(example = json!(["payment.card.success", "payment.card.failed"]), min_items = 1)]
     pub events: Vec<String>,
     /// `standard` (default) or `inplayer`.
     pub format: Option<String>,
@@ -131,6 +133,8 @@ pub struct CreateWebhook {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     pub url: Option<String>,
+    /// As on create: at least one label.
+    #[schema(min_items = 1)]
     pub events: Option<Vec<String>>,
     pub format: Option<String>,
     /// Enabling clears `disabled_reason`.
@@ -296,28 +300,39 @@ pub async fn rotate_secret(
     Ok(Json(WebhookView::of(&webhook, true)))
 }
 
+/// Why a URL cannot be registered, by the API or by `hookrelay webhooks add|update`.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlRefused {
+    #[error(transparent)]
+    Invalid(#[from] UrlError),
+    /// The guard's refusal, which names no host, address or resolver error.
+    #[error(
+        "url: {0}; webhooks must point to the internet, not to loopback, private, link-local or \
+         metadata addresses"
+    )]
+    NotPublic(guard::TargetRefused),
+}
+
 /// The URL rules: well-formed and normalised ([`WebhookUrl`]), https unless
 /// `delivery.allow_http`, and a public target unless `delivery.allow_private_targets`, by the
-/// SSRF rule the worker applies too ([`guard`]).
-async fn checked_url(text: &str, settings: &DeliverySettings) -> Result<WebhookUrl, ApiError> {
-    let url = WebhookUrl::parse(text, settings.allow_http)
-        .map_err(|e| ApiError::invalid("invalid_url", e.to_string()))?;
+/// SSRF rule the worker applies too ([`guard`]). The API and the CLI both register through it.
+pub async fn registrable_url(
+    text: &str,
+    settings: &DeliverySettings,
+) -> Result<WebhookUrl, UrlRefused> {
+    let url = WebhookUrl::parse(text, settings.allow_http)?;
     guard::TargetPolicy::of(settings)
         .admits_resolved(url.as_url(), settings.connect_timeout)
         .await
-        .map_err(target_refused)?;
+        .map_err(UrlRefused::NotPublic)?;
     Ok(url)
 }
 
-/// The guard's refusal, which names no host, address or resolver error.
-fn target_refused(refusal: guard::TargetRefused) -> ApiError {
-    ApiError::invalid(
-        "target_not_public",
-        format!(
-            "url: {refusal}; webhooks must point to the internet, not to loopback, private, \
-             link-local or metadata addresses"
-        ),
-    )
+async fn checked_url(text: &str, settings: &DeliverySettings) -> Result<WebhookUrl, ApiError> {
+    registrable_url(text, settings).await.map_err(|e| match e {
+        UrlRefused::Invalid(e) => ApiError::invalid("invalid_url", e.to_string()),
+        e @ UrlRefused::NotPublic(_) => ApiError::invalid("target_not_public", e.to_string()),
+    })
 }
 
 fn parse_events(labels: &[String]) -> Result<EventFilter, ApiError> {

@@ -94,6 +94,9 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     {
         return Some(CONFIG);
     }
+    if cause.is::<crate::api::webhooks::UrlRefused>() {
+        return Some(DATA);
+    }
     if let Some(e) = cause.downcast_ref::<DlqError>() {
         return Some(match e {
             DlqError::Connect(_) => UNAVAILABLE,

@@ -130,8 +130,11 @@ fn parse_events(text: &str) -> anyhow::Result<EventFilter> {
     EventFilter::parse(&labels).context("--events")
 }
 
-fn parse_url(text: &str, settings: &Settings) -> anyhow::Result<WebhookUrl> {
-    WebhookUrl::parse(text, settings.delivery.allow_http).context("--url")
+/// The API's rule, SSRF guard included: what the API refuses, the CLI refuses (exit 65).
+async fn parse_url(text: &str, settings: &Settings) -> anyhow::Result<WebhookUrl> {
+    crate::api::webhooks::registrable_url(text, &settings.delivery)
+        .await
+        .context("--url")
 }
 
 pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<()> {
@@ -152,7 +155,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
     match action {
         WebhooksAction::Add(a) => {
             let new = NewWebhook {
-                url: parse_url(&a.url, settings)?,
+                url: parse_url(&a.url, settings).await?,
                 events: parse_events(&a.events)?,
                 format: a.format,
                 description: a.description,
@@ -177,11 +180,10 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
         WebhooksAction::Update(a) => {
             let account = store.account_of(&a.id).await?;
             let patch = WebhookPatch {
-                url: a
-                    .url
-                    .as_deref()
-                    .map(|u| parse_url(u, settings))
-                    .transpose()?,
+                url: match a.url.as_deref() {
+                    Some(url) => Some(parse_url(url, settings).await?),
+                    None => None,
+                },
                 events: a.events.as_deref().map(parse_events).transpose()?,
                 format: a.format,
                 enabled: a.enabled,

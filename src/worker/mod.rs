@@ -197,7 +197,7 @@ pub async fn start(
                 && store_state.is_ok()
         }
     });
-    let ops_addr = ops::serve(parts.settings.ops.listen, health, shutdown.clone()).await?;
+    let ops_addr = ops::serve(&parts.settings.ops, health, shutdown.clone()).await?;
     tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
     let task = tokio::spawn(run(parts, first, consuming));
     Ok(RunningWorker { ops_addr, task })

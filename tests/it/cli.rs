@@ -57,7 +57,12 @@ fn config_is_read_from_a_file_given_before_or_after_the_subcommand() {
 async fn webhooks_commands_manage_subscriptions_and_explain_refusals() {
     let prefix = test_prefix();
     assert!(hookrelay(&prefix, &["store", "init"], &[]).status.success());
-    let http = [("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")];
+    // example.com does not resolve on a loopback-only machine: registration checks the target
+    // only with private targets refused (see the_cli_refuses_webhook_urls_inside_the_network…).
+    let http = [
+        ("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true"),
+        ("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+    ];
     let add = |url: &str, events: &str| {
         hookrelay(
             &prefix,
@@ -200,4 +205,78 @@ async fn publish_sends_a_valid_confirmed_envelope() {
     );
     assert!(!bad.status.success());
     app.cleanup().await;
+}
+
+#[test]
+fn the_cli_refuses_webhook_urls_inside_the_network_like_the_api_with_exit_65() {
+    let prefix = test_prefix();
+    let private = [("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "false")];
+    // A public IP literal needs no resolver, so the machine's lack of DNS does not matter.
+    let created = stdout_json(&hookrelay(
+        &prefix,
+        &[
+            "webhooks",
+            "add",
+            "--account",
+            "g1",
+            "--url",
+            "https://93.184.215.14/hook",
+            "--events",
+            "*",
+            "--json",
+        ],
+        &private,
+    ));
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    for url in [
+        "https://localhost/hook",
+        "https://127.1/hook",
+        "https://[::1]/hook",
+        "https://[::ffff:7f00:1]/hook",
+        "https://0/hook",
+        "https://169.254.169.254/latest",
+    ] {
+        let add = hookrelay(
+            &prefix,
+            &[
+                "webhooks",
+                "add",
+                "--account",
+                "g1",
+                "--url",
+                url,
+                "--events",
+                "*",
+            ],
+            &private,
+        );
+        let update = hookrelay(
+            &prefix,
+            &["webhooks", "update", &id, "--url", url],
+            &private,
+        );
+
+        for out in [add, update] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(65), "{url}: {stderr}");
+            assert!(
+                stderr.contains("must point to the internet"),
+                "{url}: {stderr}"
+            );
+        }
+    }
+    let listed = stdout_json(&hookrelay(
+        &prefix,
+        &["webhooks", "list", "--account", "g1", "--json"],
+        &private,
+    ));
+    let urls: Vec<&str> = listed["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, ["https://93.184.215.14/hook"]);
+    hookrelay(&prefix, &["webhooks", "remove", &id], &[]);
 }

@@ -12,6 +12,7 @@ mod broker;
 mod browser;
 mod cli;
 mod cli_conventions;
+mod connections;
 mod dead_lettering;
 mod delivery;
 mod dlq_inspect;

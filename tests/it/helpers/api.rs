@@ -124,6 +124,11 @@ impl Api {
         body
     }
 
+    /// Where its `/metrics`, `/healthz` and `/readyz` are.
+    pub fn ops_addr(&self) -> std::net::SocketAddr {
+        self.running.ops_addr
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.running.wait().await.expect("the API stopped cleanly");
