@@ -5,6 +5,7 @@ pub mod acks;
 pub mod connect;
 pub mod headers;
 pub mod publisher;
+pub mod socket;
 pub mod tls;
 pub mod topology;
 pub mod version;
