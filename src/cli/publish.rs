@@ -1,6 +1,6 @@
 //! `hookrelay publish` and `hookrelay listen`: the two ends of a delivery, from the command line.
 
-use crate::broker::publisher::{EventPublisher, NewEvent};
+use crate::broker::publisher::{EventPublisher, NewEvent, PublishError};
 use crate::config::Settings;
 use crate::delivery::signing::Secret;
 use crate::event::{AccountId, EventId, EventType};
@@ -54,9 +54,14 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
             data,
         })
         .await
-        .context(
-            "publishing (is the topology declared? run a worker or `hookrelay topology declare`)",
-        )?;
+        .map_err(|e| {
+            // A broker that blocks publishers or does not confirm says nothing of the topology.
+            let what = match e {
+                PublishError::Blocked(_) | PublishError::Timeout(_) => "publishing",
+                _ => "publishing (is the topology declared? run a worker or `hookrelay topology declare`)",
+            };
+            anyhow::Error::new(e).context(what)
+        })?;
     publisher.close().await;
     if args.json {
         let envelope: serde_json::Value = serde_json::from_str(&event.to_envelope_json())?;
