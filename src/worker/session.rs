@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer, Event};
+use lapin::{Channel, Connection, ConnectionStatus, Consumer, Event};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -122,6 +122,7 @@ impl Session {
         let ctx = make_ctx(publisher);
         let silence = tokio::spawn(probe(
             consume_conn.create_channel().await?,
+            consume_conn.status().clone(),
             settings.amqp.heartbeat,
         ));
         let prefetch = settings.amqp.prefetch;
@@ -295,12 +296,17 @@ async fn follow_blocked(events: impl futures_util::Stream<Item = Event>, pauses:
 
 /// Asks the broker for an answer (`basic.qos` on a channel of its own, which changes nothing)
 /// every half heartbeat; returns when one does not come within a heartbeat. lapin's own
-/// heartbeat check gives up only after two heartbeats of silence, checked every half one.
-async fn probe(channel: Channel, heartbeat: Duration) -> anyhow::Error {
+/// heartbeat check gives up only after two heartbeats of silence, checked every half one. The
+/// consume connection never publishes, so the broker does not block it; if it ever did, lapin
+/// would send nothing on it, and the probe waits rather than take that for a partition.
+async fn probe(channel: Channel, status: ConnectionStatus, heartbeat: Duration) -> anyhow::Error {
     let mut every = tokio::time::interval(heartbeat / 2);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        if status.blocked() {
+            continue;
+        }
         let ask = channel.basic_qos(0, BasicQosOptions::default());
         match tokio::time::timeout(heartbeat, ask).await {
             Ok(Ok(())) => {}
