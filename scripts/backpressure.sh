@@ -21,7 +21,8 @@
 #
 # Usage: scripts/backpressure.sh   (root, or a user with sudo, like faults.sh)
 # Environment: FAULTS_KEEP=1 keeps the temporary directory; BACKPRESSURE_SCENARIOS=jl runs only
-# those; BACKPRESSURE_ALARM_S sets both alarms' length.
+# those; BACKPRESSURE_ALARM_S sets both alarms' length; BACKPRESSURE_BIN=path uses that binary
+# instead of building a release one.
 set -euo pipefail
 # shellcheck source=scripts/faults.sh
 source "$(dirname "${BASH_SOURCE[0]}")/faults.sh"
@@ -51,6 +52,7 @@ PROXY_REDIS_PORT=""
 
 bp_cleanup() {
   local rc=$?
+  set +e
   [[ -z $PROXY_PID ]] || kill "$PROXY_PID" 2>/dev/null || true
   [[ -z $FAIL_PID ]] || kill "$FAIL_PID" 2>/dev/null || true
   if [[ ${#RABBIT_ENV[@]} -gt 0 ]] && rabbit_ping; then
@@ -81,17 +83,17 @@ start_helpers() {
     2>>"$LOGS/proxy.log" 8<&- &
   PROXY_PID=$!
   wait_until 15 tcp_open 127.0.0.1 "$PROXY_AMQP_PORT" || die "the proxy did not start; see $LOGS/proxy.log"
-  local port url
-  free_port port
-  python3 "$NETFAULTS" failing "$port" "$WORK/failing.log" 2>>"$LOGS/failing.log" 8<&- &
+  local fail_port url
+  free_port fail_port
+  python3 "$NETFAULTS" failing "$fail_port" "$WORK/failing.log" 2>>"$LOGS/failing.log" 8<&- &
   FAIL_PID=$!
-  wait_until 15 tcp_open 127.0.0.1 "$port" || die "the failing receiver did not start"
-  url="http://127.0.0.1:$port/$FAIL_ACCOUNT/hook"
+  wait_until 15 tcp_open 127.0.0.1 "$fail_port" || die "the failing receiver did not start"
+  url="http://127.0.0.1:$fail_port/$FAIL_ACCOUNT/hook"
   timeout 30 "$BIN" webhooks add --account "$FAIL_ACCOUNT" --url "$url" --events '*' --json \
     >"$WORK/webhook-fail.json" 2>>"$LOGS/cli.log" || die "webhooks add failed; see $LOGS/cli.log"
   FAIL_ID=$(json_field id "$WORK/webhook-fail.json")
   log "proxy: amqp :$PROXY_AMQP_PORT -> :$AMQP_PORT, redis :$PROXY_REDIS_PORT -> :$REDIS_PORT;" \
-    "failing webhook $FAIL_ID -> :$port (500)"
+    "failing webhook $FAIL_ID -> :$fail_port (500)"
 }
 
 # worker_metric N NAME: the value of an unlabelled metric on worker N's /metrics.
@@ -123,13 +125,13 @@ print(sum(1 for l in letters if not (l.get("webhook_id") == sys.argv[1] and l.ge
 EOF
 }
 
+# Eight at a time, so that all of them are between attempts when the alarm starts.
 publish_failing() {
-  local i id
-  for ((i = 1; i <= FAIL_EVENTS; i++)); do
-    printf -v id '%s-fail-%03d' "$1" "$i"
-    timeout 20 "$BIN" publish --type payment.card.success --account "$FAIL_ACCOUNT" --id "$id" \
-      >/dev/null 2>>"$LOGS/publish.log" || die "publishing the failing webhook's event $id failed"
-  done
+  local i
+  for ((i = 1; i <= FAIL_EVENTS; i++)); do printf '%s-fail-%03d\n' "$1" "$i"; done |
+    xargs -P 8 -I ID timeout 20 "$BIN" publish --type payment.card.success --account "$FAIL_ACCOUNT" \
+      --id ID >/dev/null 2>>"$LOGS/publish.log" ||
+    die "publishing the failing webhook's events failed; see $LOGS/publish.log"
 }
 
 # During an alarm: the gauge, the WARN line, and what `hookrelay publish` says.
@@ -173,8 +175,8 @@ fault_memory_alarm() {
 }
 
 fault_disk_alarm() {
-  # The node checks free disk space every few seconds; 100 PB is more than any disk.
-  alarm_fault k "$DISK_ALARM_S" set_disk_free_limit 100000TB -- set_disk_free_limit 50MB
+  # The node checks free disk space every few seconds; 1 EB (in bytes) is more than any disk.
+  alarm_fault k "$DISK_ALARM_S" set_disk_free_limit 1000000000000000000 -- set_disk_free_limit 50MB
 }
 
 # seconds_until_all T0 CMD...: prints how long after T0 (epoch seconds) CMD held for every
@@ -264,7 +266,11 @@ bp_main() {
   exec 8<"$LOCK_FILE"
   flock -w 900 8 || die "another faults.sh/backpressure.sh run has held $LOCK_FILE for 15 minutes"
   ensure_tools
-  build
+  if [[ -n ${BACKPRESSURE_BIN:-} ]]; then
+    BIN=$BACKPRESSURE_BIN # a binary built already (a debug build while working on this script)
+  else
+    build
+  fi
   WORK=$(mktemp -d /tmp/hookrelay-backpressure.XXXXXX)
   chmod 755 "$WORK"
   LOGS="$WORK/logs"

@@ -197,11 +197,12 @@ impl Publisher {
         let confirmation = match self.await_confirm(confirm).await {
             Ok(confirmation) => confirmation?,
             Err(gave_up) => {
-                self.abandon().await;
-                return Err(match gave_up {
+                let error = match gave_up {
                     GaveUp::Timeout => PublishError::Timeout(self.timeout),
                     GaveUp::Blocked => PublishError::Blocked(started.elapsed()),
-                });
+                };
+                self.abandon().await;
+                return Err(error);
             }
         };
         match confirmation {
