@@ -45,6 +45,7 @@ readonly FAIL_SCHEDULE=1s,2s,4s
 readonly ATTEMPTS=4
 
 PROXY_PID=""
+FAULT_END_L=0
 FAIL_PID=""
 FAIL_ID=""
 PROXY_AMQP_PORT=""
@@ -223,6 +224,7 @@ fault_partition() {
   sleep "$((PARTITION_S - (SECONDS - t0) > 0 ? PARTITION_S - (SECONDS - t0) : 0))"
   kill -USR2 "$PROXY_PID"
   FAULT_END=$(now)
+  FAULT_END_L=$FAULT_END
   log "partition healed after $((SECONDS - t0)) s"
 }
 
@@ -307,7 +309,16 @@ bp_main() {
   [[ $BP_SCENARIOS != *[jk]* ]] || check_failing
   if [[ $BP_SCENARIOS == *l* ]]; then
     local resume
-    resume=$(python3 -c 'import json,sys; print(next((r.get("recover_s") for r in map(json.loads, open(sys.argv[1])) if r.get("name") == "l"), None))' "$WORK/scenarios.jsonl" 2>/dev/null || echo None)
+    # analyze.py's own count: from the heal to the first receipt of an event published after it.
+    resume=$(python3 - "$ROOT/scripts/faults" "$WORK" "$FAULT_END_L" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import analyze
+work = sys.argv[2]
+s = analyze.stats(f"{work}/published-l.txt", f"{work}/webhooks.txt", work, float(sys.argv[3]), "l-")
+print(s["recover_s"])
+EOF
+    ) || resume=None
     log "l: first delivery of an event published after the heal: $resume s after it (at most $RESUME_MAX_S)"
     python3 -c "import sys; sys.exit(not (sys.argv[1] != 'None' and float(sys.argv[1]) <= $RESUME_MAX_S))" "$resume" ||
       FAILED_SCENARIOS+=("l-resume")
