@@ -166,7 +166,7 @@ fn describe() {
     );
     describe_gauge!(
         REDIS_OK,
-        "1 while subscription lookups in Redis succeed, 0 during a failure"
+        "1 while Redis answers (a PING every half heartbeat), 0 while it does not or lookups fail"
     );
     describe_counter!(
         PUBLISH_FAILURES,
