@@ -927,4 +927,7 @@ main() {
   log "all scenarios passed"
 }
 
-main "$@"
+# Sourced (scripts/backpressure.sh), this file only defines what it has; run, it runs.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

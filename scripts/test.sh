@@ -64,6 +64,9 @@ cargo run --locked --quiet -- bench --events 2000 --accounts 50
 echo "== fault injection: own RabbitMQ node and Redis; kill, cut, restart, outages (about 3 min)"
 scripts/faults.sh
 
+echo "== back-pressure: memory and disk alarms, a partition through a proxy; own node and Redis (about 4 min)"
+scripts/backpressure.sh
+
 echo "== production brokers: own RabbitMQ nodes; TLS (mutual), a 3-node cluster losing its leader (about 3 min)"
 scripts/brokers.sh
 

@@ -53,6 +53,11 @@ pub struct AmqpSettings {
     pub publish_timeout: Duration,
     pub delivery_limit: u32,
     pub reconnect_timeout: Duration,
+    /// The AMQP heartbeat: two of them without a frame from the broker end the connection.
+    pub heartbeat: Duration,
+    /// How long a worker's follow-up publish may wait for its confirm while the broker blocks
+    /// publishers (memory or disk alarm), before it is abandoned.
+    pub blocked_timeout: Duration,
 }
 
 /// The PEM files of a `[….tls]` section; empty strings for unset.
@@ -252,6 +257,8 @@ struct RawAmqp {
     publish_timeout: String,
     delivery_limit: u32,
     reconnect_timeout: String,
+    heartbeat: String,
+    blocked_timeout: String,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +381,19 @@ fn parse_connection_limits(
         header_read_timeout: parse_duration(keys[1], header_read_timeout)?,
         idle_timeout: parse_duration(keys[2], idle_timeout)?,
     })
+}
+
+/// AMQP negotiates the heartbeat in whole seconds (a u16).
+fn parse_heartbeat(text: &str) -> Result<Duration, ConfigError> {
+    let key = "amqp.heartbeat";
+    let d = parse_duration(key, text)?;
+    if d.subsec_nanos() != 0 || d > Duration::from_secs(u64::from(u16::MAX)) {
+        return Err(invalid(
+            key,
+            format!("{text:?} must be whole seconds, at most 65535"),
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_prefix(key: &'static str, text: &str) -> Result<String, ConfigError> {
@@ -752,6 +772,8 @@ impl Settings {
                     "amqp.reconnect_timeout",
                     &raw.amqp.reconnect_timeout,
                 )?,
+                heartbeat: parse_heartbeat(&raw.amqp.heartbeat)?,
+                blocked_timeout: parse_duration("amqp.blocked_timeout", &raw.amqp.blocked_timeout)?,
             },
             redis: parse_redis(raw.redis)?,
             delivery: DeliverySettings {

@@ -27,6 +27,7 @@ pub const BROKER_CONNECTED: &str = "hookrelay_broker_connected";
 pub const BROKER_RECONNECTS: &str = "hookrelay_broker_reconnects_total";
 pub const REDIS_OK: &str = "hookrelay_redis_ok";
 pub const STORE_OK: &str = "hookrelay_store_ok";
+pub const BROKER_BLOCKED: &str = "hookrelay_broker_blocked";
 pub const PUBLISH_FAILURES: &str = "hookrelay_publish_failures_total";
 pub const CIRCUITS_OPENED: &str = "hookrelay_circuits_opened_total";
 pub const CACHE_HITS: &str = "hookrelay_cache_hits_total";
@@ -166,8 +167,12 @@ fn describe() {
         "Broker sessions lost and reopened by this worker"
     );
     describe_gauge!(
+        BROKER_BLOCKED,
+        "1 while the broker blocks this worker's publishes (memory or disk alarm), else 0"
+    );
+    describe_gauge!(
         REDIS_OK,
-        "1 while subscription lookups in Redis succeed, 0 during a failure"
+        "1 while Redis answers (a PING every half heartbeat), 0 while it does not or lookups fail"
     );
     describe_gauge!(
         STORE_OK,
@@ -175,7 +180,7 @@ fn describe() {
     );
     describe_counter!(
         PUBLISH_FAILURES,
-        "Confirmed publishes that failed (nack, returned, timeout, connection), by target and reason"
+        "Confirmed publishes that failed (nack, returned, timeout, blocked, connection), by target and reason"
     );
     describe_counter!(
         CIRCUITS_OPENED,
@@ -214,6 +219,7 @@ fn describe() {
 pub fn worker_started() {
     prometheus();
     redis_ok(true);
+    broker_blocked(false);
     metrics::gauge!(IN_FLIGHT).set(0.0);
     // Counters exist at 0 from the start, so that rate() and alerts see the first increase.
     let counters = [
@@ -267,6 +273,11 @@ pub fn broker_connected(connected: bool) {
     metrics::gauge!(BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
 }
 
+/// Whether the broker blocks this worker's publishes (`connection.blocked`).
+pub fn broker_blocked(blocked: bool) {
+    metrics::gauge!(BROKER_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
+}
+
 /// Whether subscription lookups in Redis succeed.
 pub fn redis_ok(ok: bool) {
     metrics::gauge!(REDIS_OK).set(if ok { 1.0 } else { 0.0 });
@@ -290,6 +301,7 @@ pub fn publish_failed(target: &str, error: &crate::broker::publisher::PublishErr
         PublishError::Nacked => "nacked",
         PublishError::Returned(_) => "returned",
         PublishError::Timeout(_) => "timeout",
+        PublishError::Blocked(_) => "blocked",
         PublishError::Amqp(_) | PublishError::Connect(_) => "connection",
     };
     metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason)

@@ -15,7 +15,11 @@
 //!   The probe costs one extra TCP (and TLS) handshake, and the broker logs it as "client
 //!   unexpectedly closed TCP connection"; so a node's version is kept until a connection to it
 //!   fails or is lost (a restarted node may come back as another version).
+//! - **Liveness.** Every connection asks for `amqp.heartbeat`, and its socket gets keepalive and
+//!   a user timeout ([`super::socket`]), so a partition ends it within about two heartbeats
+//!   instead of the kernel's minutes. [`Connected::severer`] cuts it when a close cannot be sent.
 
+pub use super::socket::Severer;
 pub use super::tls::{TlsConfig, TlsError};
 use super::version::{self, VersionError};
 use async_rs::traits::Reactor;
@@ -38,6 +42,9 @@ use std::time::Duration;
 /// accepts TCP but never answers (booting, overloaded, a black-holed address) must not hold the
 /// others up for long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The heartbeat when none is configured (`amqp.heartbeat`'s default).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// `connection.start` is a few hundred bytes; anything much larger is not a broker talking.
 const MAX_START_FRAME: usize = 64 * 1024;
@@ -90,6 +97,8 @@ pub struct Connected {
     pub node: NodeId,
     /// The broker's version, from its server properties.
     pub version: String,
+    /// Shuts the connection down at its socket (when a close cannot be sent).
+    pub severer: Severer,
 }
 
 /// Why one node could not be used.
@@ -173,12 +182,28 @@ struct Inner {
     first: AtomicUsize,
     /// Each node's version, once probed and accepted; forgotten when the node fails or is lost.
     versions: Mutex<Vec<Option<String>>>,
+    /// Asked of the broker at every connection, and the sockets' keepalive.
+    heartbeat: Duration,
 }
 
 impl Connector {
     /// From validated settings: at least one node, and a TLS configuration if any is `amqps`.
     pub fn new(amqp: &crate::config::AmqpSettings) -> Connector {
-        Connector::with_nodes(amqp.nodes.clone(), amqp.tls.clone())
+        Connector::with_nodes(amqp.nodes.clone(), amqp.tls.clone()).with_heartbeat(amqp.heartbeat)
+    }
+
+    /// The heartbeat to ask for (whole seconds; [`DEFAULT_HEARTBEAT`] otherwise).
+    pub fn with_heartbeat(self, heartbeat: Duration) -> Connector {
+        let inner = Inner {
+            nodes: self.inner.nodes.clone(),
+            tls: self.inner.tls.clone(),
+            first: AtomicUsize::new(self.inner.first.load(Ordering::Acquire)),
+            versions: Mutex::new(vec![None; self.inner.nodes.len()]),
+            heartbeat,
+        };
+        Connector {
+            inner: Arc::new(inner),
+        }
     }
 
     pub fn with_nodes(nodes: Vec<Node>, tls: Option<TlsConfig>) -> Connector {
@@ -189,6 +214,7 @@ impl Connector {
                 nodes,
                 tls,
                 first: AtomicUsize::new(0),
+                heartbeat: DEFAULT_HEARTBEAT,
             }),
         }
     }
@@ -224,13 +250,14 @@ impl Connector {
             let node = &self.inner.nodes[i];
             let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(i, name)).await;
             match attempt.unwrap_or(Err(AttemptError::Timeout(ATTEMPT_TIMEOUT))) {
-                Ok((connection, version)) => {
+                Ok((connection, version, severer)) => {
                     self.inner.first.store(i, Ordering::Release);
                     tracing::debug!(node = %node, %version, name, "connected to RabbitMQ");
                     return Ok(Connected {
                         connection,
                         node: NodeId(i),
                         version,
+                        severer,
                     });
                 }
                 Err(e) => {
@@ -285,7 +312,11 @@ impl Connector {
         versions[i] = None;
     }
 
-    async fn attempt(&self, i: usize, name: &str) -> Result<(Connection, String), AttemptError> {
+    async fn attempt(
+        &self,
+        i: usize,
+        name: &str,
+    ) -> Result<(Connection, String, Severer), AttemptError> {
         let node = &self.inner.nodes[i];
         let runtime = lapin::runtime::default_runtime().map_err(AttemptError::Amqp)?;
         let tls = self.inner.tls.clone();
@@ -299,7 +330,8 @@ impl Connector {
         let version = match known {
             Some(version) => version,
             None => {
-                let mut probe = open_stream(&runtime, &node.uri, tls.as_ref()).await?;
+                let (mut probe, _) =
+                    open_stream(&runtime, &node.uri, tls.as_ref(), self.inner.heartbeat).await?;
                 let properties = server_properties(&mut probe)
                     .await
                     .map_err(AttemptError::Greeting)?;
@@ -307,30 +339,48 @@ impl Connector {
                 version::check(&properties)?
             }
         };
-        let connect = async move |uri: AMQPUri, runtime: TokioRuntime| {
-            open_stream(&runtime, &uri, tls.as_ref())
-                .await
-                .map_err(|e| lapin::Error::from(io::Error::other(e)))
+        let heartbeat = self.inner.heartbeat;
+        // lapin may call `connect` more than once; the last socket it opened is the connection's.
+        let opened: Arc<Mutex<Option<Severer>>> = Arc::default();
+        let connect = {
+            let opened = opened.clone();
+            async move |uri: AMQPUri, runtime: TokioRuntime| {
+                let (stream, severer) = open_stream(&runtime, &uri, tls.as_ref(), heartbeat)
+                    .await
+                    .map_err(|e| lapin::Error::from(io::Error::other(e)))?;
+                *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(severer);
+                Ok(stream)
+            }
         };
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connector(node.uri.clone(), runtime, connect, properties)
+        let mut uri = node.uri.clone();
+        // Whole seconds, at most u16::MAX: the configuration checks both.
+        uri.query.heartbeat = Some(heartbeat.as_secs().clamp(1, u64::from(u16::MAX)) as u16);
+        let connection = Connection::connector(uri, runtime, connect, properties)
             .await
             .map_err(AttemptError::Amqp)?;
+        let severer = opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("a connected connection opened its socket through `connect`");
         self.inner
             .versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())[i] = Some(version.clone());
-        Ok((connection, version))
+        Ok((connection, version, severer))
     }
 }
 
-/// TCP to the node, then TLS for `amqps`. There is deliberately no branch from `amqps` to a
-/// plain stream: without a TLS configuration, an `amqps` node is an error.
+/// TCP to the node (keepalive set, see [`super::socket`]), then TLS for `amqps`. There is
+/// deliberately no branch from `amqps` to a plain stream: without a TLS configuration, an
+/// `amqps` node is an error.
 async fn open_stream(
     runtime: &TokioRuntime,
     uri: &AMQPUri,
     tls: Option<&TlsConfig>,
-) -> Result<Stream, AttemptError> {
+    heartbeat: Duration,
+) -> Result<(Stream, Severer), AttemptError> {
     let host = uri.authority.host.as_str();
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, uri.authority.port))
         .await
@@ -339,8 +389,13 @@ async fn open_stream(
     let stream = Stream::connect(runtime, addrs)
         .await
         .map_err(AttemptError::Tcp)?;
-    match uri.scheme {
-        AMQPScheme::AMQP => Ok(stream),
+    let severer = match &stream {
+        Stream::Plain(tcp) => super::socket::tune(tcp.get_ref(), heartbeat),
+        _ => unreachable!("Stream::connect makes a plain stream"),
+    }
+    .map_err(AttemptError::Tcp)?;
+    let stream = match uri.scheme {
+        AMQPScheme::AMQP => stream,
         AMQPScheme::AMQPS => {
             let tls = tls.ok_or(AttemptError::NoTlsConfig)?;
             stream
@@ -349,9 +404,10 @@ async fn open_stream(
                 .map_err(|source| AttemptError::Tls {
                     host: host.to_owned(),
                     source,
-                })
+                })?
         }
-    }
+    };
+    Ok((stream, severer))
 }
 
 /// Sends the AMQP 0-9-1 protocol header and reads the broker's `connection.start`.

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod headers;
 pub mod properties;
 pub mod publisher;
+pub mod socket;
 pub mod tls;
 pub mod topology;
 pub mod version;

@@ -2,18 +2,36 @@
 //! broker acked it without returning it, within the timeout. A Nack, a return or a timeout is an
 //! error, never a success (unlike sinks that treat a Nack as delivered).
 //!
+//! **Confirmed or abandoned once.** While the broker blocks the connection (`connection.blocked`:
+//! a memory or disk alarm) lapin sends nothing, and sends what it holds once the broker unblocks
+//! it: a publish that merely timed out would still arrive later, and the message it followed up,
+//! handed back meanwhile, would publish it again. So a publish that is given up is abandoned for
+//! good: its channel is closed (the broker answers `close-ok` only after the frames before it),
+//! or, when the close cannot be sent, its connection is cut at the socket
+//! ([`super::socket::Severer`]), before the error is returned. A worker's publisher
+//! ([`Publisher::holding_while_blocked`]) also waits out a blocked broker, up to
+//! `amqp.blocked_timeout`, instead of giving up after `publish_timeout`.
+//!
 //! [`EventPublisher::connect`] is the library for upstream services: on a cluster it retries a
 //! publish that was not confirmed on the next node (at-least-once: nothing confirmed is lost, a
 //! retried one may arrive twice; receivers dedupe on `webhook-id`).
 
 use super::connect::{Connector, NodeId};
+use super::socket::Severer;
 use crate::event::{AccountId, Event, EventId, EventType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a publish waiting for its confirm looks whether the broker blocks the connection.
+const BLOCKED_CHECK: Duration = Duration::from_millis(200);
+
+/// How long closing the channel of an abandoned publish may take before its connection is cut.
+const ABANDON_CLOSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -23,6 +41,11 @@ pub enum PublishError {
     Returned(String),
     #[error("no confirm from the broker within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the broker is blocking publishers (memory or disk alarm): no confirm within {0:?}; \
+         try again once the alarm clears"
+    )]
+    Blocked(Duration),
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
@@ -30,9 +53,10 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// The broker answered about this message: another node would answer the same.
+    /// The broker answered about this message, or blocks publishers (an alarm is raised on
+    /// every node of a cluster): another node would answer the same.
     fn is_final(&self) -> bool {
-        matches!(self, PublishError::Returned(_)) || self.is_not_declared()
+        matches!(self, PublishError::Returned(_) | PublishError::Blocked(_)) || self.is_not_declared()
     }
 
     /// The exchange does not exist (`NOT_FOUND`): the topology is not declared.
@@ -84,7 +108,20 @@ pub struct Outgoing<'a> {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// The connection's, to see whether the broker blocks it.
+    status: ConnectionStatus,
     timeout: Duration,
+    /// How long a confirm may take while the connection is blocked; `timeout` unless set.
+    blocked_limit: Duration,
+    severer: Option<Severer>,
+}
+
+/// Why a publish was given up.
+enum GaveUp {
+    /// No confirm within `timeout` while the broker did not block.
+    Timeout,
+    /// No confirm while the broker blocked publishers, within the limit for that.
+    Blocked,
 }
 
 impl Publisher {
@@ -93,7 +130,27 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel, timeout })
+        Ok(Publisher {
+            channel,
+            status: connection.status().clone(),
+            timeout,
+            blocked_limit: timeout,
+            severer: None,
+        })
+    }
+
+    /// A worker's publisher: while the broker blocks the connection, a publish waits for its
+    /// confirm up to `limit` (the time blocked does not count against `timeout`); an abandoned
+    /// publish whose channel cannot be closed cuts the connection with `severer`.
+    pub fn holding_while_blocked(mut self, limit: Duration, severer: Severer) -> Self {
+        self.blocked_limit = limit.max(self.timeout);
+        self.severer = Some(severer);
+        self
+    }
+
+    /// Whether the broker blocks this publisher's connection (memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.status.blocked()
     }
 
     pub fn channel(&self) -> &Channel {
@@ -141,9 +198,18 @@ impl Publisher {
                 .await?;
             pending.await
         };
-        let confirmation = tokio::time::timeout(self.timeout, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout(self.timeout))??;
+        let started = Instant::now();
+        let confirmation = match self.await_confirm(confirm).await {
+            Ok(confirmation) => confirmation?,
+            Err(gave_up) => {
+                let error = match gave_up {
+                    GaveUp::Timeout => PublishError::Timeout(self.timeout),
+                    GaveUp::Blocked => PublishError::Blocked(started.elapsed()),
+                };
+                self.abandon().await;
+                return Err(error);
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(
@@ -153,6 +219,77 @@ impl Publisher {
             // `new` always selects confirm mode, so the broker always confirms.
             Confirmation::NotRequested => Err(PublishError::Nacked),
         }
+    }
+}
+
+impl Publisher {
+    /// Waits for `confirm`: `timeout` after the publish or after the broker last blocked the
+    /// connection, and at most `blocked_limit` in all.
+    async fn await_confirm<T>(
+        &self,
+        confirm: impl std::future::Future<Output = T>,
+    ) -> Result<T, GaveUp> {
+        tokio::pin!(confirm);
+        let started = Instant::now();
+        let mut unblocked_since = started;
+        loop {
+            if let Ok(done) = tokio::time::timeout(BLOCKED_CHECK, &mut confirm).await {
+                return Ok(done);
+            }
+            let blocked = self.status.blocked();
+            if blocked {
+                unblocked_since = Instant::now();
+            }
+            match wait_verdict(
+                started.elapsed(),
+                unblocked_since.elapsed(),
+                blocked,
+                self.timeout,
+                self.blocked_limit,
+            ) {
+                Some(gave_up) => return Err(gave_up),
+                None => continue,
+            }
+        }
+    }
+
+    /// Abandons what this channel has not had confirmed: closes it, so that the broker settles
+    /// every frame sent before; when that cannot be done in time (the broker blocks the
+    /// connection, or the network is gone), cuts the connection, so that lapin drops what it
+    /// still held. Other publishes pending on the channel fail with it: their messages are
+    /// handed back once, like this one's.
+    async fn abandon(&self) {
+        let close = self.channel.close(200, "publish abandoned".into());
+        if let Ok(Ok(())) = tokio::time::timeout(ABANDON_CLOSE, close).await {
+            return;
+        }
+        if let Some(severer) = &self.severer {
+            tracing::warn!(
+                "could not close the channel of an abandoned publish; cutting its connection"
+            );
+            severer.sever();
+        }
+    }
+}
+
+/// Whether to give up waiting for a confirm, `waited` after the publish and `unblocked` after
+/// the broker last blocked the connection (equal if it never did); `blocked`: it blocks now.
+fn wait_verdict(
+    waited: Duration,
+    unblocked: Duration,
+    blocked: bool,
+    timeout: Duration,
+    blocked_limit: Duration,
+) -> Option<GaveUp> {
+    let verdict = if blocked {
+        GaveUp::Blocked
+    } else {
+        GaveUp::Timeout
+    };
+    if waited >= blocked_limit.max(timeout) || (!blocked && unblocked >= timeout) {
+        Some(verdict)
+    } else {
+        None
     }
 }
 
@@ -290,7 +427,14 @@ impl Failover {
                     // Unconfirmed (connection lost, nack, no confirm in time): the broker may or
                     // may not have it, so send it again elsewhere; a duplicate is allowed, a
                     // loss is not.
-                    tracing::warn!(error = %e, "publish not confirmed; retrying on the next node");
+                    match self.connector.nodes().len() {
+                        1 => {
+                            tracing::warn!(error = %e, "publish not confirmed; reconnecting to retry")
+                        }
+                        _ => {
+                            tracing::warn!(error = %e, "publish not confirmed; retrying on the next node")
+                        }
+                    }
                     self.discard(node).await;
                     last = Some(e);
                 }
@@ -352,5 +496,62 @@ impl Failover {
             }
         }
         self.connector.lost(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    const LIMIT: Duration = Duration::from_secs(900);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_unblocked_publish_gives_up_after_the_publish_timeout() {
+        assert!(wait_verdict(secs(9), secs(9), false, TIMEOUT, LIMIT).is_none());
+        assert!(matches!(
+            wait_verdict(secs(10), secs(10), false, TIMEOUT, LIMIT),
+            Some(GaveUp::Timeout)
+        ));
+    }
+
+    #[test]
+    fn a_blocked_publish_waits_past_the_publish_timeout_up_to_the_blocked_limit() {
+        assert!(wait_verdict(secs(600), secs(0), true, TIMEOUT, LIMIT).is_none());
+        assert!(matches!(
+            wait_verdict(secs(900), secs(0), true, TIMEOUT, LIMIT),
+            Some(GaveUp::Blocked)
+        ));
+    }
+
+    #[test]
+    fn after_an_unblock_the_publish_timeout_counts_from_the_unblock() {
+        assert!(wait_verdict(secs(120), secs(5), false, TIMEOUT, LIMIT).is_none());
+        assert!(matches!(
+            wait_verdict(secs(120), secs(10), false, TIMEOUT, LIMIT),
+            Some(GaveUp::Timeout)
+        ));
+    }
+
+    #[test]
+    fn without_a_blocked_limit_a_blocked_publish_gives_up_at_the_timeout_saying_blocked() {
+        assert!(matches!(
+            wait_verdict(secs(10), secs(0), true, TIMEOUT, TIMEOUT),
+            Some(GaveUp::Blocked)
+        ));
+    }
+
+    #[test]
+    fn a_blocked_publish_error_names_the_alarm() {
+        let text = PublishError::Blocked(secs(10)).to_string();
+        assert!(
+            text.contains("the broker is blocking publishers (memory or disk alarm)"),
+            "{text}"
+        );
+        assert!(PublishError::Blocked(secs(1)).is_final());
     }
 }

@@ -212,14 +212,9 @@ impl Ctx {
                     }
                     continue;
                 }
-                Ok(webhooks) => {
-                    crate::metrics::redis_ok(true);
-                    let was_failing = !self.redis_ok.load(Ordering::Acquire);
-                    if was_failing && !self.redis_ok.swap(true, Ordering::AcqRel) {
-                        tracing::info!("subscription lookups answer again; resuming");
-                    }
-                    return Ok(webhooks);
-                }
+                // Not a sign that Redis is up: the cache may have answered. The worker's Redis
+                // probe says when it is (and sets the flag and gauge back).
+                Ok(webhooks) => return Ok(webhooks),
                 // Logged once per outage, not once per held message.
                 Err(e) if self.redis_ok.swap(false, Ordering::AcqRel) => {
                     tracing::warn!(error = %e, "subscription lookups failing; holding messages until Redis answers");

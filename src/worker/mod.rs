@@ -9,6 +9,7 @@
 
 pub mod endpoints;
 mod handle;
+pub mod pause;
 pub mod rate_limit;
 mod session;
 pub mod store_watch;
@@ -64,6 +65,8 @@ struct Parts {
     redis_ok: Arc<AtomicBool>,
     store_state: Arc<StoreState>,
     in_hand: InHand,
+    /// Why consumption is paused, if it is (the broker blocks publishers, ...).
+    pauses: pause::Pauses,
     shutdown: CancellationToken,
 }
 
@@ -93,14 +96,19 @@ impl Parts {
     async fn open_session(&self) -> anyhow::Result<(Session, Arc<Ctx>)> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
+            // Short: after a partition heals, delivery should resume within seconds.
+            .with_max_delay(Duration::from_secs(2))
             .with_jitter()
             .without_max_times()
             .with_total_delay(Some(self.settings.amqp.reconnect_timeout));
         let open = || {
-            Session::open(&self.settings, &self.connector, &self.topology, |p| {
-                self.ctx(p)
-            })
+            Session::open(
+                &self.settings,
+                &self.connector,
+                &self.topology,
+                &self.pauses,
+                |p| self.ctx(p),
+            )
         };
         // A certificate that does not verify or a broker too old will not change by waiting:
         // stop with the reason (the supervisor shows it) rather than retry for a minute.
@@ -141,6 +149,13 @@ pub async fn start(
         },
     );
     tokio::spawn(cache.clone().follow_changes(shutdown.clone()));
+    let redis_ok = Arc::new(AtomicBool::new(true));
+    tokio::spawn(probe_redis(
+        store.clone(),
+        redis_ok.clone(),
+        settings.amqp.heartbeat,
+        shutdown.clone(),
+    ));
     if !cache.wait_live(settings.redis.lookup_timeout).await {
         tracing::warn!(
             "not yet following subscription changes; lookups bypass the cache until then"
@@ -175,8 +190,9 @@ pub async fn start(
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_secs(1)),
         ),
-        redis_ok: Arc::new(AtomicBool::new(true)),
+        redis_ok,
         in_hand: InHand::new(settings.worker.max_in_flight_bytes),
+        pauses: pause::Pauses::default(),
         shutdown: shutdown.clone(),
         settings,
     };
@@ -201,6 +217,37 @@ pub async fn start(
     tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
     let task = tokio::spawn(run(parts, first, consuming));
     Ok(RunningWorker { ops_addr, task })
+}
+
+/// PINGs Redis every half heartbeat (`amqp.heartbeat`: one liveness bound for both), so that
+/// `hookrelay_redis_ok` and `/readyz` show a silent Redis within about a heartbeat even when
+/// every lookup is answered from the cache. Lookups set the same flag (see `Ctx::lookup`).
+async fn probe_redis(
+    store: Store,
+    redis_ok: Arc<AtomicBool>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(heartbeat / 2);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let mut conn = store.redis().clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<()>(&mut conn);
+        // Half a heartbeat: Redis answers a PING in microseconds, and a partition should show
+        // within about one heartbeat.
+        let ok = matches!(tokio::time::timeout(heartbeat / 2, ping).await, Ok(Ok(())));
+        crate::metrics::redis_ok(ok);
+        match (ok, redis_ok.swap(ok, Ordering::AcqRel)) {
+            (false, true) => tracing::warn!("Redis does not answer; not ready until it does"),
+            (true, false) => tracing::info!("Redis answers again"),
+            _ => {}
+        }
+    }
 }
 
 /// Runs sessions until shutdown (Ok) or until the broker stays away too long (Err).

@@ -2,8 +2,15 @@
 //! declared, a confirmed publisher, and a consumer per work queue. A session ends on shutdown or
 //! when anything of it is lost; the worker then opens a new one. Messages whose handlers were
 //! cut off are not lost: unacked, the broker hands them out again.
+//!
+//! A session also watches the broker: `connection.blocked` on the publish connection (the one
+//! that publishes, so the one the broker blocks) pauses consumption until `connection.unblocked`
+//! ([`super::pause`]), and a probe on the consume connection every half heartbeat ends the
+//! session when the broker stops answering, so that a partition is noticed (and the worker
+//! reconnects) within about two heartbeats, not when the kernel gives up.
 
 use super::handle::{Ctx, HandleError};
+use super::pause::{Pauses, Reason};
 use crate::broker::acks::{AckBatcher, Settle};
 use crate::broker::connect::{Connector, NodeId};
 use crate::broker::publisher::Publisher;
@@ -14,7 +21,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection, ConnectionStatus, Consumer, Event};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -54,6 +61,11 @@ pub struct Session {
     consume_conn: Connection,
     publish_conn: Connection,
     consumers: Vec<Consuming>,
+    /// Follows `connection.blocked`/`unblocked` on the publish connection.
+    blocked: JoinHandle<()>,
+    /// Ends (with the reason) when the broker stops answering the consume connection.
+    silence: JoinHandle<anyhow::Error>,
+    pauses: Pauses,
 }
 
 /// How a session ended.
@@ -68,11 +80,12 @@ impl Session {
         settings: &Settings,
         connector: &Connector,
         topology: &Topology,
+        pauses: &Pauses,
         make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
     ) -> anyhow::Result<(Session, Arc<Ctx>)> {
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Self::open_now(settings, connector, topology, make_ctx),
+            Self::open_now(settings, connector, topology, pauses, make_ctx),
         )
         .await
         .context("the broker did not complete the handshake in time")?
@@ -82,12 +95,19 @@ impl Session {
         settings: &Settings,
         connector: &Connector,
         topology: &Topology,
+        pauses: &Pauses,
         make_ctx: impl FnOnce(Publisher) -> Arc<Ctx>,
     ) -> anyhow::Result<(Session, Arc<Ctx>)> {
         // Named with the prefix, so on-call can tell deployments apart in the management UI.
         let name = |role: &str| format!("hookrelay worker {} ({role})", topology.prefix);
         let first = connector.connect(&name("consume")).await?;
-        let publish_conn = connector.connect(&name("publish")).await?.connection;
+        let publish = connector.connect(&name("publish")).await?;
+        let publish_conn = publish.connection;
+        // Listening before the first publish, so that no notice is missed.
+        let blocked = tokio::spawn(follow_blocked(
+            publish_conn.events_listener(),
+            pauses.clone(),
+        ));
         let (consume_conn, node) = (first.connection, first.node);
         tracing::info!(node = %connector.node(node), version = %first.version, "connected to RabbitMQ");
         let declare = consume_conn.create_channel().await?;
@@ -96,7 +116,15 @@ impl Session {
             .await
             .context("declaring the exchanges and queues")?;
         let _ = declare.close(200, "declared".into()).await;
-        let ctx = make_ctx(Publisher::new(&publish_conn, settings.amqp.publish_timeout).await?);
+        let publisher = Publisher::new(&publish_conn, settings.amqp.publish_timeout)
+            .await?
+            .holding_while_blocked(settings.amqp.blocked_timeout, publish.severer);
+        let ctx = make_ctx(publisher);
+        let silence = tokio::spawn(probe(
+            consume_conn.create_channel().await?,
+            consume_conn.status().clone(),
+            settings.amqp.heartbeat,
+        ));
         let prefetch = settings.amqp.prefetch;
         let consumers = vec![
             consume(
@@ -120,6 +148,9 @@ impl Session {
                 consume_conn,
                 publish_conn,
                 consumers,
+                blocked,
+                silence,
+                pauses: pauses.clone(),
             },
             ctx,
         ))
@@ -137,24 +168,34 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut watch = tokio::time::interval(WATCH);
+        let mut pause = self.pauses.watch();
         let (first, rest) = self.consumers.split_at_mut(1);
         let (events, deliveries) = (&mut first[0], &mut rest[0]);
         loop {
-            // The store's marker is missing: take nothing more until it is back. What the
-            // broker pushed waits unacked in the prefetch window, and goes back to the queue
-            // if the session ends.
-            let paused = !*store_ok.borrow_and_update();
+            // Paused, the consumers are not read: what the broker sent waits in them, unacked, and
+            // goes back to the queue if the session ends. Two reasons pause: the store's marker is
+            // missing (`store_ok`), or the broker blocks publishers (`pause`).
+            let store_paused = !*store_ok.borrow_and_update();
+            let taking = *pause.borrow_and_update() == 0 && !store_paused;
             let (queue, next, acks) = tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                silent = &mut self.silence => {
+                    return Ended::Lost(silent.unwrap_or_else(|e| anyhow::anyhow!("the broker probe failed: {e}")));
+                }
                 _ = watch.tick() => {
                     if !self.consume_conn.status().connected() || !self.publish_conn.status().connected() {
                         return Ended::Lost(anyhow::anyhow!("a broker connection was closed"));
                     }
+                    // Closed after a publish was abandoned: the next session has a new one.
+                    if !ctx.publisher.channel().status().connected() {
+                        return Ended::Lost(anyhow::anyhow!("the publish channel was closed"));
+                    }
                     continue;
                 }
-                _ = store_ok.changed(), if paused => continue,
-                next = events.consumer.next(), if !paused => (events.queue, next, &events.acks),
-                next = deliveries.consumer.next(), if !paused => (deliveries.queue, next, &deliveries.acks),
+                _ = store_ok.changed(), if store_paused => continue,
+                _ = pause.changed() => continue,
+                next = events.consumer.next(), if taking => (events.queue, next, &events.acks),
+                next = deliveries.consumer.next(), if taking => (deliveries.queue, next, &deliveries.acks),
             };
             match next {
                 Some(Ok(delivery)) => {
@@ -195,9 +236,19 @@ impl Session {
         }
     }
 
+    /// Stops watching the broker; a new session learns afresh whether it blocks.
+    fn unwatch(&self) {
+        self.blocked.abort();
+        self.silence.abort();
+        if self.pauses.set(Reason::BrokerBlocked, false) {
+            crate::metrics::broker_blocked(false);
+        }
+    }
+
     /// After the handlers are done: sends the last acks, closes each consumer channel once the
     /// broker has them, then closes both connections.
     pub async fn close(self) {
+        self.unwatch();
         for c in self.consumers {
             drop(c.acks);
             if tokio::time::timeout(Duration::from_secs(5), c.flushed)
@@ -222,6 +273,7 @@ impl Session {
 
     /// A lost session: closes what may still be open, waiting at most a moment for the broker.
     pub async fn abandon(self) {
+        self.unwatch();
         let close = async {
             let _ = self.consume_conn.close(320, "reconnecting".into()).await;
             let _ = self.publish_conn.close(320, "reconnecting".into()).await;
@@ -244,6 +296,47 @@ async fn close_channel(channel: &Channel) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "closing a consumer channel failed; the broker may redeliver its last messages"),
         Err(_) => tracing::warn!("the broker did not confirm closing a consumer channel; it may redeliver its last messages"),
+    }
+}
+
+/// Follows the broker's `connection.blocked` / `connection.unblocked` notices: one WARN line
+/// with the broker's reason, `hookrelay_broker_blocked`, and the pause of consumption.
+async fn follow_blocked(events: impl futures_util::Stream<Item = Event>, pauses: Pauses) {
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::ConnectionBlocked(reason) if pauses.set(Reason::BrokerBlocked, true) => {
+                crate::metrics::broker_blocked(true);
+                tracing::warn!(%reason, "the broker is blocking publishers (memory or disk alarm); holding the messages in hand and taking no new ones until it unblocks");
+            }
+            Event::ConnectionUnblocked if pauses.set(Reason::BrokerBlocked, false) => {
+                crate::metrics::broker_blocked(false);
+                tracing::info!("the broker unblocked publishers; consuming again");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Asks the broker for an answer (`basic.qos` on a channel of its own, which changes nothing)
+/// every half heartbeat; returns when one does not come within a heartbeat. lapin's own
+/// heartbeat check gives up only after two heartbeats of silence, checked every half one. The
+/// consume connection never publishes, so the broker does not block it; if it ever did, lapin
+/// would send nothing on it, and the probe waits rather than take that for a partition.
+async fn probe(channel: Channel, status: ConnectionStatus, heartbeat: Duration) -> anyhow::Error {
+    let mut every = tokio::time::interval(heartbeat / 2);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if status.blocked() {
+            continue;
+        }
+        let ask = channel.basic_qos(0, BasicQosOptions::default());
+        match tokio::time::timeout(heartbeat, ask).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return anyhow::Error::new(e).context("probing the broker"),
+            Err(_) => return anyhow::anyhow!("the broker did not answer within {heartbeat:?}"),
+        }
     }
 }
 

@@ -305,12 +305,28 @@ fn certificates(tls: &RedisTls) -> Result<TlsCertificates, ConnectError> {
 }
 
 /// A client for `url`: with the certificates for `rediss://` (TLS, verified), plain otherwise.
+/// Its sockets get TCP keepalive and a user timeout (see [`crate::broker::socket`]): Redis has
+/// no heartbeat, and a partition would otherwise go unnoticed until the kernel gives up.
 fn client_for(url: &str, certs: &TlsCertificates) -> Result<Client, RedisError> {
+    let info = url.into_connection_info()?;
+    let info = info
+        .clone()
+        .set_tcp_settings(tcp_settings(info.tcp_settings()));
     if url.starts_with("rediss:") {
-        Client::build_with_tls(url, certs.clone())
+        Client::build_with_tls(info, certs.clone())
     } else {
-        Client::open(url)
+        Client::open(info)
     }
+}
+
+/// Keepalive probing after 10 s of silence, and unacknowledged data for 20 s ends the
+/// connection: the broker's default heartbeat, so that both notice a partition alike.
+fn tcp_settings(given: &redis::io::tcp::TcpSettings) -> redis::io::tcp::TcpSettings {
+    let quiet = crate::broker::connect::DEFAULT_HEARTBEAT;
+    given
+        .clone()
+        .set_keepalive(crate::broker::socket::keepalive(quiet))
+        .set_user_timeout(quiet * 2)
 }
 
 /// `scheme://host:port` of a URL, without credentials, for messages.
