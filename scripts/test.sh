@@ -38,6 +38,7 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 
+scripts/asyncapi-check.sh # docs/asyncapi.yaml in step with src/event.rs and valid (npm @asyncapi/cli)
 scripts/deploy-check.sh   # deploy/ rendered and validated offline, image's runtime stage built (~15 s)
 
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"
