@@ -100,6 +100,16 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
+    pub const ALL: &'static [PoisonReason] = &[
+        PoisonReason::TooLarge,
+        PoisonReason::InvalidJson,
+        PoisonReason::MissingField,
+        PoisonReason::InvalidField,
+        PoisonReason::UnknownType,
+        PoisonReason::RoutingKeyMismatch,
+        PoisonReason::TooDeep,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PoisonReason::TooLarge => "too_large",
@@ -430,6 +440,22 @@ mod tests {
         envelope(
             r#""id":"evt_1","type":"payment.card.success","account_id":"68","created_at":"2026-11-27T02:04:21Z","data":{"amount":10.00,"currency_iso":"EUR"}"#,
         )
+    }
+
+    #[test]
+    fn every_poison_reason_is_listed_once_in_all() {
+        // A reason missing from ALL would not be exported at 0 before its first dead letter.
+        let covered = |r: PoisonReason| match r {
+            PoisonReason::TooLarge
+            | PoisonReason::InvalidJson
+            | PoisonReason::MissingField
+            | PoisonReason::InvalidField
+            | PoisonReason::UnknownType
+            | PoisonReason::RoutingKeyMismatch
+            | PoisonReason::TooDeep => PoisonReason::ALL.iter().filter(|a| **a == r).count(),
+        };
+        assert!(PoisonReason::ALL.iter().all(|r| covered(*r) == 1));
+        assert_eq!(PoisonReason::ALL.len(), 7);
     }
 
     fn reason(body: &str, key: &str) -> PoisonReason {
