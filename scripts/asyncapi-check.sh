@@ -16,7 +16,7 @@ cp docs/asyncapi.yaml "$fresh"
 python3 scripts/asyncapi.py >/dev/null
 if ! cmp -s "$fresh" docs/asyncapi.yaml; then
   cp "$fresh" docs/asyncapi.yaml
-  die "docs/asyncapi.yaml is not what scripts/asyncapi.py makes of src/event.rs: run it and commit"
+  die "docs/asyncapi.yaml is not what scripts/asyncapi.py makes of src/event.rs and src/event/envelope.schema.json: run it and commit"
 fi
 
 CLI_DIR=${HOOKRELAY_ASYNCAPI_DIR:-$HOME/.cache/hookrelay/asyncapi-cli}

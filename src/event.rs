@@ -1,6 +1,8 @@
 //! The event envelope upstream services publish (DESIGN §2): the 27 event types, and parsing a
 //! message body into an [`Event`] or a [`Poison`] reason, never anything in between.
 
+pub mod schema;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
