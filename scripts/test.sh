@@ -39,6 +39,7 @@ echo "== build"
 cargo build --locked --all-targets
 
 scripts/asyncapi-check.sh # docs/asyncapi.yaml in step with src/event.rs and valid (npm @asyncapi/cli)
+scripts/examples.sh       # examples/python and examples/node publish 100 events each, all verified (pip pika, npm amqplib)
 scripts/deploy-check.sh   # deploy/ rendered and validated offline, image's runtime stage built (~15 s)
 
 echo "== bench smoke run (small: checks the benchmark works, not a figure)"
