@@ -53,6 +53,9 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 
+scripts/asyncapi-check.sh # docs/asyncapi.yaml in step with src/event.rs and valid (npm @asyncapi/cli)
+scripts/examples.sh       # examples/python and examples/node publish 100 events each, all verified (pip pika, npm amqplib)
+
 echo "== the OpenAPI document against the API: schemathesis --checks all (about 2 min)"
 scripts/schemathesis.sh
 

@@ -4,6 +4,8 @@
 //! One file on purpose: every step that reads an envelope (ingest, retries, the attempt log,
 //! resend, replay) goes through the one parse here, so nothing accepted once is refused later.
 
+pub mod schema;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -106,6 +108,17 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
+    pub const ALL: &'static [PoisonReason] = &[
+        PoisonReason::TooLarge,
+        PoisonReason::InvalidJson,
+        PoisonReason::MissingField,
+        PoisonReason::InvalidField,
+        PoisonReason::UnknownType,
+        PoisonReason::RoutingKeyMismatch,
+        PoisonReason::TooDeep,
+        PoisonReason::InvalidProperties,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PoisonReason::TooLarge => "too_large",
@@ -461,6 +474,25 @@ mod tests {
         envelope(
             r#""id":"evt_1","type":"payment.card.success","account_id":"68","created_at":"2026-11-27T02:04:21Z","data":{"amount":10.00,"currency_iso":"EUR"}"#,
         )
+    }
+
+    #[test]
+    fn every_poison_reason_is_listed_once_in_all() {
+        // A reason missing from ALL would not be exported at 0 before its first dead letter.
+        let covered = |r: PoisonReason| match r {
+            PoisonReason::TooLarge
+            | PoisonReason::InvalidJson
+            | PoisonReason::MissingField
+            | PoisonReason::InvalidField
+            | PoisonReason::UnknownType
+            | PoisonReason::RoutingKeyMismatch
+            | PoisonReason::TooDeep
+            | PoisonReason::InvalidProperties => {
+                PoisonReason::ALL.iter().filter(|a| **a == r).count()
+            }
+        };
+        assert!(PoisonReason::ALL.iter().all(|r| covered(*r) == 1));
+        assert_eq!(PoisonReason::ALL.len(), 8);
     }
 
     fn reason(body: &str, key: &str) -> PoisonReason {

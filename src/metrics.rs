@@ -216,12 +216,14 @@ fn describe() {
 
 /// A worker starts: installs the recorder before anything is counted, and its gauges exist
 /// from the first scrape on, before any message arrives (Redis is checked right after this).
-pub fn worker_started() {
+/// Every counter whose label values are known in advance (attempt results, dead-letter queues
+/// and reasons, retry steps, publish targets and failure reasons) exists at 0 too, so that a
+/// dashboard shows 0 rather than "No data" and rate() and alerts see the first increase.
+pub fn worker_started(topology: &crate::broker::topology::Topology) {
     prometheus();
     redis_ok(true);
     broker_blocked(false);
     metrics::gauge!(IN_FLIGHT).set(0.0);
-    // Counters exist at 0 from the start, so that rate() and alerts see the first increase.
     let counters = [
         EVENTS,
         EVENTS_UNMATCHED,
@@ -239,9 +241,60 @@ pub fn worker_started() {
     for share in ["origin", "account"] {
         metrics::counter!(SHARE_DEFERRALS, "share" => share).increment(0);
     }
-    for result in ["delivered", "failed", "gone", "refused", "body_too_large"] {
-        metrics::counter!(ATTEMPTS, "result" => result).increment(0);
+    for result in crate::delivery::policy::Verdict::LABELS {
+        metrics::counter!(ATTEMPTS, "result" => *result).increment(0);
     }
+    for reason in crate::event::PoisonReason::ALL {
+        metrics::counter!(DEAD_LETTERS, "queue" => "events", "reason" => reason.as_str())
+            .increment(0);
+    }
+    for reason in crate::messages::dead::DeadReason::ALL {
+        metrics::counter!(DEAD_LETTERS, "queue" => "deliveries", "reason" => reason.as_str())
+            .increment(0);
+    }
+    for step in &topology.retry_steps {
+        let step = crate::broker::topology::duration_name(*step);
+        metrics::counter!(RETRIES, "step" => step).increment(0);
+    }
+    for target in worker_publish_targets(topology) {
+        for reason in PUBLISH_FAILURE_REASONS {
+            metrics::counter!(PUBLISH_FAILURES, "target" => target.clone(), "reason" => *reason)
+                .increment(0);
+        }
+    }
+}
+
+/// Every queue a worker publishes to (through the default exchange, so the queue is the target):
+/// fresh deliveries, each delay queue, and both dead-letter queues.
+fn worker_publish_targets(topology: &crate::broker::topology::Topology) -> Vec<String> {
+    let mut targets = vec![
+        topology.deliveries_queue(),
+        topology.dlq_events(),
+        topology.dlq_deliveries(),
+    ];
+    for step in &topology.retry_steps {
+        let queue = topology.retry_queue(*step);
+        if !targets.contains(&queue) {
+            targets.push(queue);
+        }
+    }
+    targets
+}
+
+/// The `reason` label of `hookrelay_publish_failures_total`, one per kind of failure.
+const PUBLISH_FAILURE_REASONS: &[&str] =
+    &["nacked", "returned", "timeout", "blocked", "connection"];
+
+fn publish_failure_reason(error: &crate::broker::publisher::PublishError) -> &'static str {
+    use crate::broker::publisher::PublishError;
+    let index = match error {
+        PublishError::Nacked => 0,
+        PublishError::Returned(_) => 1,
+        PublishError::Timeout(_) => 2,
+        PublishError::Blocked(_) => 3,
+        PublishError::Amqp(_) | PublishError::Connect(_) => 4,
+    };
+    PUBLISH_FAILURE_REASONS[index]
 }
 
 /// A 2xx received for an event created at `created_at`.
@@ -296,14 +349,7 @@ pub fn retry_scheduled(step: Duration) {
 
 /// A confirmed publish to `target` (the exchange, or the queue for the default exchange) failed.
 pub fn publish_failed(target: &str, error: &crate::broker::publisher::PublishError) {
-    use crate::broker::publisher::PublishError;
-    let reason = match error {
-        PublishError::Nacked => "nacked",
-        PublishError::Returned(_) => "returned",
-        PublishError::Timeout(_) => "timeout",
-        PublishError::Blocked(_) => "blocked",
-        PublishError::Amqp(_) | PublishError::Connect(_) => "connection",
-    };
+    let reason = publish_failure_reason(error);
     metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason)
         .increment(1);
 }

@@ -34,7 +34,7 @@ use anyhow::Context;
 use auth::Caller;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
@@ -184,10 +184,35 @@ async fn event_types(_caller: Caller) -> Json<EventTypeList> {
     })
 }
 
+/// The envelope schema is public: publishers' CI fetches it without an account token.
+#[utoipa::path(get, path = "/v1/schemas/envelope.json", tag = "event types", security(()),
+    responses(
+        (status = 200, description = "The JSON Schema of the event envelope upstream publishes \
+            (DESIGN §2), with this deployment's delivery.max_event_bytes and max_event_depth in \
+            its x-max-bytes and x-max-depth extension keywords; as docs/asyncapi.yaml and \
+            `hookrelay schema envelope`", content_type = "application/schema+json"),
+    ))]
+async fn envelope_schema(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Response {
+    let limits = crate::event::Limits {
+        max_bytes: state.delivery.max_event_bytes,
+        max_depth: state.delivery.max_event_depth,
+    };
+    let schema = crate::event::schema::envelope_schema(limits);
+    let mut response = Json(schema).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/schema+json"),
+    );
+    response
+}
+
 /// The routes with their OpenAPI document.
 fn documented_routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(event_types))
+        .routes(routes!(envelope_schema))
         .routes(routes!(tokens::whoami))
         .routes(routes!(tokens::issue_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))

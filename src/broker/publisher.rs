@@ -56,7 +56,8 @@ impl PublishError {
     /// The broker answered about this message, or blocks publishers (an alarm is raised on
     /// every node of a cluster): another node would answer the same.
     fn is_final(&self) -> bool {
-        matches!(self, PublishError::Returned(_) | PublishError::Blocked(_)) || self.is_not_declared()
+        matches!(self, PublishError::Returned(_) | PublishError::Blocked(_))
+            || self.is_not_declared()
     }
 
     /// The exchange does not exist (`NOT_FOUND`): the topology is not declared.

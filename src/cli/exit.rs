@@ -6,7 +6,7 @@
 //! | 0 | success |
 //! | 1 | the command ran and failed: no such dead letter or webhook, letters left unreplayed |
 //! | 64 | usage: unknown flag, bad value, nothing selected, `purge` without `--yes` |
-//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL |
+//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, an envelope `publish --check` refuses |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
 //! | 75 | temporary failure: the broker or Redis failed or timed out mid-command; try again |
 //! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points; the exchanges and queues not declared |
@@ -94,7 +94,8 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     {
         return Some(CONFIG);
     }
-    if cause.is::<crate::api::webhooks::UrlRefused>() {
+    // A URL the API's guard refuses; `publish --check`: the envelope a worker would dead-letter.
+    if cause.is::<crate::api::webhooks::UrlRefused>() || cause.is::<crate::event::Poison>() {
         return Some(DATA);
     }
     if let Some(e) = cause.downcast_ref::<DlqError>() {

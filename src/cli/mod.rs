@@ -68,6 +68,9 @@ pub enum Command {
         #[command(subcommand)]
         action: store::StoreAction,
     },
+    /// Print a JSON Schema: `envelope`, what upstream publishes, with this deployment's limits.
+    #[command(after_help = "Example:\n  hookrelay schema envelope > envelope.schema.json")]
+    Schema { name: SchemaName },
     /// Manage webhook subscriptions in Redis, and see why an account's deliveries fail.
     #[command(after_help = "Example:\n  hookrelay webhooks status --account 68")]
     Webhooks {
@@ -199,6 +202,14 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish::publish(&settings, args).await,
         Command::Store { action } => store::run(&settings, action).await,
+        Command::Schema {
+            name: SchemaName::Envelope,
+        } => {
+            print_json(&crate::event::schema::envelope_schema(event_limits(
+                &settings,
+            )));
+            Ok(())
+        }
         Command::Webhooks { action } => webhooks::run(&settings, action).await,
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Listen(args) => publish::listen(&settings, args).await,
@@ -256,6 +267,21 @@ async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()>
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(())
+}
+
+/// The schemas `hookrelay schema` prints.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SchemaName {
+    /// The event envelope (DESIGN §2), as docs/asyncapi.yaml and GET /v1/schemas/envelope.json.
+    Envelope,
+}
+
+/// The limits a worker checks envelopes against (`delivery.max_event_*`).
+fn event_limits(settings: &Settings) -> crate::event::Limits {
+    crate::event::Limits {
+        max_bytes: settings.delivery.max_event_bytes,
+        max_depth: settings.delivery.max_event_depth,
+    }
 }
 
 fn print_events(json: bool) {

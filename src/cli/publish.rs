@@ -4,7 +4,7 @@ use super::exit::NotDeclared;
 use crate::broker::publisher::{EventPublisher, NewEvent};
 use crate::config::Settings;
 use crate::delivery::signing::Secret;
-use crate::event::{AccountId, EventId, EventType};
+use crate::event::{AccountId, Event, EventId, EventType, Limits};
 use crate::listen::{self, Secrets};
 use crate::subscription::store::Store;
 use anyhow::{bail, Context};
@@ -14,10 +14,15 @@ use std::net::SocketAddr;
 #[derive(Args, Debug)]
 pub struct PublishArgs {
     /// The event type (one of `hookrelay events`); also the routing key.
-    #[arg(long = "type")]
-    event_type: EventType,
-    #[arg(long)]
-    account: AccountId,
+    #[arg(long = "type", required_unless_present = "check")]
+    event_type: Option<EventType>,
+    #[arg(long, required_unless_present = "check")]
+    account: Option<AccountId>,
+    /// Publish nothing: check the envelope in FILE (`-` for stdin) with the worker's own parser
+    /// and limits, the routing key being its `type`; prints `ok`, or fails (exit 65) with the
+    /// reason a worker would dead-letter it with.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["event_type", "account", "data", "id", "json"])]
+    check: Option<std::path::PathBuf>,
     /// The event's data: a JSON object, passed through untouched.
     #[arg(long, default_value = "{}")]
     data: String,
@@ -30,6 +35,16 @@ pub struct PublishArgs {
 }
 
 pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.check {
+        check_envelope(settings, file)?;
+        println!("ok");
+        return Ok(());
+    }
+    let (Some(event_type), Some(account_id)) = (args.event_type, args.account) else {
+        bail!(super::exit::Usage(
+            "--type and --account are required".into()
+        ));
+    };
     let data = serde_json::value::RawValue::from_string(args.data.clone())
         .context("--data is not valid JSON")?;
     if !data.get().trim_start().starts_with('{') {
@@ -49,8 +64,8 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
     let event = publisher
         .publish(NewEvent {
             id,
-            event_type: args.event_type,
-            account_id: args.account,
+            event_type,
+            account_id,
             created_at: None,
             data,
         })
@@ -67,6 +82,49 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
         println!("{}", event.id);
     }
     Ok(())
+}
+
+/// The envelope in `file` as a worker would take it: [`Event::parse`] with the configured
+/// limits and its own `type` as the routing key (a body that has none gets an empty key, and the
+/// parser names what is missing before it compares keys).
+fn check_envelope(settings: &Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    let limit = settings.delivery.max_event_bytes;
+    let body = read_bounded(file, limit).with_context(|| format!("reading {}", file.display()))?;
+    let routing_key = routing_key_of(&body);
+    let limits = Limits {
+        max_bytes: limit,
+        max_depth: settings.delivery.max_event_depth,
+    };
+    Event::parse(&body, &routing_key, limits)?;
+    Ok(())
+}
+
+/// At most `limit + 1` bytes of `file` (`-`: stdin): enough for the parser to say `too_large`.
+fn read_bounded(file: &std::path::Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let source: Box<dyn Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file)?)
+    };
+    let mut body = Vec::new();
+    source.take(limit as u64 + 1).read_to_end(&mut body)?;
+    Ok(body)
+}
+
+/// The top-level `type` of a JSON object, when it is a string; else empty. Read through
+/// borrowed raw values only, so a deep `data` costs no recursion here.
+fn routing_key_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(borrow, rename = "type")]
+        event_type: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<TypeOnly>(body)
+        .ok()
+        .and_then(|t| t.event_type)
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .unwrap_or_default()
 }
 
 #[derive(Args, Debug)]

@@ -24,6 +24,10 @@ pub enum Verdict {
 
 impl Verdict {
     /// The `result` label of `hookrelay_attempts_total`.
+    /// Every value [`Verdict::label`] returns (the `result` label of `hookrelay_attempts_total`).
+    pub const LABELS: &'static [&'static str] =
+        &["delivered", "failed", "gone", "refused", "body_too_large"];
+
     pub fn label(&self) -> &'static str {
         match self {
             Verdict::Delivered => "delivered",
@@ -171,6 +175,19 @@ mod tests {
 
     fn schedule() -> RetrySchedule {
         RetrySchedule::new(vec![secs(5), secs(300), secs(1800)])
+    }
+
+    #[test]
+    fn every_verdict_label_is_one_of_the_labels_exported_at_zero() {
+        let verdicts = [
+            Verdict::Delivered,
+            Verdict::Retry { at_least: None },
+            Verdict::Gone,
+            Verdict::Refused,
+            Verdict::BodyTooLarge,
+        ];
+        let labels: Vec<&str> = verdicts.iter().map(Verdict::label).collect();
+        assert_eq!(labels, Verdict::LABELS);
     }
 
     #[test]

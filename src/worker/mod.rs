@@ -131,7 +131,7 @@ pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
-    crate::metrics::worker_started();
+    crate::metrics::worker_started(&crate::broker::topology::Topology::from_settings(&settings));
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;

@@ -87,6 +87,7 @@ async fn the_openapi_document_is_generated_from_every_route() {
             &["post"],
         ),
         ("/v1/accounts/{account_id}/status", &["get"]),
+        ("/v1/schemas/envelope.json", &["get"]),
     ] {
         for method in methods {
             assert!(
@@ -97,7 +98,7 @@ async fn the_openapi_document_is_generated_from_every_route() {
     }
     assert_eq!(
         paths.len(),
-        11,
+        12,
         "no route is missing or extra: {:?}",
         paths.keys()
     );

@@ -19,6 +19,7 @@ mod dlq_inspect;
 mod dlq_purge;
 mod dlq_replay;
 mod dlq_scale;
+mod envelope_schema;
 mod faults;
 mod helpers;
 mod hostile;

@@ -442,3 +442,54 @@ async fn metrics_have_help_real_histograms_and_every_name_the_dashboard_and_aler
     api.wait().await.unwrap();
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_fresh_worker_exports_every_labelled_counter_at_zero_before_anything_happens() {
+    // Arrange: a worker that has consumed nothing.
+    let app = spawn_app_with("200ms", &[]).await;
+
+    // Act
+    let worker = scrape(app.ops_addr).await;
+
+    // Assert: the series the alerts and the dashboard query exist at 0, not "No data".
+    let zero = |name: &str, labels: &[&str]| {
+        assert_eq!(worker.value(name, labels), Some(0.0), "{name}{labels:?}");
+    };
+    for queue in ["deliveries", "dlq.events", "dlq.deliveries", "retry.200ms"] {
+        let target = format!(r#"target="{}.{queue}""#, app.prefix);
+        for reason in ["nacked", "returned", "timeout", "connection"] {
+            let reason = format!(r#"reason="{reason}""#);
+            zero("hookrelay_publish_failures_total", &[&target, &reason]);
+        }
+    }
+    let poison = [
+        "too_large",
+        "invalid_json",
+        "missing_field",
+        "invalid_field",
+        "unknown_type",
+        "routing_key_mismatch",
+        "too_deep",
+    ];
+    for reason in poison {
+        let reason = format!(r#"reason="{reason}""#);
+        zero(
+            "hookrelay_dead_letters_total",
+            &[r#"queue="events""#, &reason],
+        );
+    }
+    for reason in hookrelay::messages::dead::DeadReason::ALL {
+        let reason = format!(r#"reason="{}""#, reason.as_str());
+        zero(
+            "hookrelay_dead_letters_total",
+            &[r#"queue="deliveries""#, &reason],
+        );
+    }
+    for result in ["delivered", "failed", "gone", "refused", "body_too_large"] {
+        let result = format!(r#"result="{result}""#);
+        zero("hookrelay_attempts_total", &[&result]);
+    }
+    zero("hookrelay_retries_total", &[r#"step="200ms""#]);
+
+    app.cleanup().await;
+}
