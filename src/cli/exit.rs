@@ -6,9 +6,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and failed: no such dead letter or webhook, letters left unreplayed |
 //! | 64 | usage: unknown flag, bad value, nothing selected, `purge` without `--yes` |
-//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL |
+//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, a bad line of an import |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
-//! | 75 | temporary failure: the broker or Redis failed or timed out mid-command; try again |
+//! | 75 | temporary failure: the broker or Redis failed or timed out mid-command, or fewer replicas than `redis.min_replicas` confirmed a write; try again |
 //! | 78 | configuration: an invalid or unreadable configuration |
 //! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
 
@@ -85,6 +85,9 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if cause.is::<ConfigError>() {
         return Some(CONFIG);
     }
+    if cause.is::<crate::subscription::backup::Refusal>() {
+        return Some(DATA);
+    }
     if let Some(e) = cause.downcast_ref::<DlqError>() {
         return Some(match e {
             DlqError::Connect(_) => UNAVAILABLE,
@@ -107,6 +110,8 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             StoreError::Url(_) | StoreError::Unreadable(_) => DATA,
             StoreError::Connect(_) => UNAVAILABLE,
             StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
+            // On the primary, not yet on redis.min_replicas replicas: worth trying again later.
+            StoreError::Unconfirmed { .. } => TEMPFAIL,
         });
     }
     if let Some(e) = cause.downcast_ref::<crate::subscription::store::KeyCheckError>() {
