@@ -160,6 +160,16 @@ impl From<StoreError> for ApiError {
                 .retry_after(Duration::from_secs(5))
             }
             StoreError::Url(e) => ApiError::invalid("invalid_webhook", e.to_string()),
+            StoreError::Missing(e) => {
+                tracing::error!(error = %e, "refusing a write: the subscription store has no marker");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_missing",
+                    "the subscription store is not initialised or was lost; the operators must \
+                     run `hookrelay store init` or restore it (the API's log says where it looked)",
+                )
+                .retry_after(Duration::from_secs(30))
+            }
             StoreError::Unreadable(e) => {
                 tracing::error!(error = %e, "a stored record is unreadable");
                 ApiError::new(

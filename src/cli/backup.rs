@@ -56,7 +56,9 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// An export (JSON lines); a regular file, as it is read twice.
     file: PathBuf,
-    /// Create the store marker first if there is none (restoring a store that was lost).
+    /// Create the store marker (as `hookrelay store init`) if there is none, once every line
+    /// is checked: for restoring a lost store or filling a new one. Without it, a store with
+    /// no marker is refused (exit 78).
     #[arg(long)]
     init_store: bool,
     /// Print the summary as JSON.
@@ -225,6 +227,12 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 async fn import(settings: &Settings, store: &Store, args: ImportArgs) -> anyhow::Result<()> {
     let allow_http = settings.delivery.allow_http;
     let stamp = file_stamp(&args.file)?;
+    if !args.init_store && store.marker().await?.is_none() {
+        // Refused before reading a line: an import into a store without its marker is most
+        // likely aimed at the wrong Redis, database or prefix (DESIGN §5 "The store").
+        return Err(anyhow::Error::new(store.missing())
+            .context("webhooks import writes only to an initialised store; pass --init-store to restore into a new or lost one"));
+    }
     let mut checked = Counter::new("checked");
     let mut batches = Batches::open(&args.file)?;
     let mut seen = Seen::default();
@@ -273,14 +281,14 @@ async fn import(settings: &Settings, store: &Store, args: ImportArgs) -> anyhow:
     Ok(())
 }
 
-/// `--init-store`: the store marker is another part of issue 19 (branch `store`); until it is
-/// merged, there is no marker to create.
-async fn init_store(_store: &Store) -> anyhow::Result<()> {
-    Err(Usage(
-        "--init-store needs the store marker (`hookrelay store init`), which this build does not have yet"
-            .into(),
-    )
-    .into())
+/// `--init-store`: creates the store marker unless there is one, once the file is known good
+/// (a bad file writes nothing, the marker neither).
+async fn init_store(store: &Store) -> anyhow::Result<()> {
+    let (marker, created) = store.init_marker().await?;
+    if created {
+        eprintln!("created the store marker (store id {})", marker.id);
+    }
+    Ok(())
 }
 
 fn print_summary(written: &Counter, outcome: ImportOutcome, json: bool) {

@@ -9,7 +9,7 @@
 //! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, a bad line of an import |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
 //! | 75 | temporary failure: the broker or Redis failed or timed out mid-command, or fewer replicas than `redis.min_replicas` confirmed a write; try again |
-//! | 78 | configuration: an invalid or unreadable configuration |
+//! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points |
 //! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
 
 use crate::config::ConfigError;
@@ -82,7 +82,7 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if cause.is::<Interrupted>() {
         return Some(INTERRUPTED);
     }
-    if cause.is::<ConfigError>() {
+    if cause.is::<ConfigError>() || cause.is::<crate::subscription::marker::StoreMissing>() {
         return Some(CONFIG);
     }
     if cause.is::<crate::subscription::backup::Refusal>() {
@@ -112,6 +112,8 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
             // On the primary, not yet on redis.min_replicas replicas: worth trying again later.
             StoreError::Unconfirmed { .. } => TEMPFAIL,
+            // No store where the configuration points: init, restore, or fix the settings.
+            StoreError::Missing(_) => CONFIG,
         });
     }
     if let Some(e) = cause.downcast_ref::<crate::subscription::store::KeyCheckError>() {

@@ -8,6 +8,7 @@ mod dlq;
 pub mod exit;
 mod progress;
 mod publish;
+mod store;
 mod webhooks;
 
 use crate::config::Settings;
@@ -62,6 +63,12 @@ pub enum Command {
         after_help = "Example:\n  hookrelay publish --type payment.card.success --account 68 --data '{\"amount\":\"10.00\"}'"
     )]
     Publish(publish::PublishArgs),
+    /// The subscription store's identity: create its marker (once per install), show its state.
+    #[command(after_help = "Example:\n  hookrelay store init\n  hookrelay store status --json")]
+    Store {
+        #[command(subcommand)]
+        action: store::StoreAction,
+    },
     /// Manage webhook subscriptions in Redis, and see why an account's deliveries fail.
     #[command(after_help = "Example:\n  hookrelay webhooks status --account 68")]
     Webhooks {
@@ -192,6 +199,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Publish(args) => publish::publish(&settings, args).await,
+        Command::Store { action } => store::run(&settings, action).await,
         Command::Webhooks { action } => webhooks::run(&settings, action).await,
         Command::Dlq { action } => dlq::run(&settings, action).await,
         Command::Listen(args) => publish::listen(&settings, args).await,

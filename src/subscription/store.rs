@@ -6,6 +6,7 @@
 //! - `<prefix>:{A}:version`   bumped by every write; published on `<prefix>:changes` as "A v"
 //! - `<prefix>:{A}:rate:<id>` a rate-limited webhook's next free slot (`worker::rate_limit`)
 //! - `<prefix>:webhook-accounts` hash webhook id → account, so commands can take a bare id.
+//! - `<prefix>:store` the store's identity ([`super::marker`]): no marker, no work.
 //!
 //! - `<prefix>:secret-key-check` a value sealed with `redis.secret_key` ([`keycheck`]).
 //!
@@ -14,6 +15,7 @@
 //! account and webhook id); secrets stored in plain text stay readable.
 
 use super::connection::{ConnectError, RedisConn};
+use super::marker::{self, Marker, StoreMissing};
 use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
 use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND, UPDATE};
@@ -62,6 +64,9 @@ pub enum StoreError {
         confirmed: u32,
         timeout: Duration,
     },
+    /// The store's marker is absent: new, lost, or not the store configured.
+    #[error(transparent)]
+    Missing(#[from] StoreMissing),
 }
 
 impl StoreError {
@@ -135,6 +140,8 @@ pub struct Snapshot {
 pub struct Store {
     conn: RedisConn,
     prefix: String,
+    /// Where Redis is (address, database), for messages.
+    location: String,
     timeout: Duration,
     sealer: Option<Sealer>,
     /// `redis.min_replicas`: replicas that must confirm a merchant's write (see [`Store::confirm`]).
@@ -145,13 +152,19 @@ impl Store {
     /// A store on the single server at `url` (tests and tools; `from_settings` for every mode).
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
         let conn = RedisConn::single(url, timeout).await?;
-        Ok(Store::on(conn, prefix, timeout))
+        Ok(Store::on(
+            conn,
+            prefix,
+            timeout,
+            marker::location_of_url(url),
+        ))
     }
 
-    fn on(conn: RedisConn, prefix: &str, timeout: Duration) -> Store {
+    fn on(conn: RedisConn, prefix: &str, timeout: Duration, location: String) -> Store {
         Store {
             conn,
             prefix: prefix.to_owned(),
+            location,
             timeout,
             sealer: None,
             min_replicas: 0,
@@ -204,9 +217,14 @@ impl Store {
     /// secret key.
     pub async fn from_settings(redis: &crate::config::RedisSettings) -> Result<Store, StoreError> {
         let conn = RedisConn::connect(redis).await?;
-        Ok(Store::on(conn, &redis.prefix, redis.lookup_timeout)
-            .with_secret_key(redis.secret_key.as_ref())
-            .with_min_replicas(redis.min_replicas))
+        Ok(Store::on(
+            conn,
+            &redis.prefix,
+            redis.lookup_timeout,
+            marker::location(redis),
+        )
+        .with_secret_key(redis.secret_key.as_ref())
+        .with_min_replicas(redis.min_replicas))
     }
 
     /// The connection, for what needs more than the store's operations (pub/sub).
@@ -221,6 +239,46 @@ impl Store {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Where this store's Redis is (address and database, no credentials), for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The store's marker, `None` when it is missing.
+    pub async fn marker(&self) -> Result<Option<Marker>, StoreError> {
+        self.timed_store(marker::read(&self.conn, &self.prefix))
+            .await
+    }
+
+    /// The store's marker, or [`StoreError::Missing`] naming where it was looked for: what
+    /// everything but `store init` and `webhooks import --init-store` checks before working.
+    pub async fn require_marker(&self) -> Result<Marker, StoreError> {
+        self.marker().await?.ok_or_else(|| self.missing().into())
+    }
+
+    /// The error for a store without its marker.
+    pub fn missing(&self) -> StoreMissing {
+        StoreMissing {
+            location: self.location.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// Writes the marker unless one exists (`hookrelay store init`); `true` if this created it.
+    pub async fn init_marker(&self) -> Result<(Marker, bool), StoreError> {
+        self.timed_store(marker::init_reporting(&self.conn, &self.prefix))
+            .await
+    }
+
+    async fn timed_store<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
     }
 
     /// The pub/sub channel on which every write announces "<account> <version>".

@@ -35,7 +35,13 @@ fn export(prefix: &str, file: &std::path::Path, env: &[(&str, &str)]) -> Output 
 fn import(prefix: &str, file: &std::path::Path, env: &[(&str, &str)]) -> Output {
     hookrelay(
         prefix,
-        &["webhooks", "import", file.to_str().unwrap(), "--json"],
+        &[
+            "webhooks",
+            "import",
+            file.to_str().unwrap(),
+            "--init-store",
+            "--json",
+        ],
         env,
     )
 }
@@ -183,6 +189,10 @@ async fn a_bad_line_is_reported_by_its_number_and_nothing_is_written() {
         let snapshot = app.store.snapshot(&account(a)).await.unwrap();
         assert!(snapshot.webhooks.is_empty(), "{a} was written");
     }
+    assert!(
+        app.store.marker().await.unwrap().is_none(),
+        "not even the marker"
+    );
     let _ = std::fs::remove_file(file);
     app.cleanup().await;
 }
@@ -351,4 +361,31 @@ async fn a_write_that_no_replica_confirms_exits_75_and_the_api_answers_503() {
         "write_unconfirmed"
     );
     api.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_import_into_a_store_without_its_marker_is_refused_unless_asked_to_create_it() {
+    let app = spawn_app().await;
+    app.add_webhook("m1", "/m", &["*"], Format::Standard).await;
+    let file = temp_file("marker");
+    export(&app.prefix, &file, &[]);
+    app.store.purge_prefix().await.unwrap();
+
+    let refused = hookrelay(
+        &app.prefix,
+        &["webhooks", "import", file.to_str().unwrap()],
+        &[HTTP],
+    );
+    let restored = summary(&import(&app.prefix, &file, &[HTTP]));
+
+    assert_eq!(refused.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--init-store") && stderr.contains(&app.prefix),
+        "{stderr}"
+    );
+    assert_eq!(restored["created"], 1);
+    assert!(app.store.marker().await.unwrap().is_some());
+    let _ = std::fs::remove_file(file);
+    app.cleanup().await;
 }

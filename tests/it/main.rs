@@ -28,5 +28,6 @@ mod metrics;
 mod nodes;
 mod rate_limit;
 mod retries;
+mod store;
 mod subscriptions;
 mod targets;
