@@ -28,6 +28,13 @@
 #                probe reads the account's webhooks (a lookup) every 50 ms and updates one (a
 #                Lua write) every 0.5 s: every read and write must succeed; the worker's
 #                not-ready time and the lookup p99 are reported.
+#   e) replicas  the same Sentinel set-up: a webhook added with redis.min_replicas=1, the master
+#                killed the moment the command returns; after the failover the webhook is there.
+#                Then min_replicas=1 with no replica left: exit 75, "unconfirmed".
+#   f) migrate   a single Redis and a Redis Cluster of 3 masters: 91 webhooks added to the
+#                single one, `webhooks export`, `webhooks import --init-store` into the cluster,
+#                export again: identical lines; a worker on the cluster delivers with the old
+#                secret.
 #
 # Deliveries go through the shared RabbitMQ on 127.0.0.1:5672 under a prefix of this run's own
 # (hrt-rn<pid>-...), removed at the end with scripts/sweep.sh. The receiver is `hookrelay listen`.
@@ -35,7 +42,7 @@
 # /readyz said "not ready", and the longest pause between two deliveries; exits non-zero when
 # anything was lost or a check failed.
 #
-# Usage: scripts/redis-nodes.sh [tls] [cluster] [sentinel] [reshard]      (default: all four)
+# Usage: scripts/redis-nodes.sh [tls] [cluster] [sentinel] [reshard] [replicas] [migrate]  (default: all)
 # Environment: REDIS_NODES_KEEP=1 keeps the temporary directory (logs) at the end;
 #              CARGO_TARGET_DIR is respected when locating the built binary;
 #              RESHARD_MOVES (default 10: CI time), RESHARD_RATE (events/s, default 30: what a
@@ -46,7 +53,7 @@ set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
-readonly PARTS=${*:-tls cluster sentinel reshard}
+readonly PARTS=${*:-tls cluster sentinel reshard replicas migrate}
 readonly ACCOUNT=acct-failover
 readonly STREAM_BEFORE_S=4  # steady publishing before the kill
 readonly STREAM_AFTER_S=6   # and after the failover
@@ -584,7 +591,7 @@ master_addr() { cli -p "${SENTINEL_PORTS[0]}" sentinel get-master-addr-by-name h
 
 kill_sentinel_master() {
   log "sentinel: killing master 127.0.0.1:$MASTER_PORT"
-  kill -KILL "$(cat "$WORK/sentinel-master/redis.pid")"
+  kill -KILL "$(cat "$WORK/$SENTINEL_SET-master/redis.pid")"
 }
 
 sentinel_failed_over() {
@@ -592,45 +599,53 @@ sentinel_failed_over() {
     cli -p "$REPLICA_PORT" role 2>/dev/null | head -n 1 | grep -q master
 }
 
-part_sentinel() {
-  log "sentinel: 1 master, 1 replica, 3 sentinels"
+# start_sentinel_set NAME: 1 master, 1 replica, 3 sentinels (quorum 2) in $WORK/NAME-*; sets
+# MASTER_PORT, REPLICA_PORT, SENTINEL_PORTS and exports the [redis] keys of sentinel mode.
+start_sentinel_set() {
+  SENTINEL_SET=$1
   local ports
   read -r -a ports <<<"$(free_ports 5)"
   MASTER_PORT=${ports[0]}
   REPLICA_PORT=${ports[1]}
   SENTINEL_PORTS=("${ports[@]:2:3}")
-  start_redis sentinel-master "$MASTER_PORT"
-  start_redis sentinel-replica "$REPLICA_PORT" --replicaof 127.0.0.1 "$MASTER_PORT"
-  local s i=0
+  start_redis "$SENTINEL_SET-master" "$MASTER_PORT"
+  start_redis "$SENTINEL_SET-replica" "$REPLICA_PORT" --replicaof 127.0.0.1 "$MASTER_PORT"
+  local s i=0 dir
   for s in "${SENTINEL_PORTS[@]}"; do
     i=$((i + 1))
-    mkdir -p "$WORK/sentinel-$i"
-    REDIS_DIRS+=("$WORK/sentinel-$i")
-    cat >"$WORK/sentinel-$i/sentinel.conf" <<EOF
+    dir=$WORK/$SENTINEL_SET-sentinel-$i
+    mkdir -p "$dir"
+    REDIS_DIRS+=("$dir")
+    cat >"$dir/sentinel.conf" <<EOF
 bind 127.0.0.1
 port $s
 daemonize yes
-pidfile $WORK/sentinel-$i/redis.pid
-logfile $WORK/sentinel-$i/sentinel.log
-dir $WORK/sentinel-$i
+pidfile $dir/redis.pid
+logfile $dir/sentinel.log
+dir $dir
 sentinel monitor hrmaster 127.0.0.1 $MASTER_PORT 2
 sentinel down-after-milliseconds hrmaster 1000
 sentinel failover-timeout hrmaster 10000
 EOF
-    redis-server "$WORK/sentinel-$i/sentinel.conf" --sentinel
+    redis-server "$dir/sentinel.conf" --sentinel
   done
   for s in "${SENTINEL_PORTS[@]}"; do wait_until 10 listening "$s" || die "sentinel $s"; done
   replica_synced() { cli -p "$REPLICA_PORT" info replication | grep -q 'master_link_status:up'; }
-  wait_until 30 replica_synced || die "sentinel: the replica did not sync"
+  wait_until 30 replica_synced || die "$SENTINEL_SET: the replica did not sync"
   sentinels_see_replica() {
     cli -p "${SENTINEL_PORTS[0]}" sentinel replicas hrmaster | grep -q "$REPLICA_PORT" &&
       [[ $(cli -p "${SENTINEL_PORTS[0]}" sentinel sentinels hrmaster | grep -c '^name$') -ge 2 ]]
   }
-  wait_until 30 sentinels_see_replica || die "sentinel: sentinels did not discover each other"
-  base_env sentinel
+  wait_until 30 sentinels_see_replica || die "$SENTINEL_SET: sentinels did not discover each other"
   export HOOKRELAY__REDIS__MODE=sentinel
   export HOOKRELAY__REDIS__URLS="redis://127.0.0.1:${SENTINEL_PORTS[0]},redis://127.0.0.1:${SENTINEL_PORTS[1]},redis://127.0.0.1:${SENTINEL_PORTS[2]}"
   export HOOKRELAY__REDIS__SENTINEL_MASTER=hrmaster
+}
+
+part_sentinel() {
+  log "sentinel: 1 master, 1 replica, 3 sentinels"
+  base_env sentinel
+  start_sentinel_set sentinel
   LISTEN_PORT=$(free_ports 1)
   local secret
   secret=$(add_webhook sentinel)
@@ -939,6 +954,143 @@ hold_migrate() {
   done
 }
 
+# --- e) replicas: redis.min_replicas on the Sentinel set-up --------------------------------------
+
+# A webhook added with redis.min_replicas=1 returns only once the replica has it, so killing the
+# master the moment `webhooks add` returns loses nothing: after the failover it is there. With
+# min_replicas above the number of replicas, the CLI exits 75 saying the write is unconfirmed.
+part_replicas() {
+  log "replicas: redis.min_replicas on 1 master, 1 replica, 3 sentinels"
+  base_env replicas
+  start_sentinel_set replicas
+  "$BIN" store init >/dev/null || die "replicas: store init failed"
+  local out id rc err
+  out=$(HOOKRELAY__REDIS__MIN_REPLICAS=1 "$BIN" webhooks add --account "$ACCOUNT" \
+    --url https://example.com/replicated --events '*' --json) ||
+    die "replicas: webhooks add with min_replicas=1 failed"
+  kill_sentinel_master
+  id=$(jq -r .id <<<"$out")
+  log "replicas: added $id with min_replicas=1, then killed the master at once"
+  wait_until "$FAILOVER_MAX_S" sentinel_failed_over ||
+    die "replicas: no failover within ${FAILOVER_MAX_S} s"
+  log "replicas: failover done; the replica 127.0.0.1:$REPLICA_PORT is the master"
+  if out=$("$BIN" webhooks show "$id" --json 2>&1); then
+    log "replicas: after the failover: $(jq -c '{id, url, enabled}' <<<"$out")"
+    REPLICA_RESULTS+=("min_replicas=1, master killed right after add|$id present after the failover")
+  else
+    log "replicas: FAIL: $id is gone after the failover: $out"
+    REPLICA_RESULTS+=("min_replicas=1, master killed right after add|LOST (FAIL)")
+    FAILED=1
+  fi
+  # The new master has no replica at all now: the one asked for cannot confirm.
+  rc=0
+  err=$(HOOKRELAY__REDIS__MIN_REPLICAS=1 "$BIN" webhooks add --account "$ACCOUNT" \
+    --url https://example.com/unconfirmed --events '*' 2>&1 >/dev/null) || rc=$?
+  log "replicas: min_replicas=1 with no replica left: exit $rc: $err"
+  if [[ $rc == 75 && $err == *"on the Redis primary but unconfirmed"* ]]; then
+    REPLICA_RESULTS+=("min_replicas=1, no replica left|exit 75: on the primary, unconfirmed")
+  else
+    REPLICA_RESULTS+=("min_replicas=1, no replica left|exit $rc (FAIL)")
+    FAILED=1
+  fi
+}
+
+# --- f) migrate: a single Redis's store moved to a Redis Cluster with export and import ----------
+
+# Webhooks added to a single Redis (rate limits, a disabled one, a rotated secret among them) are
+# exported, imported into a Redis Cluster of 3 masters, and exported again from there: both
+# exports must hold the same lines, and a worker on the cluster delivers to a webhook of the old
+# store, signed with the secret it had there.
+readonly MIGRATE_ACCOUNTS=30
+readonly MIGRATE_PER_ACCOUNT=3
+
+# start_migrate_nodes: a single Redis (MIGRATE_SINGLE) and a 3-master cluster (MIGRATE_NODES).
+start_migrate_nodes() {
+  local p ports
+  MIGRATE_SINGLE=$(free_ports 1)
+  start_redis migrate-single "$MIGRATE_SINGLE"
+  wait_until 10 listening "$MIGRATE_SINGLE" || die "migrate: redis-server did not listen"
+  read -r -a ports <<<"$(free_ports 3)"
+  MIGRATE_PORTS=("${ports[@]}")
+  MIGRATE_NODES=()
+  for p in "${ports[@]}"; do
+    start_redis "migrate-cluster-$p" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 1000
+    MIGRATE_NODES+=("127.0.0.1:$p")
+  done
+  for p in "${ports[@]}"; do wait_until 10 listening "$p" || die "migrate: node $p"; done
+  redis-cli --cluster create "${MIGRATE_NODES[@]}" --cluster-yes >"$WORK/migrate-create.log" 2>&1 ||
+    die "migrate: cluster create failed"
+  migrate_cluster_ok() { cli -p "${ports[0]}" cluster info | grep -q 'cluster_state:ok'; }
+  wait_until 30 migrate_cluster_ok || die "migrate: cluster state not ok"
+}
+
+# fill_single: the test account's webhook (its secret in MIGRATE_SECRET) and
+# MIGRATE_ACCOUNTS x MIGRATE_PER_ACCOUNT more; one of them disabled and rotated.
+fill_single() {
+  local a n some
+  MIGRATE_SECRET=$(add_webhook migrate)
+  for a in $(seq "$MIGRATE_ACCOUNTS"); do
+    for n in $(seq "$MIGRATE_PER_ACCOUNT"); do
+      "$BIN" webhooks add --account "migrate-$a" --url "https://shop-$a.example.com/hooks/$n" \
+        --events 'payment.card.success,customer.registered' --rate-limit "$((a * n))" \
+        >/dev/null || die "migrate: webhooks add failed"
+    done
+  done
+  some=$("$BIN" webhooks list --account migrate-1 --json | jq -r '.webhooks[0].id')
+  "$BIN" webhooks update "$some" --enabled false >/dev/null || die "migrate: update failed"
+  "$BIN" webhooks rotate-secret "$some" >/dev/null || die "migrate: rotate-secret failed"
+}
+
+part_migrate() {
+  log "migrate: a single Redis, then a Redis Cluster of 3 masters"
+  base_env migrate
+  start_migrate_nodes
+  export HOOKRELAY__REDIS__URL=redis://127.0.0.1:$MIGRATE_SINGLE/0
+  "$BIN" store init >/dev/null || die "migrate: store init failed"
+  LISTEN_PORT=$(free_ports 1)
+  fill_single
+  local expected=$((MIGRATE_ACCOUNTS * MIGRATE_PER_ACCOUNT + 1)) exported summary
+  "$BIN" webhooks export --output "$WORK/migrate-single.jsonl" 2>"$WORK/migrate-export.log" ||
+    die "migrate: export from the single Redis failed"
+  exported=$(wc -l <"$WORK/migrate-single.jsonl")
+  log "migrate: $(tail -n 1 "$WORK/migrate-export.log")"
+
+  unset HOOKRELAY__REDIS__URL
+  export HOOKRELAY__REDIS__MODE=cluster
+  export HOOKRELAY__REDIS__URLS="redis://${MIGRATE_NODES[0]},redis://${MIGRATE_NODES[1]}"
+  summary=$("$BIN" webhooks import "$WORK/migrate-single.jsonl" --init-store --json \
+    2>"$WORK/migrate-import.log") ||
+    die "migrate: import into the cluster failed: $(tail -n 3 "$WORK/migrate-import.log")"
+  log "migrate: import into the cluster: $(jq -c . <<<"$summary")"
+  "$BIN" webhooks export --output "$WORK/migrate-cluster.jsonl" 2>/dev/null ||
+    die "migrate: export from the cluster failed"
+  local p spread=0 same=no delivered=0
+  for p in "${MIGRATE_PORTS[@]}"; do
+    (($(cli -p "$p" --scan --pattern "$RUN_PREFIX-migrate:{*}:webhooks" | wc -l) > 0)) &&
+      spread=$((spread + 1))
+  done
+  cmp -s <(sort "$WORK/migrate-single.jsonl") <(sort "$WORK/migrate-cluster.jsonl") && same=yes
+  start_listener migrate "$MIGRATE_SECRET"
+  start_worker migrate
+  "$BIN" publish --type payment.card.success --account "$ACCOUNT" --id evt_migrate_1 \
+    --data '{}' >/dev/null || die "migrate: publish failed"
+  echo evt_migrate_1 >"$WORK/migrate-published"
+  wait_until 30 all_delivered migrate && delivered=1
+  MIGRATE_RESULTS=(
+    "webhooks in the single Redis|$expected"
+    "lines exported from it|$exported"
+    "imported into the cluster|$(jq -r '"\(.created) created, \(.updated) updated, \(.unchanged) unchanged"' <<<"$summary")"
+    "masters holding accounts|$spread of ${#MIGRATE_PORTS[@]}"
+    "cluster export identical to the single one|$same ($(wc -l <"$WORK/migrate-cluster.jsonl") lines)"
+    "delivery via the cluster, signed with the old secret|$delivered of 1 verified"
+  )
+  [[ $exported == "$expected" && $(jq -r .created <<<"$summary") == "$expected" &&
+    $same == yes && $delivered == 1 && $spread -gt 1 ]] || FAILED=1
+  kill -TERM "$WORKER_PID"
+  wait "$WORKER_PID" 2>/dev/null || true
+}
+
 # --- run ------------------------------------------------------------------------------------------
 
 for part in $PARTS; do
@@ -947,7 +1099,9 @@ for part in $PARTS; do
     cluster) part_cluster ;;
     sentinel) part_sentinel ;;
     reshard) part_reshard ;;
-    *) die "unknown part '$part' (tls, cluster, sentinel, reshard)" ;;
+    replicas) part_replicas ;;
+    migrate) part_migrate ;;
+    *) die "unknown part '$part' (tls, cluster, sentinel, reshard, replicas, migrate)" ;;
   esac
   base_env "$part"
 done
@@ -961,6 +1115,16 @@ fi
 if [[ -n ${RESHARD_RESULTS+x} ]]; then
   echo "Reshard under load (slot $RESHARD_SLOT of $RESHARD_ACCOUNT, 10 webhooks)"
   for r in "${RESHARD_RESULTS[@]}"; do printf '  %-48s %s\n' "${r%%|*}" "${r#*|}"; done
+  echo
+fi
+if [[ -n ${REPLICA_RESULTS+x} ]]; then
+  echo "redis.min_replicas on Sentinel"
+  for r in "${REPLICA_RESULTS[@]}"; do printf '  %-55s %s\n' "${r%%|*}" "${r#*|}"; done
+  echo
+fi
+if [[ -n ${MIGRATE_RESULTS+x} ]]; then
+  echo "Migration: single Redis -> Redis Cluster (webhooks export | import)"
+  for r in "${MIGRATE_RESULTS[@]}"; do printf '  %-55s %s\n' "${r%%|*}" "${r#*|}"; done
   echo
 fi
 if ((${#SUMMARY[@]} > 0)); then

@@ -84,6 +84,8 @@ pub struct RedisSettings {
     pub lookup_timeout: Duration,
     /// Encrypts webhook secrets at rest; `None` (the key is empty) keeps them in plain text.
     pub secret_key: Option<SecretKey>,
+    /// Replicas that must confirm an API or CLI write (Redis `WAIT`) before it succeeds; 0: none.
+    pub min_replicas: u32,
 }
 
 impl RedisSettings {
@@ -117,6 +119,7 @@ impl RedisSettings {
                 humantime::format_duration(self.lookup_timeout).to_string(),
             ),
             ("SECRET_KEY", secret_key),
+            ("MIN_REPLICAS", self.min_replicas.to_string()),
             ("TLS__CA_FILE", path(&self.tls.ca_file)),
             ("TLS__CERT_FILE", path(&self.tls.cert_file)),
             ("TLS__KEY_FILE", path(&self.tls.key_file)),
@@ -272,6 +275,7 @@ struct RawRedis {
     prefix: String,
     lookup_timeout: String,
     secret_key: String,
+    min_replicas: u32,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +529,7 @@ fn parse_redis(raw: RawRedis) -> Result<RedisSettings, ConfigError> {
         prefix: parse_prefix("redis.prefix", &raw.prefix)?,
         lookup_timeout: parse_duration("redis.lookup_timeout", &raw.lookup_timeout)?,
         secret_key: parse_secret_key("redis.secret_key", &raw.secret_key)?,
+        min_replicas: raw.min_replicas,
     })
 }
 

@@ -35,7 +35,7 @@ pub struct ErrorDetail {
     /// Stable, for programs: `unauthorized`, `not_found`, `webhook_limit_reached`,
     /// `duplicate_url`, `invalid_url`, `target_not_public`, `invalid_events`, `invalid_body`,
     /// `invalid_path`, `invalid_query`, `too_many_failed_signins`, `too_many_test_sends`,
-    /// `timeout`, `unavailable`, `store_error`, …
+    /// `timeout`, `unavailable`, `write_unconfirmed`, `store_error`, …
     #[schema(example = "webhook_limit_reached")]
     pub code: String,
     /// A sentence for people.
@@ -148,6 +148,16 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "the subscription store failed");
                 ApiError::unavailable("the subscription store is unavailable; try again shortly")
                     .retry_after(Duration::from_secs(5))
+            }
+            e @ StoreError::Unconfirmed { .. } => {
+                tracing::error!(error = %e, "a write was not confirmed by redis.min_replicas replicas");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "write_unconfirmed",
+                    "the change is saved on the primary store but not yet confirmed by its \
+                     replicas, so a failover now could lose it; read it back before trying again",
+                )
+                .retry_after(Duration::from_secs(5))
             }
             StoreError::Url(e) => ApiError::invalid("invalid_webhook", e.to_string()),
             StoreError::Missing(e) => {

@@ -6,9 +6,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and failed: no such dead letter or webhook, letters left unreplayed |
 //! | 64 | usage: unknown flag, bad value, nothing selected, `purge` without `--yes` |
-//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, an envelope `publish --check` refuses |
+//! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, an envelope `publish --check` refuses, a bad line of an import |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
-//! | 75 | temporary failure: the broker or Redis failed or timed out mid-command; try again |
+//! | 75 | temporary failure: the broker or Redis failed or timed out mid-command, or fewer replicas than `redis.min_replicas` confirmed a write; try again |
 //! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points; the exchanges and queues not declared |
 //! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
 
@@ -94,8 +94,12 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     {
         return Some(CONFIG);
     }
-    // A URL the API's guard refuses; `publish --check`: the envelope a worker would dead-letter.
-    if cause.is::<crate::api::webhooks::UrlRefused>() || cause.is::<crate::event::Poison>() {
+    // A URL the API's guard refuses; `publish --check`: the envelope a worker would dead-letter;
+    // a bad line of an import.
+    if cause.is::<crate::api::webhooks::UrlRefused>()
+        || cause.is::<crate::event::Poison>()
+        || cause.is::<crate::subscription::backup::Refusal>()
+    {
         return Some(DATA);
     }
     if let Some(e) = cause.downcast_ref::<DlqError>() {
@@ -120,6 +124,8 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             StoreError::Url(_) | StoreError::Unreadable(_) => DATA,
             StoreError::Connect(_) => UNAVAILABLE,
             StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
+            // On the primary, not yet on redis.min_replicas replicas: worth trying again later.
+            StoreError::Unconfirmed { .. } => TEMPFAIL,
             // No store where the configuration points: init, restore, or fix the settings.
             StoreError::Missing(_) => CONFIG,
         });

@@ -2,6 +2,7 @@
 //! on stdout with `--json`; logs and progress go to stderr; the exit status says why a command
 //! failed ([`exit`]).
 
+mod backup;
 mod config;
 mod dlq;
 pub mod exit;

@@ -1,4 +1,5 @@
-//! `hookrelay webhooks add|list|show|update|remove|rotate-secret|status`.
+//! `hookrelay webhooks add|list|show|update|remove|rotate-secret|status` (`export|import` are in
+//! `backup`).
 
 use super::exit::Unavailable;
 use crate::config::Settings;
@@ -44,6 +45,9 @@ pub enum WebhooksAction {
     /// attempt log, and dead letters by reason (from a bounded pass over the deliveries DLQ).
     #[command(after_help = "Example:\n  hookrelay webhooks status --account 68 --json")]
     Status(StatusArgs),
+    /// export and import (`super::backup`).
+    #[command(flatten)]
+    Backup(super::backup::BackupAction),
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +180,7 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
             }
         }
         WebhooksAction::Status(a) => status(settings, &store, a).await?,
+        WebhooksAction::Backup(a) => super::backup::run(settings, &store, a).await?,
         WebhooksAction::Show(a) => print_one(&store.find(&a.id).await?, a.json, false),
         WebhooksAction::Update(a) => {
             let account = store.account_of(&a.id).await?;

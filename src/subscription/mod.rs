@@ -1,7 +1,9 @@
 //! Webhook subscriptions (DESIGN §5): the [`Webhook`] model with newtypes that only hold valid
-//! values, the Redis [`store`], and the in-worker [`cache`].
+//! values, the Redis [`store`], the in-worker [`cache`], and the export/import line format
+//! ([`backup`]).
 
 pub mod attempts;
+pub mod backup;
 pub mod cache;
 pub mod connection;
 pub mod marker;

@@ -78,8 +78,9 @@ impl UnreadableWebhook {
     }
 }
 
-/// The stored form; the secret is kept because workers sign with it.
-#[derive(Serialize, Deserialize)]
+/// The stored form; the secret is kept because workers sign with it. It is also the line format
+/// of `webhooks export` and `import` (see `backup`).
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Stored {
     id: WebhookId,
     account_id: String,
@@ -186,7 +187,34 @@ impl Stored {
         }
     }
 
-    fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
+    /// A stored record read without opening its secrets (export and import move them sealed).
+    pub(super) fn parse(json: &str) -> Result<Stored, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The record's JSON, as [`encode`] writes it.
+    pub(super) fn to_json(&self) -> String {
+        // Plain data with string keys: serialization cannot fail.
+        serde_json::to_string(self).expect("webhook serializes")
+    }
+
+    pub(super) fn id(&self) -> &WebhookId {
+        &self.id
+    }
+
+    pub(super) fn account(&self) -> &str {
+        &self.account_id
+    }
+
+    pub(super) fn url(&self) -> &WebhookUrl {
+        &self.url
+    }
+
+    pub(super) fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    pub(super) fn into_webhook(self, sealer: Option<&Sealer>) -> Result<Webhook, RecordError> {
         let aad = format!("{}/{}", self.account_id, self.id);
         let previous_secret = match (self.previous_secret, self.previous_secret_until) {
             (Some(s), Some(until)) => Some(PreviousSecret {

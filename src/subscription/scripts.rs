@@ -55,3 +55,47 @@ local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. v)
 return {v, ''}
 "#;
+
+/// Restores webhooks of one account (`webhooks import`): all of them or, when a rule would
+/// break, none. ARGV: limit, channel, account, then id, url, json of each webhook. An id
+/// already stored is replaced (its old URL released); an identical record is left as it is, and
+/// the version is bumped and announced only when something changed. Returns {version or 0,
+/// created, updated}, or {-1, 0, 0} (limit), {-2, owner of the url, index of the webhook}
+/// (duplicate URL).
+pub(super) const IMPORT: &str = r#"
+local limit = tonumber(ARGV[1])
+local n = (#ARGV - 3) / 3
+local mine = {}
+for i = 0, n - 1 do mine[ARGV[4 + 3 * i]] = true end
+local adding = 0
+for i = 0, n - 1 do
+  local id, url = ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  if redis.call('HEXISTS', KEYS[1], id) == 0 then adding = adding + 1 end
+  local owner = redis.call('HGET', KEYS[2], url)
+  if owner and owner ~= id and not mine[owner] then return {-2, owner, i} end
+end
+if redis.call('HLEN', KEYS[1]) + adding > limit then return {-1, 0, 0} end
+local created, updated = 0, 0
+for i = 0, n - 1 do
+  local id, url, json = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  local cur = redis.call('HGET', KEYS[1], id)
+  if cur ~= json then
+    if cur then
+      updated = updated + 1
+      local ok, old = pcall(cjson.decode, cur)
+      if ok and type(old) == 'table' and old['url'] and old['url'] ~= url
+        and redis.call('HGET', KEYS[2], old['url']) == id then
+        redis.call('HDEL', KEYS[2], old['url'])
+      end
+    else
+      created = created + 1
+    end
+    redis.call('HSET', KEYS[1], id, json)
+    redis.call('HSET', KEYS[2], url, id)
+  end
+end
+if created + updated == 0 then return {0, created, updated} end
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. v)
+return {v, created, updated}
+"#;

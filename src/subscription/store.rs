@@ -30,7 +30,9 @@ pub use keycheck::KeyCheckError;
 use redis::AsyncCommands;
 use std::time::Duration;
 
+mod backup;
 mod keycheck;
+pub use backup::{ExportedAccount, ImportOutcome};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("account {0} already has {LIMIT} webhooks, the most an account may have")]
@@ -55,6 +57,14 @@ pub enum StoreError {
     Unreadable(#[from] RecordError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// `redis.min_replicas` was not met: the write is done on the primary, but a failover now
+    /// could lose it.
+    #[error("the write is on the Redis primary but unconfirmed: {confirmed} of the {wanted} replicas redis.min_replicas asks for acknowledged it within {timeout:?} (a failover now could lose it; check the replicas, then `webhooks list` or `show` before writing again)")]
+    Unconfirmed {
+        wanted: u32,
+        confirmed: u32,
+        timeout: Duration,
+    },
     /// The store's marker is absent: new, lost, or not the store configured.
     #[error(transparent)]
     Missing(#[from] StoreMissing),
@@ -135,6 +145,8 @@ pub struct Store {
     location: String,
     timeout: Duration,
     sealer: Option<Sealer>,
+    /// `redis.min_replicas`: replicas that must confirm a merchant's write (see [`Store::confirm`]).
+    min_replicas: u32,
 }
 
 impl Store {
@@ -156,7 +168,42 @@ impl Store {
             location,
             timeout,
             sealer: None,
+            min_replicas: 0,
         }
+    }
+
+    /// Makes create, update, rotate-secret, delete and import return only once `replicas`
+    /// replicas confirm the write (`redis.min_replicas`); 0: once the primary has it.
+    pub fn with_min_replicas(mut self, replicas: u32) -> Store {
+        self.min_replicas = replicas;
+        self
+    }
+
+    /// Waits until `redis.min_replicas` replicas have every write this store's connection made
+    /// so far, asking the master of each of `keys`' slots on a cluster (every master when
+    /// `keys` is empty). `WAIT` gets half the lookup timeout, so that its answer arrives
+    /// before the connection's own timeout.
+    ///
+    /// Limitation: `WAIT` counts the writes of the connection it is sent on. Should the
+    /// connection be replaced between the write and the `WAIT` (a reconnect), the new one has
+    /// made no write and the `WAIT` confirms at once; the write itself then most likely failed
+    /// with the connection and was reported.
+    pub(crate) async fn confirm(&self, keys: &[&str]) -> Result<(), StoreError> {
+        if self.min_replicas == 0 {
+            return Ok(());
+        }
+        let wait = self.timeout / 2;
+        let confirmed = self
+            .timed(self.conn.wait_replicas(keys, self.min_replicas, wait))
+            .await?;
+        if confirmed < self.min_replicas {
+            return Err(StoreError::Unconfirmed {
+                wanted: self.min_replicas,
+                confirmed,
+                timeout: wait,
+            });
+        }
+        Ok(())
     }
 
     /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
@@ -177,7 +224,8 @@ impl Store {
             redis.lookup_timeout,
             marker::location(redis),
         )
-        .with_secret_key(redis.secret_key.as_ref()))
+        .with_secret_key(redis.secret_key.as_ref())
+        .with_min_replicas(redis.min_replicas))
     }
 
     /// The connection, for what needs more than the store's operations (pub/sub).
@@ -239,7 +287,7 @@ impl Store {
         format!("{}:changes", self.prefix)
     }
 
-    fn keys(&self, account: &AccountId) -> [String; 3] {
+    pub(crate) fn keys(&self, account: &AccountId) -> [String; 3] {
         let base = format!("{}:{{{}}}", self.prefix, account);
         [
             format!("{base}:webhooks"),
@@ -293,7 +341,7 @@ impl Store {
         self.timed(pipe.query_async::<T>(&mut conn)).await
     }
 
-    fn index_key(&self) -> String {
+    pub(crate) fn index_key(&self) -> String {
         format!("{}:webhook-accounts", self.prefix)
     }
 
@@ -413,7 +461,10 @@ impl Store {
                     existing: owner,
                 })
             }
-            _ => Ok(webhook),
+            _ => {
+                self.confirm(&[&keys[0], &self.index_key()]).await?;
+                Ok(webhook)
+            }
         }
     }
 
@@ -561,6 +612,7 @@ impl Store {
             self.timed(conn.del::<_, ()>(self.failing_key(account, id)))
                 .await?;
         }
+        self.confirm(&[&self.keys(account)[0]]).await?;
         Ok(updated)
     }
 
@@ -587,14 +639,17 @@ impl Store {
     ) -> Result<Webhook, StoreError> {
         let until = Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let fresh = Secret::generate();
-        self.modify(account, id, |w| {
-            w.previous_secret = Some(PreviousSecret {
-                secret: w.secret.clone(),
-                until,
-            });
-            w.secret = fresh.clone();
-        })
-        .await
+        let rotated = self
+            .modify(account, id, |w| {
+                w.previous_secret = Some(PreviousSecret {
+                    secret: w.secret.clone(),
+                    until,
+                });
+                w.secret = fresh.clone();
+            })
+            .await?;
+        self.confirm(&[&self.keys(account)[0]]).await?;
+        Ok(rotated)
     }
 
     pub async fn delete(&self, account: &AccountId, id: &WebhookId) -> Result<(), StoreError> {
@@ -616,7 +671,9 @@ impl Store {
         ];
         // Three keys: TRYAGAIN (retried) while a migration has moved some of them but not all.
         self.run_command(redis::cmd("DEL").arg(&keys)).await?;
-        self.drop_index(id).await
+        self.drop_index(id).await?;
+        self.confirm(&[&self.keys(account)[0], &self.index_key()])
+            .await
     }
 
     /// Deletes every key under this store's prefix (tests and `bench` clean up with it).

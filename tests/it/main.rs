@@ -8,6 +8,7 @@ mod api_harness;
 mod api_secrets;
 mod api_tokens;
 mod api_webhooks;
+mod backup;
 mod broker;
 mod browser;
 mod cli;

@@ -29,13 +29,16 @@
 //! - `renewing.rs`: [`Renewing`], the sentinel and cluster connections that are replaced.
 //! - `redirect.rs`: following a slot migration per command on a cluster.
 //! - `nodes.rs`: the version guard and a cluster's masters.
+//! - `scan.rs`: [`KeyPages`], the keyspace a page at a time; `WAIT` on the master of a write.
 
 mod nodes;
 mod redirect;
 mod renewing;
+mod scan;
 
 pub use nodes::{version_supported, MIN_VERSION};
 pub use renewing::{Cluster, ClusterConn, MasterOfSentinels, Renewing, SentinelConn, Source};
+pub use scan::KeyPages;
 
 use crate::config::{RedisMode, RedisSettings, RedisTls};
 use nodes::{cluster_masters, info_field};
