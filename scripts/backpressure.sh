@@ -90,6 +90,7 @@ start_helpers() {
   FAIL_PID=$!
   wait_until 15 tcp_open 127.0.0.1 "$fail_port" || die "the failing receiver did not start"
   url="http://127.0.0.1:$fail_port/$FAIL_ACCOUNT/hook"
+  timeout 30 "$BIN" store init >>"$LOGS/cli.log" 2>&1 || die "store init failed; see $LOGS/cli.log"
   timeout 30 "$BIN" webhooks add --account "$FAIL_ACCOUNT" --url "$url" --events '*' --json \
     >"$WORK/webhook-fail.json" 2>>"$LOGS/cli.log" || die "webhooks add failed; see $LOGS/cli.log"
   FAIL_ID=$(json_field id "$WORK/webhook-fail.json")

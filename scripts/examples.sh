@@ -43,6 +43,7 @@ python3 -c 'import pika' 2>/dev/null || pip3 install -q --target "$DEPS/python" 
   (mkdir -p "$DEPS/node" && cd "$DEPS/node" && npm install -q --no-audit --no-fund amqplib >/dev/null)
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" store init >/dev/null
 secret=$("$BIN" webhooks add --account acct-ex --url "http://127.0.0.1:$port/ex" --events '*' --json |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
 "$BIN" listen --listen "127.0.0.1:$port" --secret "$secret" --json >"$WORK/receipts.jsonl" 2>"$WORK/listen.log" &

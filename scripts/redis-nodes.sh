@@ -791,6 +791,7 @@ part_reshard() {
   HOOKRELAY__REDIS__URLS=$(printf 'redis://%s,' "${nodes[@]}")
   export HOOKRELAY__REDIS__URLS=${HOOKRELAY__REDIS__URLS%,}
   LISTEN_PORT=$(free_ports 1)
+  "$BIN" store init >/dev/null || die "reshard: store init failed"
   local secrets=() w
   for w in $(seq 10); do
     secrets+=("$("$BIN" webhooks add --account "$RESHARD_ACCOUNT" --events '*' --json \

@@ -24,6 +24,7 @@ prefix="hrt-st$RANDOM$RANDOM"
 token="schemathesis-admin-$RANDOM$RANDOM$RANDOM"
 work=$(mktemp -d)
 
+HOOKRELAY__REDIS__PREFIX="$prefix" "$bin" store init >/dev/null
 # Private targets allowed: CI has no DNS, and example.com (the schema's example) must register.
 # Failed sign-ins unlimited: schemathesis sends many invalid tokens on purpose.
 HOOKRELAY__API__LISTEN="127.0.0.1:$port" HOOKRELAY__OPS__LISTEN="127.0.0.1:0" \
