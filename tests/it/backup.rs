@@ -212,6 +212,7 @@ async fn an_import_that_would_give_an_account_an_eleventh_webhook_is_refused_who
     let file = temp_file("limit");
     export(&source.prefix, &file, &[]);
     let target = test_prefix();
+    assert!(hookrelay(&target, &["store", "init"], &[]).status.success());
     let store = Store::connect(REDIS_URL, &target, Duration::from_secs(2))
         .await
         .unwrap();
@@ -227,7 +228,9 @@ async fn an_import_that_would_give_an_account_an_eleventh_webhook_is_refused_who
             "--events",
             "*",
         ],
-        &[],
+        // example.com does not resolve on a loopback-only machine; registration checks it only
+        // with private targets refused.
+        &[("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")],
     );
     assert!(
         added.status.success(),
@@ -266,8 +269,13 @@ async fn an_import_that_would_give_an_account_an_eleventh_webhook_is_refused_who
 #[tokio::test]
 async fn secrets_stay_sealed_in_an_export_and_open_after_an_import_with_the_same_key() {
     let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-    let with_key = [("HOOKRELAY__REDIS__SECRET_KEY", key.as_str()), HTTP];
+    let with_key = [
+        ("HOOKRELAY__REDIS__SECRET_KEY", key.as_str()),
+        HTTP,
+        ("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+    ];
     let source = test_prefix();
+    assert!(hookrelay(&source, &["store", "init"], &[]).status.success());
     let sealed = Store::from_settings(&settings(&source, "1s", &with_key).redis)
         .await
         .unwrap();
@@ -324,7 +332,11 @@ async fn secrets_stay_sealed_in_an_export_and_open_after_an_import_with_the_same
 async fn a_write_that_no_replica_confirms_exits_75_and_the_api_answers_503() {
     // The shared Redis has no replica: min_replicas 1 cannot be met.
     let prefix = test_prefix();
-    let unmet = [("HOOKRELAY__REDIS__MIN_REPLICAS", "1")];
+    assert!(hookrelay(&prefix, &["store", "init"], &[]).status.success());
+    let unmet = [
+        ("HOOKRELAY__REDIS__MIN_REPLICAS", "1"),
+        ("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+    ];
 
     let out = hookrelay(
         &prefix,

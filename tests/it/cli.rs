@@ -210,6 +210,7 @@ async fn publish_sends_a_valid_confirmed_envelope() {
 #[test]
 fn the_cli_refuses_webhook_urls_inside_the_network_like_the_api_with_exit_65() {
     let prefix = test_prefix();
+    assert!(hookrelay(&prefix, &["store", "init"], &[]).status.success());
     let private = [("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "false")];
     // A public IP literal needs no resolver, so the machine's lack of DNS does not matter.
     let created = stdout_json(&hookrelay(
