@@ -112,7 +112,7 @@ pub fn location(redis: &RedisSettings) -> String {
             redis
                 .urls
                 .iter()
-                .map(|u| address_of(u))
+                .map(|u| super::connection::target_of(u))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -122,7 +122,7 @@ pub fn location(redis: &RedisSettings) -> String {
             redis
                 .urls
                 .iter()
-                .map(|u| address_of(u))
+                .map(|u| super::connection::target_of(u))
                 .collect::<Vec<_>>()
                 .join(", "),
             database_of(&redis.url)
@@ -132,20 +132,11 @@ pub fn location(redis: &RedisSettings) -> String {
 
 /// `redis://host:port database N` of a single server's URL.
 pub fn location_of_url(url: &str) -> String {
-    format!("{} database {}", address_of(url), database_of(url))
-}
-
-fn address_of(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) if u.scheme() == "unix" => format!("unix:{}", u.path()),
-        Ok(u) => format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap_or("?"),
-            u.port().unwrap_or(6379)
-        ),
-        Err(_) => "an unparsable redis URL".to_owned(),
-    }
+    format!(
+        "{} database {}",
+        super::connection::target_of(url),
+        database_of(url)
+    )
 }
 
 /// The database number of a Redis URL: its path (`/3`), or `db=` in the query of a unix socket

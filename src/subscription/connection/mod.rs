@@ -332,8 +332,8 @@ fn tcp_settings(given: &redis::io::tcp::TcpSettings) -> redis::io::tcp::TcpSetti
         .set_user_timeout(quiet * 2)
 }
 
-/// `scheme://host:port` of a URL, without credentials, for messages.
-fn target_of(url: &str) -> String {
+/// `scheme://host:port` of a URL, without credentials, for messages (also the store marker's).
+pub(crate) fn target_of(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(u) if u.scheme() == "unix" => format!("unix:{}", u.path()),
         Ok(u) => format!(
