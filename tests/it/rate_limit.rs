@@ -134,9 +134,15 @@ async fn a_rate_limit_holds_across_three_workers_and_spares_the_accounts_other_w
     assert_eq!(unique, published, "every published event arrived");
     let unlimited_ids: HashSet<String> = webhook_ids(&unlimited).into_iter().collect();
     assert_eq!(unlimited_ids, published);
+    // Not held to the limit: paced at 50/s it would finish with the limited one (after 20 s);
+    // compared with the limited webhook's own progress, so a loaded machine cannot fail it.
+    let mut limited_times: Vec<_> = limited_hits.iter().map(|h| h.at).collect();
+    limited_times.sort();
+    let limited_half = limited_times[limited_times.len() / 2] - started;
     assert!(
-        unlimited_in < Duration::from_secs(8),
-        "the account's unlimited webhook runs at full speed meanwhile: {unlimited_in:?}"
+        unlimited_in < limited_half,
+        "the account's unlimited webhook runs at full speed meanwhile: all 1000 in \
+         {unlimited_in:?}, before the limited one's 500th ({limited_half:?})"
     );
     // Below the limit when the machine is loaded (deferred deliveries come back in clumps),
     // but well used: p50 44-47 measured at load average 13 on 2 cores, 40 with a release build
