@@ -7,14 +7,15 @@
 //! dead-letter queues ([`broker::topology`]). The public contract is `docs/design.md`.
 //!
 //! # Layout
-//! - [`config`]: one typed settings tree: defaults → file → environment, validated once.
+//! - [`config`]: one typed settings tree: defaults → file → environment, parsed once; one
+//!   module per section (`config/amqp.rs`, `config/redis.rs`, …).
 //! - [`event`]: the envelope and the 27 event types; parsing into an event or a poison reason.
 //! - [`subscription`]: webhooks, the Redis store (atomic rules via Lua) and the worker's cache.
 //! - [`broker`]: the queue topology and the confirmed publisher (also the library API
 //!   [`broker::publisher::EventPublisher`] for upstream Rust services).
 //! - [`delivery`]: the HTTP client, wire formats, signing, SSRF guard and retry policy.
 //! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
-//! - [`messages`]: what travels on the queues: delivery jobs, dead letters, header names.
+//! - [`messages`]: what travels on the queues: delivery jobs, dead letters, their headers.
 //! - [`dlq`]: `hookrelay dlq`: list, show, replay and purge dead letters without reordering them.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
 //! - [`api`]: `hookrelay api`, the admin HTTP API (bearer tokens, OpenAPI) and the Webhooks page.

@@ -257,8 +257,8 @@ pub fn worker_started(topology: &crate::broker::topology::Topology) {
         metrics::counter!(RETRIES, "step" => step).increment(0);
     }
     for target in worker_publish_targets(topology) {
-        for reason in PUBLISH_FAILURE_REASONS {
-            metrics::counter!(PUBLISH_FAILURES, "target" => target.clone(), "reason" => *reason)
+        for reason in PublishFailure::ALL {
+            metrics::counter!(PUBLISH_FAILURES, "target" => target.clone(), "reason" => reason.as_str())
                 .increment(0);
         }
     }
@@ -281,20 +281,36 @@ fn worker_publish_targets(topology: &crate::broker::topology::Topology) -> Vec<S
     targets
 }
 
-/// The `reason` label of `hookrelay_publish_failures_total`, one per kind of failure.
-const PUBLISH_FAILURE_REASONS: &[&str] =
-    &["nacked", "returned", "timeout", "blocked", "connection"];
+/// Why a confirmed publish failed: the `reason` label of `hookrelay_publish_failures_total`.
+/// The publisher sorts its errors into these (`PublishError::failure`), so that this module
+/// names no broker type and the broker can count its failures here without a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishFailure {
+    Nacked,
+    Returned,
+    Timeout,
+    Blocked,
+    Connection,
+}
 
-fn publish_failure_reason(error: &crate::broker::publisher::PublishError) -> &'static str {
-    use crate::broker::publisher::PublishError;
-    let index = match error {
-        PublishError::Nacked => 0,
-        PublishError::Returned(_) => 1,
-        PublishError::Timeout(_) => 2,
-        PublishError::Blocked(_) => 3,
-        PublishError::Amqp(_) | PublishError::Connect(_) => 4,
-    };
-    PUBLISH_FAILURE_REASONS[index]
+impl PublishFailure {
+    pub const ALL: [PublishFailure; 5] = [
+        PublishFailure::Nacked,
+        PublishFailure::Returned,
+        PublishFailure::Timeout,
+        PublishFailure::Blocked,
+        PublishFailure::Connection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishFailure::Nacked => "nacked",
+            PublishFailure::Returned => "returned",
+            PublishFailure::Timeout => "timeout",
+            PublishFailure::Blocked => "blocked",
+            PublishFailure::Connection => "connection",
+        }
+    }
 }
 
 /// A 2xx received for an event created at `created_at`.
@@ -348,9 +364,8 @@ pub fn retry_scheduled(step: Duration) {
 }
 
 /// A confirmed publish to `target` (the exchange, or the queue for the default exchange) failed.
-pub fn publish_failed(target: &str, error: &crate::broker::publisher::PublishError) {
-    let reason = publish_failure_reason(error);
-    metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason)
+pub fn publish_failed(target: &str, reason: PublishFailure) {
+    metrics::counter!(PUBLISH_FAILURES, "target" => target.to_owned(), "reason" => reason.as_str())
         .increment(1);
 }
 

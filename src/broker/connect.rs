@@ -20,8 +20,11 @@
 //!   instead of the kernel's minutes. [`Connected::severer`] cuts it when a close cannot be sent.
 
 pub use super::socket::Severer;
-pub use super::tls::{TlsConfig, TlsError};
 use super::version::{self, VersionError};
+/// What `amqp.url(s)` and `[amqp.tls]` parse into; re-exported, as the broker connects with them.
+pub use crate::config::amqp::Node;
+pub use crate::config::tls::{TlsConfig, TlsError};
+use crate::config::AmqpSettings;
 use async_rs::traits::Reactor;
 use async_rs::{Tokio, TokioRuntime};
 use backon::{ExponentialBuilder, Retryable};
@@ -50,41 +53,6 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const MAX_START_FRAME: usize = 64 * 1024;
 
 type Stream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
-
-/// One broker node: its parsed URL, and a label without the credentials for messages and logs.
-#[derive(Clone)]
-pub struct Node {
-    uri: AMQPUri,
-    label: String,
-}
-
-impl fmt::Debug for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Node({})", self.label)
-    }
-}
-
-impl fmt::Display for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.label)
-    }
-}
-
-impl Node {
-    pub fn parse(url: &str) -> Result<Node, String> {
-        let uri: AMQPUri = url.parse()?;
-        let scheme = match uri.scheme {
-            AMQPScheme::AMQP => "amqp",
-            AMQPScheme::AMQPS => "amqps",
-        };
-        let label = format!("{scheme}://{}:{}", uri.authority.host, uri.authority.port);
-        Ok(Node { uri, label })
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.uri.scheme == AMQPScheme::AMQPS
-    }
-}
 
 /// Which node of the list a connection went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,7 +156,7 @@ struct Inner {
 
 impl Connector {
     /// From validated settings: at least one node, and a TLS configuration if any is `amqps`.
-    pub fn new(amqp: &crate::config::AmqpSettings) -> Connector {
+    pub fn new(amqp: &AmqpSettings) -> Connector {
         Connector::with_nodes(amqp.nodes.clone(), amqp.tls.clone()).with_heartbeat(amqp.heartbeat)
     }
 
@@ -263,7 +231,7 @@ impl Connector {
                 Err(e) => {
                     tracing::debug!(node = %node, error = %e, "RabbitMQ node not usable");
                     self.forget_version(i);
-                    failures.push((node.label.clone(), e));
+                    failures.push((node.to_string(), e));
                     self.inner.first.store((i + 1) % n, Ordering::Release);
                 }
             }
@@ -331,7 +299,7 @@ impl Connector {
             Some(version) => version,
             None => {
                 let (mut probe, _) =
-                    open_stream(&runtime, &node.uri, tls.as_ref(), self.inner.heartbeat).await?;
+                    open_stream(&runtime, node.uri(), tls.as_ref(), self.inner.heartbeat).await?;
                 let properties = server_properties(&mut probe)
                     .await
                     .map_err(AttemptError::Greeting)?;
@@ -353,7 +321,7 @@ impl Connector {
             }
         };
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let mut uri = node.uri.clone();
+        let mut uri = node.uri().clone();
         // Whole seconds, at most u16::MAX: the configuration checks both.
         uri.query.heartbeat = Some(heartbeat.as_secs().clamp(1, u64::from(u16::MAX)) as u16);
         let connection = Connection::connector(uri, runtime, connect, properties)

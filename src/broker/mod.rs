@@ -7,7 +7,6 @@ pub mod headers;
 pub mod properties;
 pub mod publisher;
 pub mod socket;
-pub mod tls;
 pub mod topology;
 pub mod version;
 

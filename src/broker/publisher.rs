@@ -19,9 +19,11 @@
 use super::connect::{Connector, NodeId};
 use super::socket::Severer;
 use crate::event::{AccountId, Event, EventId, EventType};
+/// Re-exported: every publisher of a message names its headers from here.
+pub use crate::messages::headers::Headers;
+use crate::metrics::PublishFailure;
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,35 +62,20 @@ impl PublishError {
             || self.is_not_declared()
     }
 
+    /// The `reason` this failure is counted under in `hookrelay_publish_failures_total`.
+    pub fn failure(&self) -> PublishFailure {
+        match self {
+            PublishError::Nacked => PublishFailure::Nacked,
+            PublishError::Returned(_) => PublishFailure::Returned,
+            PublishError::Timeout(_) => PublishFailure::Timeout,
+            PublishError::Blocked(_) => PublishFailure::Blocked,
+            PublishError::Amqp(_) | PublishError::Connect(_) => PublishFailure::Connection,
+        }
+    }
+
     /// The exchange does not exist (`NOT_FOUND`): the topology is not declared.
     pub fn is_not_declared(&self) -> bool {
         matches!(self, PublishError::Amqp(e) if super::is_not_found(e))
-    }
-}
-
-/// Headers to attach to a message, in the order given.
-#[derive(Default, Clone, Debug)]
-pub struct Headers(FieldTable);
-
-impl Headers {
-    pub fn text(mut self, key: &str, value: &str) -> Self {
-        self.0.insert(
-            ShortString::from(key),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
-        );
-        self
-    }
-
-    pub fn int(mut self, key: &str, value: i64) -> Self {
-        self.0
-            .insert(ShortString::from(key), AMQPValue::LongLongInt(value));
-        self
-    }
-
-    /// The table itself, for callers that publish with lapin directly (tests pipelining
-    /// publishes in a fixed order).
-    pub fn into_table(self) -> FieldTable {
-        self.0
     }
 }
 
@@ -166,7 +153,7 @@ impl Publisher {
         };
         let published = self.publish_confirmed(msg).await;
         if let Err(e) = &published {
-            crate::metrics::publish_failed(target, e)
+            crate::metrics::publish_failed(target, e.failure())
         }
         published
     }
@@ -175,7 +162,7 @@ impl Publisher {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type(msg.content_type.into())
-            .with_headers(msg.headers.0)
+            .with_headers(msg.headers.into_table())
             .with_timestamp(Utc::now().timestamp().max(0) as u64);
         if let Some(id) = msg.message_id {
             props = props.with_message_id(id.into());

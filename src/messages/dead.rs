@@ -3,8 +3,8 @@
 //! `<prefix>.dlq.events`.
 
 use super::header;
+use super::headers::Headers;
 use super::job::History;
-use crate::broker::publisher::Headers;
 use crate::event::{Event, Poison};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,11 @@
 //! What travels on hookrelay's queues, in one place: the delivery job between attempts
-//! ([`job`]), the dead letters and their reasons ([`dead`]), and the names of the AMQP headers
-//! hookrelay writes ([`header`]). The worker writes these messages; `dlq` and the API read or
-//! rewrite them. Nothing here imports the worker.
+//! ([`job`]), the dead letters and their reasons ([`dead`]), the names of the AMQP headers
+//! hookrelay writes ([`header`]) and the table they are written into ([`headers`]). The worker
+//! writes these messages; `dlq` and the API read or rewrite them. Nothing here imports the
+//! worker.
 
 pub mod dead;
+pub mod headers;
 pub mod job;
 
 pub use dead::{DeadDelivery, DeadReason};

@@ -1,11 +1,85 @@
-//! The TLS client configuration for `amqps://` nodes (`[amqp.tls]`): which roots to trust, and
-//! an optional client certificate, read from PEM files once at start-up.
+//! `[amqp.tls]`: the PEM files as configured ([`TlsFiles`]) and the TLS client configuration for
+//! `amqps://` nodes they become ([`TlsConfig`]): which roots to trust, and an optional client
+//! certificate, read once at start-up, so that a missing file or bad PEM stops start-up naming
+//! its key rather than failing at connect. It lives in `config` because it is what the section
+//! parses into; the broker connects with it and imports it from here (never the other way).
 
+use super::ConfigError;
 use lapin::tcp::{RustlsConnector, RustlsConnectorConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 use std::fmt;
 use std::io;
+
+/// The PEM files of a `[….tls]` section; empty strings for unset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// The names of a TLS section's keys, for messages.
+pub(super) struct TlsKeys {
+    pub ca_file: &'static str,
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+}
+
+impl TlsFiles {
+    /// Whether any file is named: someone who configured certificates meant TLS.
+    pub(super) fn any(&self) -> bool {
+        [&self.ca_file, &self.cert_file, &self.key_file]
+            .iter()
+            .any(|f| !f.trim().is_empty())
+    }
+
+    /// Reads and parses the files now; an error names the key of the file at fault.
+    pub(super) fn load(&self, keys: &TlsKeys) -> Result<TlsConfig, ConfigError> {
+        let invalid = |key: &'static str, e: TlsError| ConfigError::invalid(key, e.to_string());
+        let ca = read(keys.ca_file, &self.ca_file)?
+            .map(|pem| parse_certificates(&pem).map_err(|e| invalid(keys.ca_file, e)))
+            .transpose()?;
+        let client = match (
+            read(keys.cert_file, &self.cert_file)?,
+            read(keys.key_file, &self.key_file)?,
+        ) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    keys.key_file,
+                    "is empty but cert_file is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    keys.cert_file,
+                    "is empty but key_file is set",
+                ))
+            }
+            (Some(cert), Some(key)) => Some((
+                parse_certificates(&cert).map_err(|e| invalid(keys.cert_file, e))?,
+                parse_private_key(&key).map_err(|e| invalid(keys.key_file, e))?,
+            )),
+        };
+        TlsConfig::new(ca, client).map_err(|e| match e {
+            TlsError::BadIdentity(_) => invalid(keys.cert_file, e),
+            _ => invalid(keys.ca_file, e),
+        })
+    }
+}
+
+/// The file's bytes; `None` for a blank path.
+fn read(key: &'static str, path: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    match path.trim() {
+        "" => Ok(None),
+        path => std::fs::read(path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(key, format!("cannot read {path:?}: {e}"))),
+    }
+}
 
 /// The TLS client configuration for `amqps://` nodes, built once (the system's roots take
 /// milliseconds to load) and shared by every connection.
@@ -83,8 +157,8 @@ impl TlsConfig {
 }
 
 impl TlsConfig {
-    /// The rustls connector every `amqps` stream is made with.
-    pub(super) fn connector(&self) -> &RustlsConnector {
+    /// The rustls connector every `amqps` stream is made with (by `broker::connect`).
+    pub(crate) fn connector(&self) -> &RustlsConnector {
         &self.0
     }
 }
