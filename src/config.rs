@@ -1,6 +1,10 @@
 //! One typed settings tree (DESIGN §6): built-in defaults (`config/default.toml`) → the `--config`
 //! file → `HOOKRELAY__<SECTION>__<KEY>` environment variables; validated once, naming the key.
 
+mod operational;
+
+pub use operational::OperationalSettings;
+
 use crate::broker::connect::Node;
 use crate::broker::tls::{self, TlsConfig};
 use serde::Deserialize;
@@ -35,6 +39,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub api: ApiSettings,
     pub ops: OpsSettings,
+    pub operational: OperationalSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -247,6 +252,7 @@ struct Raw {
     log: RawLog,
     api: RawApi,
     ops: RawOps,
+    operational: operational::RawOperational,
 }
 
 #[derive(Deserialize)]
@@ -911,6 +917,7 @@ impl Settings {
                     &raw.ops.idle_timeout,
                 )?,
             },
+            operational: raw.operational.validate()?,
         })
     }
 }
