@@ -38,6 +38,9 @@ pub const TYPES: [(&str, &str); 4] = [
     ),
 ];
 
+/// Operational events published and confirmed, by `type` (described in `metrics`).
+pub const PUBLISHED_METRIC: &str = "hookrelay_operational_events_total";
+
 /// Why an operational event was not published (it stays pending, or is only logged).
 #[derive(Debug, thiserror::Error)]
 pub enum OperationalError {
@@ -198,8 +201,7 @@ impl Operational {
                 expiration_ms: None,
             })
             .await?;
-        metrics::counter!("hookrelay_operational_events_total", "type" => kind.to_owned())
-            .increment(1);
+        metrics::counter!(PUBLISHED_METRIC, "type" => kind.to_owned()).increment(1);
         tracing::info!(operational_event = kind, id, "operational event published");
         Ok(())
     }
