@@ -139,16 +139,6 @@ async fn pending_bodies(
         .collect()
 }
 
-async fn delete_exchange(app: &TestApp) {
-    let channel = app.amqp_channel().await;
-    let _ = channel
-        .exchange_delete(
-            app.topology().operational_exchange().into(),
-            Default::default(),
-        )
-        .await;
-}
-
 const WITHIN: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,7 +253,6 @@ async fn three_workers_announce_each_change_of_a_failing_endpoint_exactly_once()
     for w in workers {
         w.wait().await.expect("worker stopped cleanly");
     }
-    delete_exchange(&app).await;
     app.cleanup().await;
 }
 
@@ -292,7 +281,22 @@ async fn a_410_disables_the_webhook_and_announces_it_with_reason_gone() {
     assert_eq!(dead[0]["data"]["reason"], "gone");
     assert_eq!(dead[0]["data"]["attempts"], 1);
     assert!(tap.of("webhook.failing").is_empty());
-    delete_exchange(&app).await;
+    // Where people look: `webhooks status` says why, and what the endpoint last answered.
+    let out = crate::helpers::hookrelay(
+        &app.prefix,
+        &["webhooks", "status", "--account", "acct-gone", "--json"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = &status["webhooks"][0];
+    assert_eq!(shown["disabled_reason"], "gone");
+    assert_eq!(shown["last_error"], "HTTP 410");
+    assert_eq!(shown["consecutive_failures"], 1);
     app.cleanup().await;
 }
 
@@ -319,7 +323,6 @@ async fn dead_letter_events_can_be_turned_off() {
         "{:?}",
         tap.sequence()
     );
-    delete_exchange(&app).await;
     app.cleanup().await;
 }
 
@@ -407,7 +410,6 @@ async fn an_event_decided_by_a_worker_killed_before_publishing_it_still_arrives_
         quarter[0]["id"]
     );
     let _ = std::fs::remove_file(&marker);
-    delete_exchange(&app).await;
     app.cleanup().await;
 }
 
@@ -510,4 +512,26 @@ async fn an_unconfirmed_event_is_handed_out_again_with_its_id_once_its_lease_ran
         .unwrap();
     assert!(later.events.is_empty());
     store.purge_prefix().await.unwrap();
+}
+
+#[test]
+fn events_operational_lists_the_four_operational_types() {
+    let out = crate::helpers::hookrelay("hrt-unused", &["events", "--operational", "--json"], &[]);
+    assert!(out.status.success());
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels: Vec<&str> = listed["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "webhook.failing",
+            "webhook.disabled",
+            "webhook.recovered",
+            "delivery.dead_lettered"
+        ]
+    );
 }
