@@ -36,6 +36,39 @@ def envelope(names):
         schema.pop(key, None)
     return schema
 
+def operational_types():
+    """The operational event types, read from src/operational.rs (`TYPES`) so they cannot drift."""
+    text = (ROOT / "src/operational.rs").read_text()
+    block = text[text.index("pub const TYPES"):text.index("];", text.index("pub const TYPES"))]
+    found = re.findall(r'\(\s*"([a-z_.]+)",\s*"((?:[^"\\]|\\.)*)"', block, re.S)
+    assert len(found) == 4, f"expected 4 operational types in src/operational.rs, found {len(found)}"
+    return [(n, re.sub(r"\\\s*", "", d)) for n, d in found]
+
+def operational_event(types):
+    """The body of an operational event: the envelope's shape with hookrelay's own types."""
+    text = {"type": "string"}
+    return {
+        "type": "object",
+        "required": ["id", "type", "account_id", "created_at", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^op_[A-Za-z0-9_-]+$",
+                   "description": "the same on a republish after a crash: dedupe on it"},
+            "type": {"type": "string", "enum": [n for n, _ in types]},
+            "account_id": {"type": "string", "description": "the merchant"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "data": {"type": "object", "required": ["webhook_id", "url"], "properties": {
+                "webhook_id": text, "url": text,
+                "threshold_percent": {"type": "integer", "enum": [25, 50, 75]},
+                "reason": {"type": "string", "description":
+                           "webhook.disabled: gone | failing; delivery.dead_lettered: the DLQ reason"},
+                "failing_since": {"type": ["string", "null"], "format": "date-time"},
+                "last_error": text, "consecutive_failures": {"type": "integer"},
+                "failures": {"type": "integer"}, "disable_after_seconds": {"type": "integer"},
+                "event_id": text, "event_type": text, "attempts": {"type": "integer"},
+                "dead_letter_id": text}},
+        },
+    }
+
 def dead_letter_headers():
     text = {"type": "string", "maxLength": 1024}
     stamp = {"type": "string", "format": "date-time"}
@@ -60,7 +93,23 @@ def dead_letter_headers():
 def document():
     found = labels()
     names = [n for n, _ in found]
+    ops = operational_types()
     channels = {
+        "operational": {
+            "address": "{prefix}.operational",
+            "title": "Operational events, for the platform",
+            "description": (
+                "Durable topic exchange hookrelay publishes to (persistent, confirmed, not "
+                "mandatory: bind a queue first, the broker drops what nothing is bound for). "
+                "Routing key = the type: " + "; ".join(f"`{n}` ({d})" for n, d in ops) + ". "
+                "Each webhook state change once across all workers; at least once, same `id` "
+                "on a repeat."),
+            "parameters": {"prefix": {"default": "hookrelay", "description": "`amqp.prefix`"}},
+            "messages": {"operationalEvent": {"$ref": "#/components/messages/OperationalEvent"}},
+            "bindings": {"amqp": {"is": "routingKey", "exchange": {
+                "name": "{prefix}.operational", "type": "topic", "durable": True,
+                "autoDelete": False, "vhost": "/"}, "bindingVersion": "0.3.0"}},
+        },
         "events": {
             "address": "{prefix}.events",
             "title": "The events exchange",
@@ -96,6 +145,17 @@ def document():
         },
     }
     messages = {
+        "OperationalEvent": {
+            "name": "operationalEvent", "title": "Operational event", "contentType": "application/json",
+            "payload": {"$ref": "#/components/schemas/OperationalEvent"},
+            "examples": [{"name": "failing", "payload": {
+                "id": "op_Xq3v9TzL0aB7cD2eF4gH-1", "type": "webhook.failing", "account_id": "68",
+                "created_at": "2026-11-27T14:04:21Z",
+                "data": {"webhook_id": "wh_9f2c", "url": "https://merchant.example/hooks",
+                         "threshold_percent": 25, "failing_since": "2026-11-26T08:04:21Z",
+                         "last_error": "HTTP 500", "consecutive_failures": 14,
+                         "disable_after_seconds": 432000}}}],
+        },
         "Event": {
             "name": "event", "title": "Event envelope", "contentType": "application/json",
             "payload": {"$ref": "#/components/schemas/Envelope"},
@@ -117,7 +177,8 @@ def document():
             "payload": {"type": "object", "description": "the event and the facts of the headers"},
         },
     }
-    schemas = {"Envelope": envelope(names), "DeadLetterHeaders": dead_letter_headers()}
+    schemas = {"Envelope": envelope(names), "DeadLetterHeaders": dead_letter_headers(),
+               "OperationalEvent": operational_event(ops)}
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -125,7 +186,8 @@ def document():
             "version": "0.1.0",
             "description": (
                 "What upstream services publish to hookrelay over RabbitMQ, and what it parks in "
-                "dead-letter queues. Event types: " + "; ".join(f"`{n}` ({d})" for n, d in found) + "."),
+                "dead-letter queues, and the operational events it publishes for the platform. "
+                "Event types: " + "; ".join(f"`{n}` ({d})" for n, d in found) + "."),
             "license": {"name": "Apache-2.0"},
         },
         "defaultContentType": "application/json",
@@ -145,6 +207,9 @@ def document():
             "inspectDeadDeliveries": {"action": "receive", "channel": {"$ref": "#/channels/deadDeliveries"},
                                       "summary": "On-call reads and replays failed deliveries",
                                       "messages": [{"$ref": "#/channels/deadDeliveries/messages/deadDelivery"}]},
+            "consumeOperational": {"action": "receive", "channel": {"$ref": "#/channels/operational"},
+                                   "summary": "The platform consumes operational events through a queue it binds",
+                                   "messages": [{"$ref": "#/channels/operational/messages/operationalEvent"}]},
         },
         "components": {"schemas": schemas, "messages": messages},
     }

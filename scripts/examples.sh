@@ -32,6 +32,8 @@ channel = pika.BlockingConnection(pika.URLParameters(url)).channel()
 for queue in listing["queues"]:
     channel.queue_delete(queue["name"])
 channel.exchange_delete(listing["exchange"]["name"])
+if "operational_exchange" in listing:
+    channel.exchange_delete(listing["operational_exchange"]["name"])
 PY
   redis-cli --scan --pattern "$PREFIX*" | xargs -r redis-cli del >/dev/null
   rm -rf "$WORK"

@@ -36,6 +36,7 @@ pub mod api;
 pub mod delivery;
 pub mod listener;
 pub mod log;
+pub mod operational;
 pub mod ops;
 pub mod redis;
 pub mod tls;
@@ -47,6 +48,7 @@ pub use api::ApiSettings;
 pub use delivery::{DeliverySettings, MAX_RETRY_STEP};
 pub use listener::ConnectionLimits;
 pub use log::{LogFormat, LogSettings};
+pub use operational::OperationalSettings;
 pub use ops::OpsSettings;
 pub use redis::{RedisMode, RedisSettings, RedisTls, SecretKey};
 pub use tls::{TlsConfig, TlsFiles};
@@ -120,6 +122,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub api: ApiSettings,
     pub ops: OpsSettings,
+    pub operational: OperationalSettings,
 }
 
 /// What the layers hold, one raw struct per section: each value parsed on its own, before the
@@ -134,6 +137,7 @@ struct Raw {
     log: log::RawLog,
     api: api::RawApi,
     ops: ops::RawOps,
+    operational: operational::RawOperational,
 }
 
 impl Settings {
@@ -195,6 +199,7 @@ impl Settings {
             log: raw.log.settle()?,
             api: raw.api.settle()?,
             ops: raw.ops.settle()?,
+            operational: raw.operational.settle(),
         })
     }
 }

@@ -16,6 +16,8 @@
 //! - [`delivery`]: the HTTP client, wire formats, signing, SSRF guard and retry policy.
 //! - [`worker`]: consume → look up → deliver → ack | retry | dead-letter.
 //! - [`messages`]: what travels on the queues: delivery jobs, dead letters, their headers.
+//! - [`operational`]: events for the platform (`webhook.failing`, `.disabled`, `.recovered`,
+//!   `delivery.dead_lettered`) on `<prefix>.operational`, decided once across workers.
 //! - [`dlq`]: `hookrelay dlq`: list, show, replay and purge dead letters without reordering them.
 //! - [`listen`]: a local receiver that verifies and prints deliveries.
 //! - [`api`]: `hookrelay api`, the admin HTTP API (bearer tokens, OpenAPI) and the Webhooks page.
@@ -35,6 +37,7 @@ pub mod event;
 pub mod listen;
 pub mod messages;
 pub mod metrics;
+pub mod operational;
 pub mod ops;
 #[cfg(test)]
 mod properties;

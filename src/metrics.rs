@@ -30,6 +30,8 @@ pub const STORE_OK: &str = "hookrelay_store_ok";
 pub const BROKER_BLOCKED: &str = "hookrelay_broker_blocked";
 pub const PUBLISH_FAILURES: &str = "hookrelay_publish_failures_total";
 pub const CIRCUITS_OPENED: &str = "hookrelay_circuits_opened_total";
+/// Defined beside the events it counts, so that `operational` need not import this module.
+pub const OPERATIONAL_EVENTS: &str = crate::operational::PUBLISHED_METRIC;
 pub const CACHE_HITS: &str = "hookrelay_cache_hits_total";
 pub const CACHE_MISSES: &str = "hookrelay_cache_misses_total";
 pub const ATTEMPT_LOG_DROPPED: &str = "hookrelay_attempt_log_dropped_total";
@@ -183,6 +185,10 @@ fn describe() {
         "Confirmed publishes that failed (nack, returned, timeout, blocked, connection), by target and reason"
     );
     describe_counter!(
+        OPERATIONAL_EVENTS,
+        "Operational events published and confirmed on <prefix>.operational, by type"
+    );
+    describe_counter!(
         CIRCUITS_OPENED,
         "Times an endpoint's circuit opened because its requests were slow"
     );
@@ -237,6 +243,9 @@ pub fn worker_started(topology: &crate::broker::topology::Topology) {
     ];
     for name in counters {
         metrics::counter!(name).increment(0);
+    }
+    for (kind, _) in crate::operational::TYPES {
+        metrics::counter!(OPERATIONAL_EVENTS, "type" => kind).increment(0);
     }
     for share in ["origin", "account"] {
         metrics::counter!(SHARE_DEFERRALS, "share" => share).increment(0);

@@ -127,6 +127,18 @@ pub struct AttemptView {
 #[derive(Serialize, ToSchema)]
 pub struct AttemptList {
     pub attempts: Vec<AttemptView>,
+    /// The webhook's failing period, null when it is not failing (the Webhooks page shows it).
+    pub failing: Option<FailingView>,
+}
+
+/// Attempts have failed without a success since `since` (DESIGN §4, operational events).
+#[derive(Serialize, ToSchema)]
+pub struct FailingView {
+    /// RFC 3339: the first failure of the period.
+    pub since: Option<String>,
+    /// The last status or error, e.g. `HTTP 500`.
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
 }
 
 impl AttemptView {
@@ -170,8 +182,16 @@ pub async fn list_attempts(
     // Read the webhook first: an unknown webhook is 404, not an empty list.
     state.store.get(&account, &id).await?;
     let records = attempts::recent(&state.store, &account, &id, limit).await?;
+    let period = crate::subscription::health::period(&state.store, &account, &id).await?;
     Ok(Json(AttemptList {
         attempts: records.into_iter().map(AttemptView::of).collect(),
+        failing: period.map(|p| FailingView {
+            since: p
+                .since
+                .map(|s| s.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            last_error: p.last_error,
+            consecutive_failures: p.consecutive_failures,
+        }),
     }))
 }
 

@@ -70,7 +70,12 @@ pub struct AppState {
                        the admin token acts on any account, an account token on its own account only; \
                        another account's resources are 404. Errors are `{\"error\": {\"code\", \"message\"}}`. \
                        Invalid tokens are limited per client address (429 with Retry-After), and every \
-                       request ends within api.request_timeout (504)."
+                       request ends within api.request_timeout (504). For the platform, hookrelay also \
+                       publishes operational events on the AMQP topic exchange `<prefix>.operational` \
+                       (routing key = type): `webhook.failing` (25, 50, 75 % of delivery.disable_after \
+                       without a success), `webhook.disabled` (reason `gone` or `failing`), \
+                       `webhook.recovered`, `delivery.dead_lettered`; an attempt list carries the \
+                       webhook's failing period (`failing`)."
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

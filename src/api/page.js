@@ -211,6 +211,15 @@
       }
       const a = data.attempts[0];
       last.append("Last result: ", outcome(a), " · " + a.event_type + " · " + ago(a.at));
+      if (data.failing) {
+        const f = data.failing;
+        const line = document.createElement("div");
+        line.className = "status-bad failing";
+        line.textContent = "Failing since " + (f.since ? ago(f.since) : "recently") + " · " +
+          f.consecutive_failures + " failed attempts in a row" +
+          (f.last_error ? " · last: " + f.last_error : "");
+        last.append(line);
+      }
     } catch (e) {
       last.textContent = "Last result: unavailable (" + e.message + ")";
     }

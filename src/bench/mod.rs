@@ -334,9 +334,14 @@ impl Bench {
             for q in self.topology.all_queues() {
                 let _ = channel.queue_delete(q.into(), Default::default()).await;
             }
-            let _ = channel
-                .exchange_delete(self.topology.events_exchange().into(), Default::default())
-                .await;
+            for exchange in [
+                self.topology.events_exchange(),
+                self.topology.operational_exchange(),
+            ] {
+                let _ = channel
+                    .exchange_delete(exchange.into(), Default::default())
+                    .await;
+            }
         }
         if let Err(e) = self.store.purge_prefix().await {
             eprintln!("could not remove the bench's Redis keys: {e}");

@@ -146,19 +146,35 @@ impl Publisher {
     }
 
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        self.publish_with(msg, true).await
+    }
+
+    /// A publish the broker may drop when no queue is bound: confirmed (so it is persisted
+    /// wherever it is routed) but not `mandatory`. For notifications nobody is obliged to hear
+    /// (the operational exchange, which a platform may not have bound a queue to): a return
+    /// there would otherwise fail the publish forever.
+    pub async fn publish_unrouted_ok(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        self.publish_with(msg, false).await
+    }
+
+    async fn publish_with(&self, msg: Outgoing<'_>, mandatory: bool) -> Result<(), PublishError> {
         let target = if msg.exchange.is_empty() {
             msg.routing_key
         } else {
             msg.exchange
         };
-        let published = self.publish_confirmed(msg).await;
+        let published = self.publish_confirmed(msg, mandatory).await;
         if let Err(e) = &published {
             crate::metrics::publish_failed(target, e.failure())
         }
         published
     }
 
-    async fn publish_confirmed(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+    async fn publish_confirmed(
+        &self,
+        msg: Outgoing<'_>,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let mut props = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type(msg.content_type.into())
@@ -177,7 +193,7 @@ impl Publisher {
                     msg.exchange.into(),
                     msg.routing_key.into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         immediate: false,
                     },
                     msg.body,

@@ -49,6 +49,12 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// The topic exchange of operational events (`webhook.failing`, ...; see `operational`),
+    /// for the platform to bind its own queues to.
+    pub fn operational_exchange(&self) -> String {
+        format!("{}.operational", self.prefix)
+    }
+
     /// Deliveries that need another attempt.
     pub fn deliveries_queue(&self) -> String {
         format!("{}.deliveries", self.prefix)
@@ -90,6 +96,19 @@ impl Topology {
         channel
             .exchange_declare(
                 self.events_exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        // Durable like the events exchange; hookrelay binds nothing to it: the platform's
+        // consumers bind their own queues (with the routing keys they want).
+        channel
+            .exchange_declare(
+                self.operational_exchange().into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,

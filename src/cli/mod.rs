@@ -52,11 +52,17 @@ pub enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
-    /// List the 27 event types with their descriptions.
-    #[command(after_help = "Example:\n  hookrelay events --json")]
+    /// List the 27 event types with their descriptions (--operational: the operational event
+    /// types hookrelay publishes on <prefix>.operational).
+    #[command(
+        after_help = "Example:\n  hookrelay events --json\n  hookrelay events --operational"
+    )]
     Events {
         #[arg(long)]
         json: bool,
+        /// The operational event types (webhook.failing, ...) instead of the 27.
+        #[arg(long)]
+        operational: bool,
     },
     /// Publish one event with publisher confirms; prints its id.
     #[command(
@@ -197,8 +203,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Topology {
             action: TopologyAction::Declare { json },
         } => declare_topology(&settings, json).await,
-        Command::Events { json } => {
-            print_events(json);
+        Command::Events { json, operational } => {
+            print_events(json, operational);
             Ok(())
         }
         Command::Publish(args) => publish::publish(&settings, args).await,
@@ -258,10 +264,12 @@ async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()>
             .collect();
         print_json(&serde_json::json!({
             "exchange": {"name": topology.events_exchange(), "type": "topic"},
+            "operational_exchange": {"name": topology.operational_exchange(), "type": "topic"},
             "queues": queues,
         }));
     } else {
         println!("exchange {} (topic)", topology.events_exchange());
+        println!("exchange {} (topic)", topology.operational_exchange());
         for q in topology.all_queues() {
             println!("queue {q} (quorum)");
         }
@@ -285,17 +293,27 @@ fn event_limits(settings: &Settings) -> crate::event::Limits {
     }
 }
 
-fn print_events(json: bool) {
-    if json {
-        let types: Vec<_> = EventType::ALL
+fn print_events(json: bool, operational: bool) {
+    let rows: Vec<(&str, &str)> = if operational {
+        crate::operational::TYPES.to_vec()
+    } else {
+        EventType::ALL
             .iter()
-            .map(|t| serde_json::json!({"label": t.label(), "description": t.description()}))
+            .map(|t| (t.label(), t.description()))
+            .collect()
+    };
+    if json {
+        let types: Vec<_> = rows
+            .iter()
+            .map(|(label, description)| {
+                serde_json::json!({"label": label, "description": description})
+            })
             .collect();
         println!("{}", serde_json::json!({ "event_types": types }));
     } else {
         let mut table = table(&["LABEL", "DESCRIPTION"]);
-        for t in EventType::ALL {
-            table.add_row(vec![t.label(), t.description()]);
+        for (label, description) in rows {
+            table.add_row(vec![label, description]);
         }
         println!("{table}");
     }

@@ -310,6 +310,10 @@ fn print_status(s: &AccountStatus) {
         if let Some(since) = &w.failing_since {
             println!("  failing since: {since}");
         }
+        if let Some(last) = &w.last_error {
+            let n = w.consecutive_failures;
+            println!("  last error: {last} ({n} failed attempts in a row)");
+        }
         let reasons: Vec<String> = w
             .dead_letters
             .by_reason

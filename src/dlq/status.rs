@@ -83,6 +83,11 @@ pub struct WebhookStatus {
     /// Since when attempts have failed without a success (RFC 3339), null if the last
     /// attempt succeeded or none failed.
     pub failing_since: Option<String>,
+    /// The failing period's last status or error (`HTTP 500`, `connection refused`), null
+    /// when the webhook is not failing.
+    pub last_error: Option<String>,
+    /// Failed attempts in a row in the failing period (0 when not failing).
+    pub consecutive_failures: u64,
     pub success_rate: SuccessRate,
     /// Newest first.
     pub last_attempts: Vec<AttemptSummary>,
@@ -176,6 +181,9 @@ async fn webhook_status(
 ) -> Result<WebhookStatus, StoreError> {
     let log = attempts::recent(store, &webhook.account_id, &webhook.id, LOG_SIZE as usize).await?;
     let failing_since = attempts::failing_since(store, &webhook.account_id, &webhook.id).await?;
+    let period = crate::subscription::health::period(store, &webhook.account_id, &webhook.id)
+        .await?
+        .unwrap_or_default();
     Ok(WebhookStatus {
         id: webhook.id.to_string(),
         url: webhook.url.as_str().to_owned(),
@@ -186,6 +194,8 @@ async fn webhook_status(
         enabled: webhook.enabled,
         disabled_reason: webhook.disabled_reason.clone(),
         failing_since: failing_since.map(rfc3339),
+        last_error: period.last_error,
+        consecutive_failures: period.consecutive_failures,
         success_rate: success_rate(&log),
         last_attempts: log.iter().take(last).map(summary).collect(),
         dead_letters: DeadLetterCount::default(),

@@ -12,7 +12,6 @@ use crate::event::AccountId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Attempts kept per webhook.
@@ -48,11 +47,12 @@ pub struct AttemptLog {
 
 impl AttemptLog {
     /// Starts the writer task on `store`'s connection. It also keeps, per webhook, since when
-    /// attempts have failed without a success, and disables a webhook failing for
-    /// `disable_after` (Svix's rule), recording why.
-    pub fn start(store: Store, disable_after: Duration) -> AttemptLog {
+    /// attempts have failed without a success (shown by the API). Disabling a webhook failing
+    /// for `delivery.disable_after` is decided with its operational events, per attempt, in
+    /// `health`.
+    pub fn start(store: Store) -> AttemptLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, rx, disable_after));
+        tokio::spawn(write_batches(store, rx));
         AttemptLog { tx }
     }
 
@@ -77,18 +77,16 @@ impl AttemptRecord {
 async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<(AccountId, WebhookId, AttemptRecord)>,
-    disable_after: Duration,
 ) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
-        let (failing, errors) = write_batch(&store, &mut batch).await;
+        let errors = write_batch(&store, &mut batch).await;
         if let Some((count, e)) = errors {
             // Counted and dropped: the log is best-effort, and a failed write (a slot moving,
             // a node failing over) says nothing about the connection's health.
             metrics::counter!("hookrelay_attempt_log_errors_total").increment(count);
             tracing::warn!(error = %e, writes = count, "could not write the attempt log");
         }
-        disable_long_failing(&store, failing, disable_after).await;
     }
 }
 
@@ -133,12 +131,12 @@ fn failing_mark(records: &[AttemptRecord]) -> FailingMark {
 }
 
 /// Writes a batch: per webhook, its records and its "failing since" mark (see
-/// [`write_webhook`]), all webhooks concurrently. Returns the failing webhooks with their mark,
-/// and how many webhooks' writes failed with the last error.
+/// [`write_webhook`]), all webhooks concurrently. Returns how many webhooks' writes failed,
+/// with the last error.
 async fn write_batch(
     store: &Store,
     batch: &mut Vec<(AccountId, WebhookId, AttemptRecord)>,
-) -> (Vec<(AccountId, WebhookId, i64)>, Option<(u64, StoreError)>) {
+) -> Option<(u64, StoreError)> {
     let mut by_webhook: HashMap<(AccountId, WebhookId), Vec<AttemptRecord>> = HashMap::new();
     for (account, webhook, record) in batch.drain(..) {
         by_webhook
@@ -149,18 +147,15 @@ async fn write_batch(
     let writes = by_webhook
         .into_iter()
         .map(|((account, webhook), records)| async move {
-            let since = write_webhook(store, &account, &webhook, &records).await?;
-            Ok::<_, StoreError>(since.map(|s| (account, webhook, s)))
+            write_webhook(store, &account, &webhook, &records).await
         });
-    let mut failing = Vec::new();
     let mut errors: Option<(u64, StoreError)> = None;
     for result in futures_util::future::join_all(writes).await {
-        match result {
-            Ok(since) => failing.extend(since),
-            Err(e) => errors = Some((errors.map_or(0, |(n, _)| n) + 1, e)),
+        if let Err(e) = result {
+            errors = Some((errors.map_or(0, |(n, _)| n) + 1, e));
         }
     }
-    (failing, errors)
+    errors
 }
 
 /// One webhook's records and mark, as single-key commands sent one after the other, never
@@ -169,13 +164,13 @@ async fn write_batch(
 /// in to the importing node: a command in it that creates a key the source still holds (LPUSH
 /// after a DEL of a moved key) would make a second copy there, and the slot's move fails with
 /// BUSYKEY. A single-key command is redirected only when its key is not on the source, so it
-/// can never create such a copy. Returns the mark when the webhook is failing.
+/// can never create such a copy.
 async fn write_webhook(
     store: &Store,
     account: &AccountId,
     webhook: &WebhookId,
     records: &[AttemptRecord],
-) -> Result<Option<i64>, StoreError> {
+) -> Result<(), StoreError> {
     let key = store.attempts_key(account, webhook);
     let mut push = redis::cmd("LPUSH");
     push.arg(&key);
@@ -188,52 +183,16 @@ async fn write_webhook(
         .await?;
     let failing = store.failing_key(account, webhook);
     match failing_mark(records) {
-        FailingMark::Clear => {
-            store.run_command(redis::cmd("DEL").arg(&failing)).await?;
-            Ok(None)
-        }
+        FailingMark::Clear => store.run_command(redis::cmd("DEL").arg(&failing)).await,
         FailingMark::Set(at) => {
             store
                 .run_command(redis::cmd("SET").arg(&failing).arg(at))
-                .await?;
-            Ok(Some(at))
+                .await
         }
         FailingMark::SetIfUnset(at) => {
-            let set: Option<String> = store
-                .query_command(redis::cmd("SET").arg(&failing).arg(at).arg("NX"))
-                .await?;
-            if set.is_some() {
-                return Ok(Some(at));
-            }
-            let since: Option<i64> = store.query_command(redis::cmd("GET").arg(&failing)).await?;
-            Ok(since)
-        }
-    }
-}
-
-async fn disable_long_failing(
-    store: &Store,
-    mut failing: Vec<(AccountId, WebhookId, i64)>,
-    disable_after: Duration,
-) {
-    let now = Utc::now().timestamp();
-    failing.retain(|(_, _, since)| now - since >= disable_after.as_secs() as i64);
-    failing.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    failing.dedup_by(|a, b| a.1 == b.1);
-    for (account, webhook, since) in failing {
-        let since = DateTime::from_timestamp(since, 0).unwrap_or_default();
-        let reason = format!(
-            "failing: no successful delivery since {}",
-            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        match store.get(&account, &webhook).await {
-            Ok(w) if w.enabled => {
-                tracing::warn!(webhook_id = %webhook, %reason, "disabling a webhook that keeps failing");
-                if let Err(e) = store.disable(&account, &webhook, &reason).await {
-                    tracing::warn!(error = %e, webhook_id = %webhook, "could not disable");
-                }
-            }
-            _ => {}
+            store
+                .run_command(redis::cmd("SET").arg(&failing).arg(at).arg("NX"))
+                .await
         }
     }
 }

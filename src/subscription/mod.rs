@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod backup;
 pub mod cache;
 pub mod connection;
+pub mod health;
 pub mod marker;
 mod record;
 mod scripts;

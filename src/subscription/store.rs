@@ -306,6 +306,12 @@ impl Store {
         format!("{}:{{{}}}:failing:{}", self.prefix, account, id)
     }
 
+    /// The health record of one webhook: its failing period and the operational events decided
+    /// and not yet confirmed (see `health`).
+    pub fn health_key(&self, account: &AccountId, id: &WebhookId) -> String {
+        format!("{}:{{{}}}:health:{}", self.prefix, account, id)
+    }
+
     /// The shared rate-limit state of one webhook (see `worker::rate_limit`).
     pub fn rate_limit_key(&self, account: &AccountId, id: &WebhookId) -> String {
         format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
@@ -470,7 +476,7 @@ impl Store {
 
     /// Runs a Lua script on `keys` (one slot: the account's). On a cluster, it follows ASK and
     /// is retried on TRYAGAIN (a script answered TRYAGAIN did not run; see `connection`).
-    async fn run<T: redis::FromRedisValue>(
+    pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         script: &str,
         keys: &[String],
@@ -611,6 +617,8 @@ impl Store {
             let mut conn = self.conn.clone();
             self.timed(conn.del::<_, ()>(self.failing_key(account, id)))
                 .await?;
+            // The failing period ends; the next success is announced as a recovery.
+            super::health::reenabled(self, account, id).await?;
         }
         self.confirm(&[&self.keys(account)[0]]).await?;
         Ok(updated)
@@ -668,8 +676,9 @@ impl Store {
             self.attempts_key(account, id),
             self.failing_key(account, id),
             self.rate_limit_key(account, id),
+            self.health_key(account, id),
         ];
-        // Three keys: TRYAGAIN (retried) while a migration has moved some of them but not all.
+        // Four keys: TRYAGAIN (retried) while a migration has moved some of them but not all.
         self.run_command(redis::cmd("DEL").arg(&keys)).await?;
         self.drop_index(id).await?;
         self.confirm(&[&self.keys(account)[0], &self.index_key()])

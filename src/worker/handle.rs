@@ -15,8 +15,10 @@ use crate::delivery::{AttemptReport, Deliverer};
 use crate::event::{Event, Limits, Poison, PoisonReason};
 use crate::messages::dead::{dead_letter_id, invalid_job_headers, poison_headers, Dying};
 use crate::messages::{header, DeadDelivery, DeadReason, DeliveryJob, History};
+use crate::operational::{DeadLettered, Operational};
 use crate::subscription::attempts::AttemptLog;
 use crate::subscription::cache::{Found, SubscriptionCache, Webhooks};
+use crate::subscription::health::{Outcome, Subject};
 use crate::subscription::store::StoreError;
 use crate::subscription::Webhook;
 use backon::BackoffBuilder;
@@ -46,6 +48,8 @@ pub struct Ctx {
     pub deliverer: Deliverer,
     pub schedule: RetrySchedule,
     pub attempt_log: AttemptLog,
+    /// Decides and publishes the operational events (`webhook.failing`, ...).
+    pub operational: Operational,
     pub endpoints: Arc<Endpoints>,
     pub rate_limits: Arc<RateLimits>,
     pub limits: Limits,
@@ -71,7 +75,7 @@ struct Letter<'a> {
     body: &'a [u8],
     headers: Headers,
     /// Dead letters carry an id by which `hookrelay dlq` names them.
-    dead_letter: bool,
+    dead_letter: Option<&'a str>,
     content_type: &'a str,
     expiration: Option<Duration>,
 }
@@ -270,6 +274,18 @@ impl Ctx {
             crate::metrics::delivered(event.event.created_at);
         }
         self.log_attempt(webhook, event, attempt, &report);
+        // Before the follow-up, so that the message is acked only after its decision was
+        // published (or left pending in Redis for a later attempt to publish).
+        Box::pin(self.operational.observe(
+            &self.publisher,
+            &Subject {
+                account: &webhook.account_id,
+                webhook: &webhook.id,
+                url: webhook.url.as_str(),
+            },
+            &health_outcome(&report),
+        ))
+        .await;
         let history = history.after(report.status, report.error.as_deref());
         match settle(&report.verdict, attempt, &self.schedule, rand::random()) {
             Settlement::Delivered => Ok(()),
@@ -396,7 +412,7 @@ impl Ctx {
             queue: self.topology.retry_queue(next.step),
             body: &job.to_bytes(),
             headers,
-            dead_letter: false,
+            dead_letter: None,
             content_type: "application/json",
             expiration: Some(next.expiration),
         })
@@ -404,20 +420,58 @@ impl Ctx {
     }
 
     async fn publish_dead(&self, reason: DeadReason, dying: Dying<'_>) -> Result<(), HandleError> {
+        let account = dying.event.account_id.clone();
         let dead = DeadDelivery::new(reason, dying);
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => reason.as_str())
             .increment(1);
         tracing::info!(%reason, event_id = %dead.event_id, account_id = %dead.account_id,
             webhook_id = %dead.webhook_id, attempt = dead.attempts, "delivery dead-lettered");
+        let id = dead_letter_id();
         self.publish(Letter {
             queue: self.topology.dlq_deliveries(),
             body: &dead.to_bytes(),
             headers: dead.headers(),
-            dead_letter: true,
+            dead_letter: Some(&id),
             content_type: "application/json",
             expiration: None,
         })
-        .await
+        .await?;
+        Box::pin(self.announce_dead(&account, &dead, &id)).await;
+        Ok(())
+    }
+
+    /// `delivery.dead_lettered` for a confirmed dead letter; and, since a dead letter may be
+    /// the last thing that happens to its webhook (one disabled meanwhile gets no attempt),
+    /// its pending operational events whose lease ran out are published now.
+    async fn announce_dead(
+        &self,
+        account: &crate::event::AccountId,
+        dead: &DeadDelivery,
+        id: &str,
+    ) {
+        let letter = DeadLettered {
+            account,
+            event_id: &dead.event_id,
+            event_type: &dead.event_type,
+            webhook_id: &dead.webhook_id,
+            url: &dead.url,
+            reason: dead.reason.as_str(),
+            attempts: dead.attempts,
+            dead_letter_id: id,
+        };
+        self.operational
+            .dead_lettered(&self.publisher, &letter)
+            .await;
+        if let Ok(webhook) = dead.webhook_id.parse::<crate::subscription::WebhookId>() {
+            let subject = Subject {
+                account,
+                webhook: &webhook,
+                url: &dead.url,
+            };
+            self.operational
+                .observe(&self.publisher, &subject, &Outcome::Nothing)
+                .await;
+        }
     }
 
     async fn dead_letter_event(
@@ -428,11 +482,12 @@ impl Ctx {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "events", "reason" => poison.reason.as_str())
             .increment(1);
         tracing::warn!(reason = poison.reason.as_str(), detail = %poison.detail, "poison event dead-lettered");
+        let id = dead_letter_id();
         self.publish(Letter {
             queue: self.topology.dlq_events(),
             body: &delivery.data,
             headers: poison_headers(poison, delivery.routing_key.as_str()),
-            dead_letter: true,
+            dead_letter: Some(&id),
             content_type: "application/octet-stream",
             expiration: None,
         })
@@ -445,11 +500,12 @@ impl Ctx {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => DeadReason::InvalidJob.as_str())
             .increment(1);
         tracing::error!(detail, "not a delivery job; dead-lettered as invalid_job");
+        let id = dead_letter_id();
         self.publish(Letter {
             queue: self.topology.dlq_deliveries(),
             body: &delivery.data,
             headers: invalid_job_headers(detail),
-            dead_letter: true,
+            dead_letter: Some(&id),
             content_type: "application/octet-stream",
             expiration: None,
         })
@@ -457,13 +513,12 @@ impl Ctx {
     }
 
     async fn publish(&self, letter: Letter<'_>) -> Result<(), HandleError> {
-        let id = letter.dead_letter.then(dead_letter_id);
         self.publisher
             .publish(Outgoing {
                 exchange: "",
                 routing_key: &letter.queue,
                 body: letter.body,
-                message_id: id.as_deref(),
+                message_id: letter.dead_letter,
                 content_type: letter.content_type,
                 headers: letter.headers,
                 // Expirations are at most the largest step (days): milliseconds fit a u64.
@@ -471,6 +526,21 @@ impl Ctx {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// What an attempt's verdict says about its webhook's health: a 410 is gone, a request that
+/// failed counts, one not made (refused, too large) says nothing.
+fn health_outcome(report: &AttemptReport) -> Outcome {
+    match report.verdict {
+        Verdict::Delivered => Outcome::Succeeded,
+        Verdict::Gone => Outcome::Gone,
+        Verdict::Retry { .. } => Outcome::Failed(match (report.status, &report.error) {
+            (Some(status), _) => format!("HTTP {status}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "failed".to_owned(),
+        }),
+        Verdict::Refused | Verdict::BodyTooLarge => Outcome::Nothing,
     }
 }
 

@@ -60,6 +60,7 @@ struct Parts {
     cache: Arc<SubscriptionCache>,
     deliverer: Deliverer,
     attempt_log: AttemptLog,
+    operational: crate::operational::Operational,
     endpoints: Arc<Endpoints>,
     rate_limits: Arc<RateLimits>,
     redis_ok: Arc<AtomicBool>,
@@ -80,6 +81,7 @@ impl Parts {
             deliverer: self.deliverer.clone(),
             schedule: RetrySchedule::new(d.retry_schedule.clone()),
             attempt_log: self.attempt_log.clone(),
+            operational: self.operational.clone(),
             endpoints: self.endpoints.clone(),
             rate_limits: self.rate_limits.clone(),
             limits: crate::event::Limits {
@@ -174,7 +176,8 @@ pub async fn start(
         cache,
         deliverer: Deliverer::new(&settings.delivery)?,
         rate_limits: RateLimits::new(store.clone(), settings.delivery.max_in_flight_per_webhook),
-        attempt_log: AttemptLog::start(store, settings.delivery.disable_after),
+        attempt_log: AttemptLog::start(store.clone()),
+        operational: crate::operational::Operational::from_settings(store, &settings),
         endpoints: Endpoints::new(
             Caps {
                 webhook: settings.delivery.max_in_flight_per_webhook,

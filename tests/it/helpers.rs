@@ -462,12 +462,14 @@ impl TestApp {
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = channel
-            .exchange_delete(
-                self.topology().events_exchange().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        for exchange in [
+            self.topology().events_exchange(),
+            self.topology().operational_exchange(),
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         self.store.purge_prefix().await.unwrap();
     }
 }
