@@ -329,31 +329,9 @@ impl RunningApi {
 /// Checks the settings, connects to Redis and serves on `api.listen` (port 0: any free port)
 /// until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<RunningApi> {
-    let admin_token = settings.api.admin_token.trim();
-    if admin_token.chars().count() < MIN_ADMIN_TOKEN {
-        return Err(ConfigError::Invalid {
-            key: "api.admin_token",
-            message: format!(
-                "{} (the API needs one to start; set HOOKRELAY__API__ADMIN_TOKEN to a random \
-                 string of at least {MIN_ADMIN_TOKEN} characters)",
-                if admin_token.is_empty() {
-                    "is empty"
-                } else {
-                    "is too short"
-                }
-            ),
-        }
-        .into());
-    }
-    let store = Store::from_settings(&settings.redis)
-        .await
-        .context("connecting to Redis (redis.url)")?;
-    store.verify_secret_key().await?;
-    if !store.seals_secrets() {
-        tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
-    }
+    let admin_token = admin_token(&settings)?;
     let state = Arc::new(AppState {
-        store,
+        store: open_store(&settings).await?,
         delivery: settings.delivery.clone(),
         deliverer: Deliverer::new(&settings.delivery).context("building the HTTP client")?,
         resender: resend::Resender::new(&settings),
@@ -369,17 +347,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let listener = crate::ops::listener::bind(settings.api.listen)
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
-    // /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
-    let ready = crate::ops::Health::new(|| true);
-    let ops_addr = crate::ops::serve(&settings.ops, ready, shutdown.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "binding ops.listen {} (a worker on this host may use it: give one of them \
-                 another port)",
-                settings.ops.listen
-            )
-        })?;
+    let ops_addr = serve_ops(&settings, shutdown.clone()).await?;
     // The listener adds the client address, which failed sign-ins are counted by.
     let app = router(state.clone());
     let limits = settings.api.connections.clone();
@@ -394,6 +362,55 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         ops_addr,
         task,
     })
+}
+
+/// `api.admin_token`, trimmed; the API does not start without one long enough.
+fn admin_token(settings: &Settings) -> Result<&str, ConfigError> {
+    let admin_token = settings.api.admin_token.trim();
+    if admin_token.chars().count() >= MIN_ADMIN_TOKEN {
+        return Ok(admin_token);
+    }
+    Err(ConfigError::Invalid {
+        key: "api.admin_token",
+        message: format!(
+            "{} (the API needs one to start; set HOOKRELAY__API__ADMIN_TOKEN to a random \
+             string of at least {MIN_ADMIN_TOKEN} characters)",
+            if admin_token.is_empty() {
+                "is empty"
+            } else {
+                "is too short"
+            }
+        ),
+    })
+}
+
+/// The store, with `redis.secret_key` checked against what it holds.
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::from_settings(&settings.redis)
+        .await
+        .context("connecting to Redis (redis.url)")?;
+    store.verify_secret_key().await?;
+    if !store.seals_secrets() {
+        tracing::warn!("redis.secret_key is empty: webhook secrets are stored in plain text");
+    }
+    Ok(store)
+}
+
+/// /metrics, /healthz, /readyz on ops.listen, as for a worker: never on the public listener.
+async fn serve_ops(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let ready = crate::ops::Health::new(|| true);
+    crate::ops::serve(&settings.ops, ready, shutdown)
+        .await
+        .with_context(|| {
+            format!(
+                "binding ops.listen {} (a worker on this host may use it: give one of them \
+                 another port)",
+                settings.ops.listen
+            )
+        })
 }
 
 /// `hookrelay api`: serves until SIGINT or SIGTERM.

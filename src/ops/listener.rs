@@ -226,6 +226,12 @@ impl Slot {
         let last = self.epoch + Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
         tokio::time::Instant::from_std(last + limit)
     }
+
+    /// Idle for `limit` by now. Bytes may have moved while a timer slept: the deadline is
+    /// computed afresh.
+    fn idle_expired(&self, limit: Duration) -> bool {
+        self.is_idle() && self.idle_deadline(limit) <= tokio::time::Instant::now()
+    }
 }
 
 /// Counts a request in hand from the moment hyper hands it over until its response is ready.
@@ -366,12 +372,7 @@ impl Connection {
             inner: stream,
             slot: slot.clone(),
         });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
-        let mut conn = pin!(builder.serve_connection(io, service));
+        let mut conn = pin!(http1_builder(&limits).serve_connection(io, service));
         let mut draining = false;
         slot.started.store(true, Ordering::Release);
         loop {
@@ -392,10 +393,7 @@ impl Connection {
                 }
                 () = slot.evict.cancelled() => break,
                 () = tokio::time::sleep_until(idle_deadline) => {
-                    // Bytes may have moved while it slept: the deadline is computed afresh.
-                    if slot.is_idle()
-                        && slot.idle_deadline(limits.idle_timeout) <= tokio::time::Instant::now()
-                    {
+                    if slot.idle_expired(limits.idle_timeout) {
                         tracing::debug!(%peer, "closing an idle connection");
                         break;
                     }
@@ -403,6 +401,16 @@ impl Connection {
             }
         }
     }
+}
+
+/// HTTP/1.1 with keep-alive, and a bound on how long a request head may take to arrive.
+fn http1_builder(limits: &ConnectionLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
 }
 
 /// Marks its slot closed when dropped: declared before the connection, it is dropped after it,

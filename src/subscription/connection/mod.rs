@@ -458,38 +458,51 @@ async fn connect_sentinel(
     certs: TlsCertificates,
 ) -> Result<RedisConn, ConnectError> {
     let timeout = settings.lookup_timeout;
-    let target = format!(
+    let target = sentinel_target(settings);
+    let fail = |e| redis_error(&target, e);
+    let (builder, db) = sentinel_builder(settings, certs).map_err(fail)?;
+    let client = builder.build().map_err(fail)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let conn = SentinelConn::new(MasterOfSentinels { client, config }, timeout, db);
+    timed(&target, timeout, conn.connection()).await?;
+    Ok(RedisConn::Sentinel(conn))
+}
+
+/// How errors name a Sentinel set-up: the master's name and every sentinel.
+fn sentinel_target(settings: &RedisSettings) -> String {
+    let sentinels: Vec<String> = settings.urls.iter().map(|u| target_of(u)).collect();
+    format!(
         "master {:?} of the sentinels {}",
         settings.sentinel_master,
-        settings
-            .urls
-            .iter()
-            .map(|u| target_of(u))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let fail = |e| redis_error(&target, e);
+        sentinels.join(", ")
+    )
+}
+
+/// The client for the master the sentinels name: credentials and database from redis.url, the
+/// sentinels' credentials from the first of redis.urls, TLS where the URLs say rediss. With it,
+/// the master's database.
+fn sentinel_builder(
+    settings: &RedisSettings,
+    certs: TlsCertificates,
+) -> Result<(SentinelClientBuilder, i64), RedisError> {
     let sentinels = settings
         .urls
         .iter()
         .map(|u| u.as_str().into_connection_info().map(|i| i.addr().clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(fail)?;
+        .collect::<Result<Vec<_>, _>>()?;
     let sentinel_tls = settings.urls.iter().all(|u| u.starts_with("rediss:"));
     // The master: TLS when redis.url or the sentinels say rediss (never plain text because one
     // of them was left at its default); credentials and database from redis.url.
     let master_tls = sentinel_tls || settings.url.starts_with("rediss:");
-    let master = settings.url.as_str().into_connection_info().map_err(fail)?;
-    let first_sentinel = settings.urls[0]
-        .as_str()
-        .into_connection_info()
-        .map_err(fail)?;
+    let master = settings.url.as_str().into_connection_info()?;
+    let first_sentinel = settings.urls[0].as_str().into_connection_info()?;
     let mut builder = SentinelClientBuilder::new(
         sentinels,
         &settings.sentinel_master,
         SentinelServerType::Master,
-    )
-    .map_err(fail)?
+    )?
     .set_client_to_redis_db(master.redis_settings().db());
     if let Some(user) = master.redis_settings().username() {
         builder = builder.set_client_to_redis_username(user);
@@ -513,17 +526,7 @@ async fn connect_sentinel(
             .set_client_to_sentinel_tls_mode(TlsMode::Secure)
             .set_client_to_sentinel_certificates(certs);
     }
-    let client = builder.build().map_err(fail)?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let conn = SentinelConn::new(
-        MasterOfSentinels { client, config },
-        timeout,
-        master.redis_settings().db(),
-    );
-    timed(&target, timeout, conn.connection()).await?;
-    Ok(RedisConn::Sentinel(conn))
+    Ok((builder, master.redis_settings().db()))
 }
 
 async fn subscribed(client: &Client, channel: &str) -> Result<PubSub, RedisError> {
