@@ -88,13 +88,15 @@ wait_until() {
 
 free_port_taken=" "
 free_port() {
-  local port _
-  for _ in {1..100}; do
+  # Names no caller uses: printf -v would set a local of this function, not the caller's VAR.
+  local free_port_try free_port_candidate
+  for free_port_try in {1..100}; do
     # Below 32768, where Linux picks the ports of outgoing connections.
-    port=$((20000 + RANDOM % 12000))
-    [[ $free_port_taken != *" $port "* ]] && ! tcp_open 127.0.0.1 "$port" || continue
-    free_port_taken+="$port "
-    printf -v "$1" '%s' "$port"
+    free_port_candidate=$((20000 + RANDOM % 12000))
+    [[ $free_port_taken != *" $free_port_candidate "* ]] &&
+      ! tcp_open 127.0.0.1 "$free_port_candidate" || continue
+    free_port_taken+="$free_port_candidate "
+    printf -v "$1" '%s' "$free_port_candidate"
     return 0
   done
   die "found no free port"
