@@ -15,6 +15,10 @@
 //!   them. Only when every connection has a request in hand is the newcomer closed at once.
 //! - an accept error (out of file descriptors, `EMFILE`) neither stops the listener nor spins:
 //!   the oldest idle connection is closed to free a descriptor and accepting resumes shortly.
+//!
+//! One file, though long: the slots, the accept loop and the per-connection task are one
+//! bookkeeping (a slot's idle and in-hand state decides evictions), which is easier to trust
+//! read together than split across files.
 
 use crate::config::ConnectionLimits;
 use axum::extract::ConnectInfo;
