@@ -21,12 +21,13 @@
 #
 # Usage: scripts/backpressure.sh   (root, or a user with sudo, like faults.sh)
 # Environment: FAULTS_KEEP=1 keeps the temporary directory; BACKPRESSURE_SCENARIOS=jl runs only
-# those; BACKPRESSURE_ALARM_S sets both alarms' length; BACKPRESSURE_BIN=path uses that binary
-# instead of building a release one.
+# those; BACKPRESSURE_ALARM_S sets both alarms' length; HOOKRELAY_BIN=path (or BACKPRESSURE_BIN)
+# uses that binary instead of building a release one.
 set -euo pipefail
 # shellcheck source=scripts/faults.sh
 source "$(dirname "${BASH_SOURCE[0]}")/faults.sh"
 SCRIPT=backpressure
+HOOKRELAY_BIN=${HOOKRELAY_BIN:-${BACKPRESSURE_BIN:-}}
 
 readonly NETFAULTS="$ROOT/scripts/faults/netfaults.py"
 readonly BP_SCENARIOS=${BACKPRESSURE_SCENARIOS:-jkl}
@@ -56,7 +57,7 @@ bp_cleanup() {
   set +e
   [[ -z $PROXY_PID ]] || kill "$PROXY_PID" 2>/dev/null || true
   [[ -z $FAIL_PID ]] || kill "$FAIL_PID" 2>/dev/null || true
-  if [[ ${#RABBIT_ENV[@]} -gt 0 ]] && rabbit_ping; then
+  if [[ -n ${RABBIT_NODE_DIR[$NODE]:-} ]] && rabbit_ping; then
     # A run stopped mid-alarm: the node is stopped by cleanup anyway; clear it first all the same.
     on_node timeout 20 rabbitmqctl -n "$NODE" -q set_vm_memory_high_watermark 0.4 >/dev/null 2>&1 || true
     on_node timeout 20 rabbitmqctl -n "$NODE" -q set_disk_free_limit 50MB >/dev/null 2>&1 || true
@@ -265,42 +266,11 @@ EOF
 }
 
 bp_main() {
-  [[ -e $LOCK_FILE ]] || (umask 0 && : >>"$LOCK_FILE")
-  exec 8<"$LOCK_FILE"
-  flock -w 900 8 || die "another faults.sh/backpressure.sh run has held $LOCK_FILE for 15 minutes"
-  ensure_tools
-  if [[ -n ${BACKPRESSURE_BIN:-} ]]; then
-    BIN=$BACKPRESSURE_BIN # a binary built already (a debug build while working on this script)
-  else
-    build
-  fi
-  WORK=$(mktemp -d /tmp/hookrelay-backpressure.XXXXXX)
-  chmod 755 "$WORK"
-  LOGS="$WORK/logs"
-  mkdir -p "$LOGS"
-  : >"$WORK/scenarios.jsonl"
-  log "working in $WORK"
-  cd "$WORK"
-  setup_rabbit
-  setup_redis
-  hookrelay_env
+  open_run backpressure
   export HOOKRELAY__DELIVERY__RETRY_SCHEDULE=$FAIL_SCHEDULE
   export HOOKRELAY__AMQP__PUBLISH_TIMEOUT="${PUBLISH_TIMEOUT_S}s"
   export HOOKRELAY__AMQP__HEARTBEAT="${HEARTBEAT_S}s"
-  timeout 60 "$BIN" topology declare >>"$LOGS/cli.log" 2>&1 || die "topology declare failed; see $LOGS/cli.log"
-  register_webhooks
-  receivers_start
-  start_helpers
-  local i
-  for ((i = 0; i < WORKERS; i++)); do start_worker; done
-  for i in "${!WPID[@]}"; do
-    wait_until 60 worker_ready "$i" || {
-      show_worker_log "$i"
-      die "worker $i did not become ready within 60 s"
-    }
-  done
-  warm_up
-  DLQ_BEFORE=$(dlq_count) || die "cannot count the dead letters"
+  start_run start_helpers
 
   [[ $BP_SCENARIOS != *j* ]] || run_scenario j "memory alarm ${MEMORY_ALARM_S} s, a webhook failing" 0 90 fault_memory_alarm
   [[ $BP_SCENARIOS != *k* ]] || run_scenario k "disk alarm ${DISK_ALARM_S} s, a webhook failing" 0 90 fault_disk_alarm
@@ -324,17 +294,12 @@ EOF
     python3 -c "import sys; sys.exit(not (sys.argv[1] != 'None' and float(sys.argv[1]) <= $RESUME_MAX_S))" "$resume" ||
       FAILED_SCENARIOS+=("l-resume")
   fi
-  local queue rc=0
-  for queue in deliveries events; do
-    timeout 60 "$BIN" dlq list --queue "$queue" --json >"$WORK/dlq-$queue.json" 2>>"$LOGS/cli.log" || true
-  done
+  local rc=0
+  list_dead_letters
   analyze table --scenarios "$WORK/scenarios.jsonl" --dlq "$WORK/dlq-events.json" || rc=$?
-  log "total time $((SECONDS - T_START)) s"
-  if ((rc != 0 || ${#FAILED_SCENARIOS[@]} > 0)); then
-    log "FAILED${FAILED_SCENARIOS[*]:+: ${FAILED_SCENARIOS[*]}}"
-    exit 1
-  fi
-  log "all scenarios passed"
+  ((rc == 0)) || FAILURES+=("the table")
+  FAILURES+=("${FAILED_SCENARIOS[@]}")
+  finish_run "all scenarios passed"
 }
 
 bp_main "$@"

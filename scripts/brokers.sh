@@ -22,151 +22,38 @@
 #              building the debug one.
 set -euo pipefail
 
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+SCRIPT=brokers
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
 readonly LOCK_FILE=/tmp/hookrelay-brokers.lock
+HOOKRELAY_BIN=${HOOKRELAY_BIN:-${BROKERS_BIN:-}}
 PARTS=("$@")
 [[ ${#PARTS[@]} -gt 0 ]] || PARTS=(tls cluster)
 
 T_START=$SECONDS
 log() { printf 'brokers: [%3ds] %s\n' "$((SECONDS - T_START))" "$*"; }
-die() {
-  printf 'brokers: error: %s\n' "$*" >&2
-  exit 1
-}
 now() { printf '%s' "$EPOCHREALTIME"; }
 
 [[ $EUID -eq 0 ]] || die "run as root: Debian's RabbitMQ commands run as root or rabbitmq"
 
 WORK=""
-NODES=()          # node names started by this run, stopped by cleanup
-declare -A NODE_ENV=()  # node -> its environment file (RABBITMQ_* lines)
 CHILDREN=()       # pids of our hookrelay processes
 PREFIX=""
-FAILURES=()
 
-fail() {
-  FAILURES+=("$1")
-  log "FAILED: $1"
-}
-
-# wait_until SECONDS COMMAND...: retries COMMAND every 0.3 s until it succeeds or time runs out.
-wait_until() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.3
-  done
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# --- RabbitMQ nodes of our own -----------------------------------------------------------------
-
-# rabbit NODE COMMAND...: runs a RabbitMQ command with that node's environment. Debian's
-# wrappers switch to the rabbitmq user, whose home holds the Erlang cookie that every node of
-# this run and the CLI share. Fd 8 (the run lock) is not inherited.
-rabbit() {
-  local node=$1
-  shift
-  local env=()
-  mapfile -t env <"${NODE_ENV[$node]}"
-  env "${env[@]}" "$@" 8<&-
-}
-
-# node_setup NAME AMQP_PORT CONF: writes the node's directories, config and environment.
-node_setup() {
-  local node=$1 port=$2 conf=$3 dir="$WORK/$1"
-  mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
-  printf '%s\n' "$conf" >"$dir/rabbitmq.conf"
-  echo '[].' >"$dir/enabled_plugins"
-  # Not /etc/rabbitmq/rabbitmq-env.conf: it names the system node.
-  cat >"$dir/rabbitmq-env.conf" <<EOF
-NODENAME=$node
-ERL_EPMD_ADDRESS=127.0.0.1
-EOF
-  cat >"$dir/env" <<EOF
-RABBITMQ_NODENAME=$node
-RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-RABBITMQ_NODE_PORT=$port
-RABBITMQ_DIST_PORT=$(free_port)
-RABBITMQ_MNESIA_BASE=$dir/mnesia
-RABBITMQ_LOG_BASE=$dir/log
-RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf
-RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
-RABBITMQ_CONFIG_FILES=$dir/conf.d
-RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
-RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-RABBITMQ_PID_FILE=$dir/node.pid
-EOF
-  chown -R rabbitmq:rabbitmq "$dir"
-  NODE_ENV[$node]="$dir/env"
-  # Here, not in node_start: that one may run in a background subshell, whose changes are lost.
-  NODES+=("$node")
-  # A node of this name left running by a killed run: stop it (the run lock says it is not ours).
-  if rabbit "$node" timeout 20 rabbitmq-diagnostics -n "$node" -q ping >/dev/null 2>&1; then
-    log "stopping $node, left running by an earlier run"
-    rabbit "$node" timeout 60 rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
-  fi
-}
-
-node_start() {
-  local node=$1
-  rabbit "$node" timeout 60 rabbitmq-server -detached >>"$WORK/$node/start.log" 2>&1 ||
-    die "rabbitmq-server -detached failed for $node; see $WORK/$node/start.log"
-}
-
-node_ready() {
-  rabbit "$1" timeout 30 rabbitmqctl -n "$1" -q await_startup --timeout 25 >/dev/null 2>&1
-}
-
-# node_wait NODE: waits until the node has booted, and notes its OS pid (the broker runs as
-# the rabbitmq user, not as our child) so that node_stop can make sure it is gone.
-node_wait() {
-  wait_until 150 node_ready "$1" || {
-    tail -n 20 "$WORK/$1/log/$1.log" >&2 2>/dev/null || true
-    die "RabbitMQ node $1 not ready after 150 s"
-  }
-  rabbit "$1" timeout 60 rabbitmqctl -n "$1" -q eval 'os:getpid().' | tr -dc '0-9' >"$WORK/$1.os-pid"
-}
-
-pid_gone() { ! ps -p "$1" >/dev/null 2>&1; }
-
-node_stop() {
-  local node=$1 pid
-  pid=$(cat "$WORK/$node.os-pid" 2>/dev/null || true)
-  rabbit "$node" timeout 90 rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
-  if [[ -n $pid ]] && ! wait_until 30 pid_gone "$pid"; then
-    log "$node (pid $pid) did not stop; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-}
+# node_setup NODE AMQP_PORT CONF: a node of the run's own in $WORK/NODE.
+node_setup() { rabbit_node_setup "$1" "$WORK/$1" "$2" "$3"; }
+node_up() { rabbit_node_start "$1" && rabbit_node_wait "$1" 150; }
 
 # --- hookrelay ---------------------------------------------------------------------------------
 
-build() {
-  if [[ -n ${BROKERS_BIN:-} ]]; then
-    BIN=$(realpath "$BROKERS_BIN")
-    [[ -x $BIN ]] || die "BROKERS_BIN=$BROKERS_BIN is not an executable"
-    return 0
-  fi
-  log "building hookrelay (cargo build --locked)"
-  (cd "$ROOT" && cargo build --locked --quiet) || die "cargo build failed"
-  local target=${CARGO_TARGET_DIR:-target}
-  [[ $target == /* ]] || target="$ROOT/$target"
-  BIN="$target/debug/hookrelay"
-  [[ -x $BIN ]] || die "$BIN not found after the build"
-}
-
 # Only what is set here configures hookrelay: nothing from the caller's environment.
 hookrelay_env() {
-  local var
-  for var in $(compgen -e | grep -E '^HOOKRELAY_' || true); do unset "$var"; done
+  clear_hookrelay_env
   PREFIX="hrt-brokers-$(openssl rand -hex 4)"
   export HOOKRELAY__AMQP__PREFIX=$PREFIX HOOKRELAY__REDIS__PREFIX=$PREFIX
   export HOOKRELAY__AMQP__RECONNECT_TIMEOUT=120s
@@ -181,7 +68,7 @@ hookrelay_env() {
 # receipt is a line "<epoch seconds> <JSON>" in $WORK/NAME.receipts.
 receiver_start() {
   local name=$1 port secret
-  port=$(free_port)
+  free_port port
   # Writes and workers refuse a store without its marker; init is idempotent.
   "$BIN" store init >>"$WORK/cli.log" 2>&1 || die "store init failed; see $WORK/cli.log"
   secret=$("$BIN" webhooks add --account acct-1 --url "http://127.0.0.1:$port/$name" \
@@ -192,7 +79,7 @@ receiver_start() {
       >"$WORK/$name.receipts") 8<&- &
   RECEIVER_PID=$!
   CHILDREN+=("$RECEIVER_PID")
-  wait_until 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null || die "listen did not start"
+  wait_until 15 tcp_open 127.0.0.1 "$port" || die "listen did not start"
 }
 
 # worker_start LOG [ENV=VALUE...]: starts a worker; returns once it consumes (or fails).
@@ -216,7 +103,7 @@ delivered_ids() { grep -o '"webhook_id":"[^"]*"' "$WORK/$1.receipts" | cut -d'"'
 all_delivered() { [[ -z $(comm -23 "$2" <(delivered_ids "$1")) ]]; }
 
 cleanup() {
-  local rc=$? pid node
+  local rc=$? pid
   trap - EXIT INT TERM
   set +e
   log "cleaning up"
@@ -224,8 +111,7 @@ cleanup() {
   for pid in "${CHILDREN[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   sleep 1
   for pid in "${CHILDREN[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  # One after the other: the CLI needs the node's environment file, still in $WORK.
-  for node in "${NODES[@]}"; do node_stop "$node"; done
+  rabbit_nodes_stop
   if [[ -n $PREFIX ]]; then
     redis-cli -p 6379 --scan --pattern "$PREFIX*" | xargs -r redis-cli -p 6379 del >/dev/null
   fi
@@ -278,7 +164,7 @@ expect_refused() {
 
 # retry_waiting NODE: a message waits in one of the run's delay queues.
 retry_waiting() {
-  rabbit "$1" rabbitmqctl -n "$1" -q list_queues --no-table-headers name messages |
+  on_rabbit "$1" rabbitmqctl -n "$1" -q list_queues --no-table-headers name messages |
     awk -v p="$PREFIX.retry." 'index($1, p) == 1 { n += $2 } END { exit !(n > 0) }'
 }
 
@@ -302,8 +188,8 @@ part_tls() {
   log "=== part tls: one node, plain and TLS listeners, mutual TLS"
   local certs="$WORK/certs" node=hookrelay-tls@localhost plain tls
   make_certificates "$certs"
-  plain=$(free_port)
-  tls=$(free_port)
+  free_port plain
+  free_port tls
   node_setup "$node" "$plain" "listeners.tcp.default = 127.0.0.1:$plain
 listeners.ssl.default = 127.0.0.1:$tls
 ssl_options.cacertfile = $certs/ca.pem
@@ -313,17 +199,16 @@ ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 log.console = false"
   log "starting $node (amqp :$plain, amqps :$tls)"
-  node_start "$node"
-  node_wait "$node"
-  log "$node ready: RabbitMQ $(rabbit "$node" rabbitmqctl -n "$node" -q version)"
+  node_up "$node"
+  log "$node ready: RabbitMQ $(on_rabbit "$node" rabbitmqctl -n "$node" -q version)"
 
   # The worker runs as a user limited to the run's names, with the permissions README.md gives
   # (there for the prefix "hookrelay"): configure and read its own names, write those and the
   # default exchange (retries and dead letters are published through it, by queue name).
   local password re="^${PREFIX}\\."
   password=$(openssl rand -hex 12)
-  rabbit "$node" rabbitmqctl -n "$node" -q add_user hookrelay "$password" >/dev/null
-  rabbit "$node" rabbitmqctl -n "$node" -q set_permissions -p / hookrelay \
+  on_rabbit "$node" rabbitmqctl -n "$node" -q add_user hookrelay "$password" >/dev/null
+  on_rabbit "$node" rabbitmqctl -n "$node" -q set_permissions -p / hookrelay \
     "$re" "^(${PREFIX}\\..*|amq\\.default)\$" "$re" >/dev/null
   log "user hookrelay: configure '$re', write '^(${PREFIX}\\..*|amq\\.default)\$', read '$re'"
   local amqps="amqps://hookrelay:$password@127.0.0.1:$tls/%2f"
@@ -348,7 +233,9 @@ log.console = false"
   # A failing webhook: its retry is published through the default exchange, which the limited
   # user may write to; a refusal would show as ACCESS_REFUSED in the worker's log.
   "$BIN" store init >>"$WORK/cli.log" 2>&1 || die "store init failed; see $WORK/cli.log"
-  "$BIN" webhooks add --account acct-2 --url "http://127.0.0.1:$(free_port)/down" --events '*' \
+  local down_port
+  free_port down_port
+  "$BIN" webhooks add --account acct-2 --url "http://127.0.0.1:$down_port/down" --events '*' \
     >/dev/null 2>>"$WORK/cli.log" || die "webhooks add failed; see $WORK/cli.log"
   env "${good[@]}" "$BIN" publish --type payment.card.failed --account acct-2 >/dev/null 2>>"$WORK/cli.log" ||
     fail "publish for the failing webhook failed"
@@ -359,7 +246,7 @@ log.console = false"
   fi
   # The broker's view: every connection of the worker is TLS.
   local conns
-  conns=$(rabbit "$node" rabbitmqctl -n "$node" -q list_connections --no-table-headers ssl ssl_protocol client_properties |
+  conns=$(on_rabbit "$node" rabbitmqctl -n "$node" -q list_connections --no-table-headers ssl ssl_protocol client_properties |
     grep 'hookrelay worker' | awk '{print $1, $2}' | sort | uniq -c)
   if [[ -n $conns && $conns != *false* ]]; then
     log "TLS check | rabbitmqctl list_connections ssl (worker connections) | $(tr -s ' \n' ' ' <<<"$conns")"
@@ -393,7 +280,7 @@ log.console = false"
     # The bench uses names of its own (hrbench-…), so it runs as guest.
     log "bench $pair | TLS amqps:// (mutual TLS) | $(bench_rate tls "${good[@]}" HOOKRELAY__AMQP__URL="amqps://guest:guest@127.0.0.1:$tls/%2f")"
   done
-  node_stop "$node"
+  rabbit_node_stop "$node"
 }
 
 # --- part b: a 3-node cluster ------------------------------------------------------------------
@@ -416,7 +303,7 @@ publisher_loop() {
 }
 
 leader_of() {
-  rabbit "${CLUSTER[0]}" rabbitmqctl -n "$2" -q list_queues --no-table-headers name leader |
+  on_rabbit "${CLUSTER[0]}" rabbitmqctl -n "$2" -q list_queues --no-table-headers name leader |
     awk -v q="$1" '$1 == q { print $2 }'
 }
 
@@ -424,7 +311,7 @@ part_cluster() {
   log "=== part cluster: three nodes, two workers with amqp.urls, the leader stopped mid-stream"
   local node urls=() n
   for node in "${CLUSTER[@]}"; do
-    PORT[$node]=$(free_port)
+    free_port "PORT[$node]"
     node_setup "$node" "${PORT[$node]}" "listeners.tcp.default = 127.0.0.1:${PORT[$node]}
 log.console = false"
     urls+=("amqp://guest:guest@127.0.0.1:${PORT[$node]}/%2f")
@@ -432,25 +319,25 @@ log.console = false"
   log "starting ${CLUSTER[*]} in parallel (amqp ports ${PORT[${CLUSTER[0]}]}, ${PORT[${CLUSTER[1]}]}, ${PORT[${CLUSTER[2]}]})"
   local starting=()
   for node in "${CLUSTER[@]}"; do
-    node_start "$node" &
+    rabbit_node_start "$node" &
     starting+=($!)
   done
   wait "${starting[@]}"
-  for node in "${CLUSTER[@]}"; do node_wait "$node"; done
+  for node in "${CLUSTER[@]}"; do rabbit_node_wait "$node" 150; done
   for node in "${CLUSTER[@]:1}"; do
-    rabbit "$node" rabbitmqctl -n "$node" -q stop_app >/dev/null &&
-      rabbit "$node" rabbitmqctl -n "$node" -q join_cluster "${CLUSTER[0]}" >/dev/null &&
-      rabbit "$node" rabbitmqctl -n "$node" -q start_app >/dev/null ||
+    on_rabbit "$node" rabbitmqctl -n "$node" -q stop_app >/dev/null &&
+      on_rabbit "$node" rabbitmqctl -n "$node" -q join_cluster "${CLUSTER[0]}" >/dev/null &&
+      on_rabbit "$node" rabbitmqctl -n "$node" -q start_app >/dev/null ||
       die "$node could not join ${CLUSTER[0]}"
   done
-  log "cluster: $(rabbit "${CLUSTER[0]}" rabbitmqctl -n "${CLUSTER[0]}" -q cluster_status --formatter json |
+  log "cluster: $(on_rabbit "${CLUSTER[0]}" rabbitmqctl -n "${CLUSTER[0]}" -q cluster_status --formatter json |
     python3 -c 'import json, sys; print(", ".join(json.load(sys.stdin)["running_nodes"]))') running"
 
   export HOOKRELAY__AMQP__URLS
   HOOKRELAY__AMQP__URLS=$(IFS=,; echo "${urls[*]}")
   "$BIN" topology declare >>"$WORK/cli.log" 2>&1 || die "topology declare failed; see $WORK/cli.log"
   local members
-  members=$(rabbit "${CLUSTER[0]}" rabbitmq-queues -n "${CLUSTER[0]}" -q quorum_status "$PREFIX.events" |
+  members=$(on_rabbit "${CLUSTER[0]}" rabbitmq-queues -n "${CLUSTER[0]}" -q quorum_status "$PREFIX.events" |
     grep -c hookrelay-c || true)
   log "quorum_status $PREFIX.events: $members members"
   ((members == 3)) || fail "the events queue has $members quorum members, not 3"
@@ -473,13 +360,12 @@ log.console = false"
   [[ -n $leader ]] || die "could not find the leader of $PREFIX.events"
   log "leader of $PREFIX.events: $leader, of $PREFIX.deliveries: $(leader_of "$PREFIX.deliveries" "${CLUSTER[0]}"); stopping $leader"
   stop_at=$(now)
-  node_stop "$leader"
+  rabbit_node_stop "$leader"
   down_at=$(now)
   log "$leader stopped ($(python3 -c "print(round($down_at - $stop_at, 1))") s to stop); publishing on for 10 s"
   sleep 10
   log "starting $leader again"
-  node_start "$leader"
-  node_wait "$leader"
+  node_up "$leader"
   back_at=$(now)
   log "$leader back"
   sleep 5
@@ -520,15 +406,13 @@ log.console = false"
     "${leader%@*}" "$(python3 -c "print($back_at - $stop_at)")" "$confirmed" "$failed" "$delivered" "$lost" "$dups" "$recovery" "$pause"
   ((lost == 0)) || fail "cluster: $lost confirmed events were not delivered"
   [[ $recovery != never ]] || fail "cluster: nothing published after the stop was delivered"
-  members=$(rabbit "${CLUSTER[0]}" rabbitmq-queues -n "${CLUSTER[0]}" -q quorum_status "$PREFIX.events" |
+  members=$(on_rabbit "${CLUSTER[0]}" rabbitmq-queues -n "${CLUSTER[0]}" -q quorum_status "$PREFIX.events" |
     grep -c hookrelay-c || true)
   log "quorum_status $PREFIX.events after the restart: $members members"
 }
 
 main() {
-  [[ -e $LOCK_FILE ]] || : >>"$LOCK_FILE"
-  exec 8<"$LOCK_FILE"
-  flock -w 900 8 || die "another brokers.sh run holds $LOCK_FILE"
+  take_run_lock "$LOCK_FILE"
   command -v rabbitmq-server >/dev/null && command -v redis-cli >/dev/null ||
     "$ROOT/scripts/services.sh" 8<&- || die "scripts/services.sh failed"
   command -v openssl >/dev/null && command -v python3 >/dev/null || {
@@ -536,7 +420,7 @@ main() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
       --no-install-recommends openssl python3 >&2 8<&-
   }
-  build
+  hookrelay_bin debug
   WORK=$(mktemp -d /tmp/hookrelay-brokers.XXXXXX)
   chmod 755 "$WORK"
   trap cleanup EXIT
@@ -552,12 +436,7 @@ main() {
       *) die "unknown part $part (tls, cluster)" ;;
     esac
   done
-  log "total time $((SECONDS - T_START)) s"
-  if ((${#FAILURES[@]} > 0)); then
-    printf 'brokers: FAILED: %s\n' "${FAILURES[@]}" >&2
-    exit 1
-  fi
-  log "all checks passed"
+  finish_run "all checks passed"
 }
 
 main

@@ -32,12 +32,15 @@
 # Environment:
 #   FAULTS_KEEP=1        keep the temporary directory (logs, receipts, broker data) at the end
 #   FAULTS_SCENARIOS=ab  run only these scenarios (default: abcdefghi)
+#   HOOKRELAY_BIN=path   use that binary instead of building a release one
 #   CARGO_TARGET_DIR     respected when locating the built binary
 set -euo pipefail
 
 SCRIPT=faults
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
 # $EPOCHREALTIME with a "." whatever the caller's locale.
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,10 +75,7 @@ can_rabbit ||
 
 WORK=""
 LOGS=""
-RABBIT_ENV=()
-RABBIT_PID=""
 REDIS_PORT=""
-REDIS_CMD=()
 declare -A RECEIVER_PORT=() # webhook number -> the port of its `hookrelay listen`
 declare -A RECEIVER_PID=()  # webhook number -> pid, while it runs
 declare -A RECEIVER_SECRET=()
@@ -84,35 +84,10 @@ NEXT_WORKER=1
 PUBLISHER_PIDS=()
 STOP_FILE=""
 
-# True while process $1 exists and is not a zombie (a child that exited but was not waited for).
-alive() {
-  local stat
-  stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  [[ -n $stat && $stat != Z* ]]
-}
-
 gone() { ! alive "$1"; }
 
-# free_port VAR: sets VAR to a loopback port nobody listens on and this run has not handed out.
-declare -A TAKEN_PORTS=()
-free_port() {
-  local port _
-  for _ in {1..100}; do
-    port=$((20000 + RANDOM % 40000))
-    [[ -z ${TAKEN_PORTS[$port]:-} ]] && ! tcp_open 127.0.0.1 "$port" || continue
-    TAKEN_PORTS[$port]=1
-    printf -v "$1" '%s' "$port"
-    return 0
-  done
-  die "found no free port"
-}
-
-# Runs a Debian RabbitMQ wrapper with this run's node environment. The wrappers switch to the
-# rabbitmq user with su, which keeps the RABBITMQ_* variables and sets HOME=/var/lib/rabbitmq, so
-# the node and the CLI share that home's Erlang cookie. Fd 8 (the run lock) is not inherited.
-on_node() { as_rabbit env "${RABBIT_ENV[@]}" "$@"; }
-# For processes that are not our children (the broker runs as rabbitmq): ps, not kill -0.
-pid_gone() { ! ps -p "$1" >/dev/null 2>&1; }
+# A RabbitMQ command with this run's node environment.
+on_node() { on_rabbit "$NODE" "$@"; }
 # The lowest-numbered running worker.
 oldest_worker() { printf '%s\n' "${!WPID[@]}" | sort -n | head -n 1; }
 
@@ -127,15 +102,6 @@ stop_publishers() {
     wait "$pid" 2>/dev/null || true
   done
   PUBLISHER_PIDS=()
-}
-
-# stop_process PID SECONDS: SIGTERM, then SIGKILL after SECONDS; prints nothing.
-stop_process() {
-  local pid=$1 deadline=$((SECONDS + $2))
-  alive "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
 }
 
 cleanup() {
@@ -153,7 +119,7 @@ cleanup() {
     timeout 10 redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
     [[ -s $WORK/redis/redis.pid ]] && stop_process "$(cat "$WORK/redis/redis.pid")" 5
   fi
-  rabbit_stop
+  rabbit_nodes_stop
   if [[ -n $WORK ]]; then
     if [[ ${FAULTS_KEEP:-0} == 1 ]]; then
       log "kept $WORK (logs in $LOGS)"
@@ -169,82 +135,19 @@ trap 'exit 143' TERM
 
 # --- RabbitMQ: a node of our own ----------------------------------------------------------------
 
-rabbit_ping() { on_node timeout 20 rabbitmq-diagnostics -n "$NODE" -q ping >/dev/null 2>&1; }
-rabbit_gone() { ! rabbit_ping; }
+rabbit_ping() { rabbit_node_ping "$NODE"; }
 
-rabbit_ready() {
-  on_node timeout 20 rabbitmqctl -n "$NODE" -q await_startup --timeout 15 >/dev/null 2>&1 &&
-    tcp_open 127.0.0.1 "$AMQP_PORT"
-}
-
-rabbit_start() {
-  on_node timeout 60 rabbitmq-server -detached >>"$LOGS/rabbitmq-start.log" 2>&1 ||
-    die "rabbitmq-server -detached failed; see $LOGS/rabbitmq-start.log"
-  wait_until 120 rabbit_ready || {
-    tail -n 30 "$WORK/rabbit/log/$NODE.log" >&2 2>/dev/null || true
-    die "RabbitMQ node $NODE not ready after 120 s"
-  }
-  RABBIT_PID=$(on_node timeout 20 rabbitmqctl -n "$NODE" -q eval 'os:getpid().' | tr -dc '0-9')
-  [[ -n $RABBIT_PID ]] || die "could not read the OS pid of $NODE"
-}
-
-# Stops the node (clients get connection.close 320) and waits until its process is gone.
-rabbit_stop() {
-  [[ ${#RABBIT_ENV[@]} -gt 0 ]] || return 0
-  on_node timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
-  if [[ -n $RABBIT_PID ]]; then
-    wait_until 30 pid_gone "$RABBIT_PID" || {
-      warn "RabbitMQ node $NODE (pid $RABBIT_PID) did not stop; killing it"
-      kill -KILL "$RABBIT_PID" 2>/dev/null || "${SUDO[@]}" kill -KILL "$RABBIT_PID" 2>/dev/null || true
-    }
-  fi
-  RABBIT_PID=""
-}
+rabbit_start() { rabbit_node_start "$NODE" && rabbit_node_wait "$NODE" 120; }
+rabbit_stop() { rabbit_node_stop "$NODE"; }
 
 setup_rabbit() {
   free_port AMQP_PORT
-  free_port DIST_PORT
-  local dir="$WORK/rabbit"
-  mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
-  # Everything this node reads is here: neither /etc/rabbitmq/rabbitmq-env.conf (it names the
-  # system node) nor /etc/rabbitmq/conf.d (it may pin listeners to the system node's ports).
-  cat >"$dir/rabbitmq-env.conf" <<EOF
-NODENAME=$NODE
-ERL_EPMD_ADDRESS=127.0.0.1
-export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
-EOF
-  cat >"$dir/rabbitmq.conf" <<EOF
-listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+  rabbit_node_setup "$NODE" "$WORK/rabbit" "$AMQP_PORT" "listeners.tcp.default = 127.0.0.1:$AMQP_PORT
 log.console = false
-log.file.level = info
-EOF
-  # No plugins: the run reads the broker with rabbitmqctl and hookrelay's own commands.
-  echo '[].' >"$dir/enabled_plugins"
-  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || "${SUDO[@]}" chown -R rabbitmq:rabbitmq "$dir"
-  RABBIT_ENV=(
-    "RABBITMQ_NODENAME=$NODE"
-    "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1"
-    "RABBITMQ_NODE_PORT=$AMQP_PORT"
-    "RABBITMQ_DIST_PORT=$DIST_PORT"
-    "RABBITMQ_MNESIA_BASE=$dir/mnesia"
-    "RABBITMQ_LOG_BASE=$dir/log"
-    "RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf"
-    "RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf"
-    "RABBITMQ_CONFIG_FILES=$dir/conf.d"
-    "RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config"
-    "RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins"
-    "RABBITMQ_PID_FILE=$dir/node.pid"
-  )
-  # A node of this name left running by a run that was killed: stop it (the name is this
-  # script's; the run lock guarantees that no other run is using it right now).
-  if rabbit_ping; then
-    warn "a RabbitMQ node $NODE is still running (left by a killed run); stopping it"
-    on_node timeout 60 rabbitmqctl -n "$NODE" -q stop >/dev/null 2>&1 || true
-    wait_until 30 rabbit_gone || die "could not stop the leftover node $NODE"
-  fi
-  log "starting RabbitMQ node $NODE (amqp 127.0.0.1:$AMQP_PORT, dist :$DIST_PORT)"
+log.file.level = info"
+  log "starting RabbitMQ node $NODE (amqp 127.0.0.1:$AMQP_PORT)"
   rabbit_start
-  log "RabbitMQ ready (pid $RABBIT_PID)"
+  log "RabbitMQ ready (pid $(rabbit_node_pid "$NODE"))"
 }
 
 # Messages in the two dead-letter queues, read with rabbitmqctl on our node.
@@ -281,38 +184,25 @@ rabbit_idle() {
 redis_pong() { [[ $(timeout 3 redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
 redis_down() { ! tcp_open 127.0.0.1 "$REDIS_PORT"; }
 
+# The same server each time, on the same port and directory: a restart loads $WORK/redis/dump.rdb
+# when a scenario saved it (SHUTDOWN SAVE), as a real one would.
 redis_start() {
-  "${REDIS_CMD[@]}" 8<&- || die "redis-server failed to start; see $LOGS/redis.log"
+  redis_server_start "$WORK/redis" "$REDIS_PORT" --dbfilename dump.rdb ||
+    die "redis-server failed to start; see $WORK/redis/redis.log"
   wait_until 30 redis_pong || die "Redis on port $REDIS_PORT not answering after 30 s"
 }
 
 setup_redis() {
   free_port REDIS_PORT
-  mkdir -p "$WORK/redis"
-  # No snapshots while running; the Redis scenario saves explicitly (SHUTDOWN SAVE) so that the
-  # restarted server loads the webhooks back from $WORK/redis/dump.rdb, as a real one would.
-  REDIS_CMD=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
-    --daemonize yes --dir "$WORK/redis" --dbfilename dump.rdb
-    --pidfile "$WORK/redis/redis.pid" --logfile "$LOGS/redis.log")
   log "starting Redis on 127.0.0.1:$REDIS_PORT"
   redis_start
 }
 
 # --- hookrelay ----------------------------------------------------------------------------------
 
-build() {
-  log "building hookrelay (cargo build --release --locked; waits for other builds' lock)"
-  (cd "$ROOT" && cargo build --release --locked --quiet) || die "cargo build failed"
-  local target=${CARGO_TARGET_DIR:-target}
-  [[ $target == /* ]] || target="$ROOT/$target"
-  BIN="$target/release/hookrelay"
-  [[ -x $BIN ]] || die "$BIN not found after the build"
-}
-
 hookrelay_env() {
   # Only what is set here: nothing from the caller's environment changes the run.
-  local var
-  for var in $(compgen -e | grep -E '^HOOKRELAY_' || true); do unset "$var"; done
+  clear_hookrelay_env
   export HOOKRELAY__AMQP__URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
   export HOOKRELAY__AMQP__PREFIX=$PREFIX
   export HOOKRELAY__AMQP__RECONNECT_TIMEOUT=120s
@@ -644,7 +534,7 @@ fault_restart_rabbit() {
   log "starting RabbitMQ again"
   rabbit_start
   FAULT_END=$(now)
-  log "RabbitMQ back (pid $RABBIT_PID)"
+  log "RabbitMQ back (pid $(rabbit_node_pid "$NODE"))"
 }
 
 # Every registered webhook can be read back (the Redis scenario checks its data survived).
@@ -818,11 +708,6 @@ fault_sigterm() {
 
 # --- main ---------------------------------------------------------------------------------------
 
-have_all() {
-  local cmd
-  for cmd in "$@"; do command -v "$cmd" >/dev/null 2>&1 || return 1; done
-}
-
 ensure_tools() {
   if ! have_all rabbitmq-server rabbitmqctl rabbitmq-diagnostics redis-server redis-cli; then
     log "RabbitMQ or Redis is not installed: installing them with scripts/services.sh"
@@ -864,13 +749,13 @@ warm_up() {
   log "warm-up: $expected deliveries arrived (quiet ${quiet}s)"
 }
 
-main() {
-  [[ -e $LOCK_FILE ]] || (umask 0 && : >>"$LOCK_FILE")
-  exec 8<"$LOCK_FILE"
-  flock -w 900 8 || die "another faults.sh run has held $LOCK_FILE for 15 minutes"
+# open_run NAME: the run lock, the tools, the binary, a work directory, the private RabbitMQ node
+# and Redis, and hookrelay's environment pointing at them.
+open_run() {
+  take_run_lock "$LOCK_FILE"
   ensure_tools
-  build
-  WORK=$(mktemp -d /tmp/hookrelay-faults.XXXXXX)
+  hookrelay_bin release
+  WORK=$(mktemp -d "/tmp/hookrelay-$1.XXXXXX")
   # The rabbitmq user must reach its directory inside.
   chmod 755 "$WORK"
   LOGS="$WORK/logs"
@@ -881,9 +766,15 @@ main() {
   setup_rabbit
   setup_redis
   hookrelay_env
+}
+
+# start_run [SETUP...]: the topology, the webhooks and their receivers, SETUP (what a script adds
+# before the workers start), the workers ready, the warm-up, and the dead letters counted.
+start_run() {
   timeout 60 "$BIN" topology declare >>"$LOGS/cli.log" 2>&1 || die "topology declare failed; see $LOGS/cli.log"
   register_webhooks
   receivers_start
+  "$@"
   local i
   for ((i = 0; i < WORKERS; i++)); do start_worker; done
   for i in "${!WPID[@]}"; do
@@ -894,6 +785,21 @@ main() {
   done
   warm_up
   DLQ_BEFORE=$(dlq_count) || die "cannot count the dead letters with rabbitmqctl"
+}
+
+# list_dead_letters: both dead-letter queues as JSON in $WORK/dlq-*.json, read with `dlq list`,
+# which neither loses nor reorders a letter.
+list_dead_letters() {
+  local queue
+  for queue in deliveries events; do
+    timeout 60 "$BIN" dlq list --queue "$queue" --json >"$WORK/dlq-$queue.json" 2>>"$LOGS/cli.log" ||
+      warn "could not list the $queue dead letters; counting them with rabbitmqctl only"
+  done
+}
+
+main() {
+  open_run faults
+  start_run
 
   [[ $SCENARIOS != *a* ]] || run_scenario a "SIGKILL a worker, start another" 1 30 fault_kill
   [[ $SCENARIOS != *b* ]] || run_scenario b "force-close the workers' broker connections" 1 30 fault_close_connections
@@ -910,21 +816,12 @@ main() {
   [[ $SCENARIOS != *i* ]] || run_scenario i "a worker on the wrong redis.url database" 0 30 fault_wrong_database
 
   log "=== results (recounted now; dead letters attributed by event id)"
-  # `dlq list` reads the dead-letter queues without losing or reordering a letter.
-  local queue
-  for queue in deliveries events; do
-    timeout 60 "$BIN" dlq list --queue "$queue" --json >"$WORK/dlq-$queue.json" 2>>"$LOGS/cli.log" ||
-      warn "could not list the $queue dead letters; counting them with rabbitmqctl only"
-  done
+  list_dead_letters
   local rc=0
   analyze table --scenarios "$WORK/scenarios.jsonl" --dlq "$WORK/dlq-deliveries.json" \
     --dlq "$WORK/dlq-events.json" || rc=$?
-  log "total time $((SECONDS - T_START)) s"
-  if ((rc != 0)); then
-    log "FAILED${FAILED_SCENARIOS[*]:+: scenario(s) ${FAILED_SCENARIOS[*]}}"
-    exit 1
-  fi
-  log "all scenarios passed"
+  ((rc == 0)) || FAILURES+=("scenario(s) ${FAILED_SCENARIOS[*]}")
+  finish_run "all scenarios passed"
 }
 
 # Sourced (scripts/backpressure.sh), this file only defines what it has; run, it runs.

@@ -13,30 +13,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 idle=${1:-10000}
 half=${2:-2000}
-bin=${HOOKRELAY_BIN:-target/debug/hookrelay}
-[[ -x $bin ]] || die "no $bin: cargo build first (or set HOOKRELAY_BIN)"
+BIN=${HOOKRELAY_BIN:-target/debug/hookrelay}
+[[ -x $BIN ]] || die "no $BIN: cargo build first (or set HOOKRELAY_BIN)"
 have_all prlimit python3 || die "needs prlimit and python3"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-ops_port=$(free_port)
+free_port port
+free_port ops_port
 prefix="hrt-flood$RANDOM$RANDOM"
 token="flood-admin-token-$RANDOM$RANDOM$RANDOM"
 logfile=$(mktemp)
-
-HOOKRELAY__API__LISTEN="127.0.0.1:$port" HOOKRELAY__OPS__LISTEN="127.0.0.1:$ops_port" \
-  HOOKRELAY__API__ADMIN_TOKEN="$token" HOOKRELAY__REDIS__PREFIX="$prefix" \
-  HOOKRELAY__AMQP__PREFIX="$prefix" RUST_LOG=warn \
-  prlimit --nofile=1024:1024 "$bin" api >"$logfile" 2>&1 &
-server=$!
-cleanup() {
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  rm -f "$logfile"
-}
-trap cleanup EXIT
-wait_until 60 tcp_open 127.0.0.1 "$port" || { cat "$logfile"; die "the API did not start"; }
+trap 'api_stop; rm -f "$logfile"' EXIT
+HOOKRELAY__OPS__LISTEN="127.0.0.1:$ops_port" HOOKRELAY__API__ADMIN_TOKEN="$token" \
+  api_start "$prefix" "$port" "$logfile" prlimit --nofile=1024:1024
+server=$API_PID
 
 log "API on 127.0.0.1:$port (pid $server, nofile 1024): $idle idle + $half half-sent connections"
 status=0

@@ -44,12 +44,21 @@
 #
 # Usage: scripts/redis-nodes.sh [tls] [cluster] [sentinel] [reshard] [replicas] [migrate]  (default: all)
 # Environment: REDIS_NODES_KEEP=1 keeps the temporary directory (logs) at the end;
+#              HOOKRELAY_BIN=path uses that binary instead of building the debug one;
 #              CARGO_TARGET_DIR is respected when locating the built binary;
 #              RESHARD_MOVES (default 10: CI time), RESHARD_RATE (events/s, default 30: what a
 #              debug worker on a shared 2-core machine drains in time; the issue ran 150) and HOLD_S
 #              (default 3) size the reshard part.
 set -euo pipefail
 
+SCRIPT=redis-nodes
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
+# Polls every 0.1 s: the failovers' figures are read from timestamps, but a faster poll ends a
+# part sooner.
+WAIT_STEP=0.1
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT
@@ -70,10 +79,6 @@ readonly RESHARD_ACCOUNT=acct-reshard-19846
 
 T0=$SECONDS
 log() { printf 'redis-nodes: [%3ds] %s\n' "$((SECONDS - T0))" "$*"; }
-die() {
-  printf 'redis-nodes: error: %s\n' "$*" >&2
-  exit 1
-}
 now() { printf '%s' "$EPOCHREALTIME"; }
 
 # --- what the script needs ----------------------------------------------------------------------
@@ -88,27 +93,24 @@ ensure_tools() {
   # The reshard part's publisher: one AMQP connection, one message per stdin line.
   command -v amqp-publish >/dev/null || missing+=(amqp-tools)
   ((${#missing[@]} == 0)) && return 0
-  local sudo=()
-  [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo)
   log "installing ${missing[*]}"
-  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
     --no-install-recommends "${missing[@]}" >/dev/null
 }
 ensure_tools
-cargo build --locked --quiet --bin hookrelay
-readonly BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/hookrelay
+hookrelay_bin debug
+readonly BIN
 
 WORK=$(mktemp -d /tmp/hookrelay-redis-nodes.XXXXXX)
 readonly WORK
 readonly RUN_PREFIX=hrt-rn$$
 PIDS=()     # processes of ours to stop at the end (workers, api, listeners, publishers)
-REDIS_DIRS=() # each holds redis.pid of a redis-server of ours
 SUMMARY=()
 FAILED=0
 
 cleanup() {
-  local rc=$? pid dir
+  local rc=$? pid
   trap - EXIT INT TERM
   set +e
   # The reshard part's publisher is a pipeline: it ends (with amqp-publish) on its stop file.
@@ -118,9 +120,7 @@ cleanup() {
     timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null || kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   done
-  for dir in "${REDIS_DIRS[@]}"; do
-    [[ -s $dir/redis.pid ]] && kill -KILL "$(cat "$dir/redis.pid")" 2>/dev/null
-  done
+  redis_servers_kill
   # Our queues and exchanges on the shared RabbitMQ (and any keys under our prefix; our own Redis
   # servers die with their directories). The broker may list a stopped worker's consumers for a
   # moment, and sweep.sh keeps what has consumers: try again until nothing is kept.
@@ -144,16 +144,6 @@ trap 'exit 143' TERM
 
 # --- small helpers ------------------------------------------------------------------------------
 
-# wait_until SECONDS COMMAND...: retry COMMAND every 0.1 s until it succeeds or time runs out.
-wait_until() {
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.1
-  done
-}
-
 listening() { ss -Hltn "sport = :$1" | grep -q .; }
 
 # A socket in any state uses the port (also an outgoing connection's).
@@ -175,15 +165,7 @@ free_ports() {
 }
 
 # start_redis NAME PORT ARGS...: a redis-server of ours in $WORK/NAME, daemonized.
-start_redis() {
-  local name=$1 port=$2
-  shift 2
-  local dir=$WORK/$name
-  mkdir -p "$dir"
-  REDIS_DIRS+=("$dir")
-  redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
-    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save '' --appendonly no "$@"
-}
+start_redis() { redis_server_start "$WORK/$1" "${@:2}"; }
 
 cli() { timeout 10 redis-cli -h 127.0.0.1 "$@"; }
 

@@ -11,36 +11,25 @@ SCRIPT=schemathesis.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bin=${HOOKRELAY_BIN:-target/debug/hookrelay}
-[[ -x $bin ]] || die "no $bin: cargo build first (or set HOOKRELAY_BIN)"
+BIN=${HOOKRELAY_BIN:-target/debug/hookrelay}
+[[ -x $BIN ]] || die "no $BIN: cargo build first (or set HOOKRELAY_BIN)"
 if ! have_all st; then
   log "installing schemathesis (pip)"
   python3 -m pip install --quiet 'schemathesis>=4,<5' || die "pip could not install schemathesis"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
+free_port port
 prefix="hrt-st$RANDOM$RANDOM"
 token="schemathesis-admin-$RANDOM$RANDOM$RANDOM"
 work=$(mktemp -d)
+trap 'api_stop; rm -rf "$work"' EXIT
 
-HOOKRELAY__REDIS__PREFIX="$prefix" "$bin" store init >/dev/null
+HOOKRELAY__REDIS__PREFIX="$prefix" "$BIN" store init >/dev/null
 # Private targets allowed: CI has no DNS, and example.com (the schema's example) must register.
 # Failed sign-ins unlimited: schemathesis sends many invalid tokens on purpose.
-HOOKRELAY__API__LISTEN="127.0.0.1:$port" HOOKRELAY__OPS__LISTEN="127.0.0.1:0" \
-  HOOKRELAY__API__ADMIN_TOKEN="$token" HOOKRELAY__REDIS__PREFIX="$prefix" \
-  HOOKRELAY__AMQP__PREFIX="$prefix" HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS=true \
-  HOOKRELAY__API__FAILED_SIGNIN_LIMIT=1000000 RUST_LOG=warn \
-  "$bin" api >"$work/api.log" 2>&1 &
-server=$!
-cleanup() {
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  redis-cli --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_until 60 tcp_open 127.0.0.1 "$port" || { cat "$work/api.log"; die "the API did not start"; }
+HOOKRELAY__OPS__LISTEN="127.0.0.1:0" HOOKRELAY__API__ADMIN_TOKEN="$token" \
+  HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS=true HOOKRELAY__API__FAILED_SIGNIN_LIMIT=1000000 \
+  api_start "$prefix" "$port" "$work/api.log"
 
 log "schemathesis --checks all against 127.0.0.1:$port (prefix $prefix)"
 config=$PWD/scripts/schemathesis.toml

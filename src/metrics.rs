@@ -119,140 +119,116 @@ fn process_collector() -> &'static metrics_process::Collector {
     COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
-/// The `# HELP` line of every hookrelay family (the exporter prints one only when described).
+/// What kind of family a metric is, for its `# TYPE` line; histograms are in seconds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Which series of a counter a worker creates at 0 when it starts, so that a dashboard shows 0
+/// rather than "No data" and rate() and alerts see the first increase.
+#[derive(Clone, Copy)]
+enum AtStart {
+    /// None from this table: a gauge, a histogram, an API family, or a counter whose label
+    /// values come from the code or the topology (see [`worker_started`]).
+    Nothing,
+    /// The one series without labels.
+    Unlabelled,
+    /// One series for each of these values of this label.
+    EachOf(&'static str, &'static [&'static str]),
+}
+
+/// One metric family: its name, kind, `# HELP` text, and its series at a worker's start.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    at_start: AtStart,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str, at_start: AtStart) -> Family {
+    Family {
+        name,
+        kind,
+        help,
+        at_start,
+    }
+}
+
+/// Every hookrelay family (the exporter prints a `# HELP` line only for a described one).
+// A table, one family a row: rustfmt would give each row six lines.
+#[rustfmt::skip]
+const FAMILIES: &[Family] = {
+    use AtStart::{EachOf, Nothing, Unlabelled};
+    use Kind::{Counter, Gauge, Histogram};
+    &[
+        family(EVENTS, Counter, "Events consumed from <prefix>.events and parsed", Unlabelled),
+        family(EVENTS_UNMATCHED, Counter, "Events whose account had no enabled webhook for their type (acked, nothing sent; only after a lookup that saw the store's marker)", Unlabelled),
+        family(ATTEMPTS, Counter, "HTTP delivery attempts by result: delivered (2xx), failed (retried), gone (410), refused (no request made: not a public target), body_too_large (no request made)", EachOf("result", crate::delivery::policy::Verdict::LABELS)),
+        family(ATTEMPT_DURATION, Histogram, "Duration of one delivery attempt, request sent to response or error", Nothing),
+        family(DELIVERY_LAG, Histogram, "Event created_at to the 2xx that delivered it, retries included (created_at in whole seconds reads up to 1 s high)", Nothing),
+        family(DEAD_LETTERS, Counter, "Messages dead-lettered, by queue (deliveries|events) and reason", Nothing),
+        family(RETRIES, Counter, "Deliveries scheduled for another attempt, by retry step (the delay queue they wait in)", Nothing),
+        family(DEFERRED, Counter, "Deliveries sent to wait in a delay queue without an attempt (endpoint slow or circuit open, or a share spent)", Unlabelled),
+        family(SHARE_DEFERRALS, Counter, "Deliveries deferred because their origin's or account's share of delivery.max_in_flight was held by slow requests, by share (origin|account)", EachOf("share", &["origin", "account"])),
+        family(IN_FLIGHT, Gauge, "Deliveries this worker is attempting or settling right now", Nothing),
+        family(BROKER_CONNECTED, Gauge, "1 while this worker has a broker session and consumes, else 0", Nothing),
+        family(BROKER_RECONNECTS, Counter, "Broker sessions lost and reopened by this worker", Unlabelled),
+        family(BROKER_BLOCKED, Gauge, "1 while the broker blocks this worker's publishes (memory or disk alarm), else 0", Nothing),
+        family(REDIS_OK, Gauge, "1 while Redis answers (a PING every half heartbeat), 0 while it does not or lookups fail", Nothing),
+        family(STORE_OK, Gauge, "1 while the subscription store's marker (<prefix>:store) is there, 0 while it is missing (the worker takes no new messages)", Nothing),
+        family(PUBLISH_FAILURES, Counter, "Confirmed publishes that failed (nack, returned, timeout, blocked, connection), by target and reason", Nothing),
+        family(OPERATIONAL_EVENTS, Counter, "Operational events published and confirmed on <prefix>.operational, by type", Nothing),
+        family(CIRCUITS_OPENED, Counter, "Times an endpoint's circuit opened because its requests were slow", Unlabelled),
+        family(CACHE_HITS, Counter, "Subscription lookups answered by the worker's cache", Unlabelled),
+        family(CACHE_MISSES, Counter, "Subscription lookups that went to Redis", Unlabelled),
+        family(ATTEMPT_LOG_DROPPED, Counter, "Attempt records dropped because the attempt log's queue was full", Unlabelled),
+        family(ATTEMPT_LOG_ERRORS, Counter, "Attempt log writes to Redis that failed", Unlabelled),
+        family(BUILD_INFO, Gauge, "Always 1; the version label says which hookrelay is running", Nothing),
+        family(API_REQUESTS, Counter, "Admin API requests by method, route template and status", Nothing),
+        family(API_REQUEST_DURATION, Histogram, "Admin API request duration by method and route template", Nothing),
+    ]
+};
+
 fn describe() {
-    describe_counter!(EVENTS, "Events consumed from <prefix>.events and parsed");
-    describe_counter!(
-        EVENTS_UNMATCHED,
-        "Events whose account had no enabled webhook for their type (acked, nothing sent; only after a lookup that saw the store's marker)"
-    );
-    describe_counter!(
-        ATTEMPTS,
-        "HTTP delivery attempts by result: delivered (2xx), failed (retried), gone (410), refused (no request made: not a public target), body_too_large (no request made)"
-    );
-    describe_histogram!(
-        ATTEMPT_DURATION,
-        Unit::Seconds,
-        "Duration of one delivery attempt, request sent to response or error"
-    );
-    describe_histogram!(
-        DELIVERY_LAG,
-        Unit::Seconds,
-        "Event created_at to the 2xx that delivered it, retries included (created_at in whole seconds reads up to 1 s high)"
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        "Messages dead-lettered, by queue (deliveries|events) and reason"
-    );
-    describe_counter!(
-        RETRIES,
-        "Deliveries scheduled for another attempt, by retry step (the delay queue they wait in)"
-    );
-    describe_counter!(
-        DEFERRED,
-        "Deliveries sent to wait in a delay queue without an attempt (endpoint slow or circuit open, or a share spent)"
-    );
-    describe_counter!(
-        SHARE_DEFERRALS,
-        "Deliveries deferred because their origin's or account's share of delivery.max_in_flight was held by slow requests, by share (origin|account)"
-    );
-    describe_gauge!(
-        IN_FLIGHT,
-        "Deliveries this worker is attempting or settling right now"
-    );
-    describe_gauge!(
-        BROKER_CONNECTED,
-        "1 while this worker has a broker session and consumes, else 0"
-    );
-    describe_counter!(
-        BROKER_RECONNECTS,
-        "Broker sessions lost and reopened by this worker"
-    );
-    describe_gauge!(
-        BROKER_BLOCKED,
-        "1 while the broker blocks this worker's publishes (memory or disk alarm), else 0"
-    );
-    describe_gauge!(
-        REDIS_OK,
-        "1 while Redis answers (a PING every half heartbeat), 0 while it does not or lookups fail"
-    );
-    describe_gauge!(
-        STORE_OK,
-        "1 while the subscription store's marker (<prefix>:store) is there, 0 while it is missing (the worker takes no new messages)"
-    );
-    describe_counter!(
-        PUBLISH_FAILURES,
-        "Confirmed publishes that failed (nack, returned, timeout, blocked, connection), by target and reason"
-    );
-    describe_counter!(
-        OPERATIONAL_EVENTS,
-        "Operational events published and confirmed on <prefix>.operational, by type"
-    );
-    describe_counter!(
-        CIRCUITS_OPENED,
-        "Times an endpoint's circuit opened because its requests were slow"
-    );
-    describe_counter!(
-        CACHE_HITS,
-        "Subscription lookups answered by the worker's cache"
-    );
-    describe_counter!(CACHE_MISSES, "Subscription lookups that went to Redis");
-    describe_counter!(
-        ATTEMPT_LOG_DROPPED,
-        "Attempt records dropped because the attempt log's queue was full"
-    );
-    describe_counter!(
-        ATTEMPT_LOG_ERRORS,
-        "Attempt log writes to Redis that failed"
-    );
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version label says which hookrelay is running"
-    );
-    describe_counter!(
-        API_REQUESTS,
-        "Admin API requests by method, route template and status"
-    );
-    describe_histogram!(
-        API_REQUEST_DURATION,
-        Unit::Seconds,
-        "Admin API request duration by method and route template"
-    );
+    for f in FAMILIES {
+        match f.kind {
+            Kind::Counter => describe_counter!(f.name, f.help),
+            Kind::Gauge => describe_gauge!(f.name, f.help),
+            Kind::Histogram => describe_histogram!(f.name, Unit::Seconds, f.help),
+        }
+    }
+}
+
+/// The series [`FAMILIES`] says a worker creates at 0 when it starts.
+fn zero_from_table() {
+    for f in FAMILIES {
+        match f.at_start {
+            AtStart::Nothing => {}
+            AtStart::Unlabelled => metrics::counter!(f.name).increment(0),
+            AtStart::EachOf(label, values) => {
+                for value in values {
+                    metrics::counter!(f.name, label => *value).increment(0);
+                }
+            }
+        }
+    }
 }
 
 /// A worker starts: installs the recorder before anything is counted, and its gauges exist
 /// from the first scrape on, before any message arrives (Redis is checked right after this).
-/// Every counter whose label values are known in advance (attempt results, dead-letter queues
-/// and reasons, retry steps, publish targets and failure reasons) exists at 0 too, so that a
-/// dashboard shows 0 rather than "No data" and rate() and alerts see the first increase.
+/// Every counter whose label values are known in advance exists at 0 too, so that a dashboard
+/// shows 0 rather than "No data" and rate() and alerts see the first increase: those
+/// [`FAMILIES`] names, then the dead-letter queues and reasons, retry steps, publish targets and
+/// failure reasons, which come from other modules' enums and from the topology.
 pub fn worker_started(topology: &crate::broker::topology::Topology) {
     prometheus();
     redis_ok(true);
     broker_blocked(false);
     metrics::gauge!(IN_FLIGHT).set(0.0);
-    let counters = [
-        EVENTS,
-        EVENTS_UNMATCHED,
-        DEFERRED,
-        BROKER_RECONNECTS,
-        CIRCUITS_OPENED,
-        CACHE_HITS,
-        CACHE_MISSES,
-        ATTEMPT_LOG_DROPPED,
-        ATTEMPT_LOG_ERRORS,
-    ];
-    for name in counters {
-        metrics::counter!(name).increment(0);
-    }
-    for (kind, _) in crate::operational::TYPES {
-        metrics::counter!(OPERATIONAL_EVENTS, "type" => kind).increment(0);
-    }
-    for share in ["origin", "account"] {
-        metrics::counter!(SHARE_DEFERRALS, "share" => share).increment(0);
-    }
-    for result in crate::delivery::policy::Verdict::LABELS {
-        metrics::counter!(ATTEMPTS, "result" => *result).increment(0);
-    }
+    zero_from_table();
     for reason in crate::event::PoisonReason::ALL {
         metrics::counter!(DEAD_LETTERS, "queue" => "events", "reason" => reason.as_str())
             .increment(0);
@@ -264,6 +240,9 @@ pub fn worker_started(topology: &crate::broker::topology::Topology) {
     for step in &topology.retry_steps {
         let step = crate::broker::topology::duration_name(*step);
         metrics::counter!(RETRIES, "step" => step).increment(0);
+    }
+    for (kind, _) in crate::operational::TYPES {
+        metrics::counter!(OPERATIONAL_EVENTS, "type" => kind).increment(0);
     }
     for target in worker_publish_targets(topology) {
         for reason in PublishFailure::ALL {
@@ -390,6 +369,15 @@ pub fn api_request(method: &str, route: &str, status: u16, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_is_in_the_table_once() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len());
+        assert_eq!(names.len(), 24);
+    }
 
     #[test]
     fn bucket_lists_are_strictly_increasing() {

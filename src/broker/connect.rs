@@ -18,6 +18,9 @@
 //! - **Liveness.** Every connection asks for `amqp.heartbeat`, and its socket gets keepalive and
 //!   a user timeout ([`super::socket`]), so a partition ends it within about two heartbeats
 //!   instead of the kernel's minutes. [`Connected::severer`] cuts it when a close cannot be sent.
+//!
+//! One file, though long: opening a connection, probing the node's version and keeping a
+//! connection alive are one job, "a usable connection to some node of amqp.urls".
 
 pub use super::socket::Severer;
 use super::version::{self, VersionError};

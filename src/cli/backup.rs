@@ -7,6 +7,9 @@
 //! [`BATCH`] accounts. Import reads the file twice: first it checks every line (and the
 //! rules against what the store holds) and writes nothing if one is wrong, then it writes the
 //! accounts in batches. So the file must be a regular file, not a pipe.
+//!
+//! One file, though long: export and import are the two halves of one format and one set of
+//! messages; the rules they share live in `subscription::backup`.
 
 use super::exit::Usage;
 use crate::config::Settings;

@@ -14,7 +14,7 @@
 
 use crate::config::ConfigError;
 use crate::dlq::DlqError;
-use crate::subscription::store::StoreError;
+use crate::subscription::store::{KeyCheckError, StoreError};
 use std::process::ExitCode;
 
 pub const USAGE: u8 = 64;
@@ -78,7 +78,16 @@ pub fn status_of(err: &anyhow::Error) -> u8 {
     1
 }
 
+/// One cause's status: by its type first, then by its variant where the type has several.
 fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    status_of_type(cause)
+        .or_else(|| cause.downcast_ref::<DlqError>().map(dlq_status))
+        .or_else(|| cause.downcast_ref::<StoreError>().map(store_status))
+        .or_else(|| cause.downcast_ref::<KeyCheckError>().map(key_check_status))
+}
+
+/// The causes whose type alone says the status.
+fn status_of_type(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if cause.is::<Usage>() {
         return Some(USAGE);
     }
@@ -102,48 +111,51 @@ fn status_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     {
         return Some(DATA);
     }
-    if let Some(e) = cause.downcast_ref::<DlqError>() {
-        return Some(match e {
-            DlqError::Connect(_) => UNAVAILABLE,
-            DlqError::NothingSelected => USAGE,
-            DlqError::Interrupted => INTERRUPTED,
-            DlqError::NotFound(_) => 1,
-            // A closed pipe: the reader went away; nothing to retry.
-            DlqError::Output(_) => 1,
-            DlqError::NoQueue(..) => UNAVAILABLE,
-            DlqError::ConsumerEnded(_)
-            | DlqError::Unconfirmed(_)
-            | DlqError::Amqp(_)
-            | DlqError::Store(_) => TEMPFAIL,
-        });
-    }
-    if let Some(e) = cause.downcast_ref::<StoreError>() {
-        return Some(match e {
-            StoreError::NotFound(_) => 1,
-            StoreError::LimitReached(_) | StoreError::DuplicateUrl { .. } => DATA,
-            StoreError::Url(_) | StoreError::Unreadable(_) => DATA,
-            StoreError::Connect(_) => UNAVAILABLE,
-            StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
-            // On the primary, not yet on redis.min_replicas replicas: worth trying again later.
-            StoreError::Unconfirmed { .. } => TEMPFAIL,
-            // No store where the configuration points: init, restore, or fix the settings.
-            StoreError::Missing(_) => CONFIG,
-        });
-    }
-    if let Some(e) = cause.downcast_ref::<crate::subscription::store::KeyCheckError>() {
-        return Some(match e {
-            crate::subscription::store::KeyCheckError::Store(_) => TEMPFAIL,
-            // The wrong redis.secret_key (or none) for what is stored: a configuration error.
-            _ => CONFIG,
-        });
-    }
-    if cause.is::<lapin::Error>() || cause.is::<crate::broker::publisher::PublishError>() {
-        return Some(TEMPFAIL);
-    }
-    if cause.is::<std::io::Error>() {
+    if cause.is::<lapin::Error>()
+        || cause.is::<crate::broker::publisher::PublishError>()
+        || cause.is::<std::io::Error>()
+    {
         return Some(TEMPFAIL);
     }
     None
+}
+
+fn dlq_status(e: &DlqError) -> u8 {
+    match e {
+        DlqError::Connect(_) => UNAVAILABLE,
+        DlqError::NothingSelected => USAGE,
+        DlqError::Interrupted => INTERRUPTED,
+        DlqError::NotFound(_) => 1,
+        // A closed pipe: the reader went away; nothing to retry.
+        DlqError::Output(_) => 1,
+        DlqError::NoQueue(..) => UNAVAILABLE,
+        DlqError::ConsumerEnded(_)
+        | DlqError::Unconfirmed(_)
+        | DlqError::Amqp(_)
+        | DlqError::Store(_) => TEMPFAIL,
+    }
+}
+
+fn store_status(e: &StoreError) -> u8 {
+    match e {
+        StoreError::NotFound(_) => 1,
+        StoreError::LimitReached(_) | StoreError::DuplicateUrl { .. } => DATA,
+        StoreError::Url(_) | StoreError::Unreadable(_) => DATA,
+        StoreError::Connect(_) => UNAVAILABLE,
+        StoreError::Redis(_) | StoreError::Timeout(_) => TEMPFAIL,
+        // On the primary, not yet on redis.min_replicas replicas: worth trying again later.
+        StoreError::Unconfirmed { .. } => TEMPFAIL,
+        // No store where the configuration points: init, restore, or fix the settings.
+        StoreError::Missing(_) => CONFIG,
+    }
+}
+
+fn key_check_status(e: &KeyCheckError) -> u8 {
+    match e {
+        KeyCheckError::Store(_) => TEMPFAIL,
+        // The wrong redis.secret_key (or none) for what is stored: a configuration error.
+        _ => CONFIG,
+    }
 }
 
 /// Runs the `hookrelay` command line and turns the outcome into an exit status; errors are one

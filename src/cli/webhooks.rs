@@ -3,7 +3,7 @@
 
 use super::exit::Unavailable;
 use crate::config::Settings;
-use crate::dlq::status::{account_status, AccountStatus, StatusOptions};
+use crate::dlq::status::{account_status, AccountStatus, StatusOptions, WebhookStatus};
 use crate::dlq::Dlq;
 use crate::event::AccountId;
 use crate::subscription::store::{NewWebhook, Store, WebhookPatch};
@@ -145,76 +145,96 @@ pub async fn run(settings: &Settings, action: WebhooksAction) -> anyhow::Result<
     let store = Store::from_settings(&settings.redis)
         .await
         .map_err(Unavailable::redis)?;
-    let writes = matches!(
-        action,
-        WebhooksAction::Add(_)
-            | WebhooksAction::Update(_)
-            | WebhooksAction::Remove(_)
-            | WebhooksAction::RotateSecret(_)
-    );
-    if writes {
+    if action.writes() {
         // No marker, no writes (exit 78): a lost store must not fill up anew unnoticed.
         store.require_marker().await?;
     }
     match action {
-        WebhooksAction::Add(a) => {
-            let new = NewWebhook {
-                url: parse_url(&a.url, settings).await?,
-                events: parse_events(&a.events)?,
-                format: a.format,
-                description: a.description,
-                rate_limit: a.rate_limit,
-            };
-            let webhook = store.create(&a.account, new).await?;
-            print_one(&webhook, a.json, true);
+        WebhooksAction::Add(a) => add(settings, &store, a).await,
+        WebhooksAction::List { account, json } => list(&store, &account, json).await,
+        WebhooksAction::Status(a) => status(settings, &store, a).await,
+        WebhooksAction::Backup(a) => super::backup::run(settings, &store, a).await,
+        WebhooksAction::Show(a) => {
+            print_one(&store.find(&a.id).await?, a.json, false);
+            Ok(())
         }
-        WebhooksAction::List { account, json } => {
-            let snapshot = store.snapshot(&account).await?;
-            if json {
-                let list: Vec<_> = snapshot.webhooks.iter().map(|w| w.to_json(false)).collect();
-                super::print_json(&serde_json::json!({ "webhooks": list }));
-            } else if snapshot.webhooks.is_empty() {
-                println!("account {account} has no webhooks");
-            } else {
-                print_table(&snapshot.webhooks);
-            }
-        }
-        WebhooksAction::Status(a) => status(settings, &store, a).await?,
-        WebhooksAction::Backup(a) => super::backup::run(settings, &store, a).await?,
-        WebhooksAction::Show(a) => print_one(&store.find(&a.id).await?, a.json, false),
-        WebhooksAction::Update(a) => {
-            let account = store.account_of(&a.id).await?;
-            let patch = WebhookPatch {
-                url: match a.url.as_deref() {
-                    Some(url) => Some(parse_url(url, settings).await?),
-                    None => None,
-                },
-                events: a.events.as_deref().map(parse_events).transpose()?,
-                format: a.format,
-                enabled: a.enabled,
-                description: a.description,
-                rate_limit: a.rate_limit.map(|l| l.0),
-            };
-            let webhook = store.update(&account, &a.id, patch).await?;
-            print_one(&webhook, a.json, false);
-        }
-        WebhooksAction::Remove(a) => {
-            let account = store.account_of(&a.id).await?;
-            store.delete(&account, &a.id).await?;
-            if a.json {
-                super::print_json(&serde_json::json!({"id": a.id, "deleted": true}));
-            } else {
-                println!("removed {}", a.id);
-            }
-        }
-        WebhooksAction::RotateSecret(a) => {
-            let account = store.account_of(&a.id).await?;
-            let webhook = store
-                .rotate_secret(&account, &a.id, settings.delivery.rotation_grace)
-                .await?;
-            print_one(&webhook, a.json, true);
-        }
+        WebhooksAction::Update(a) => update(settings, &store, a).await,
+        WebhooksAction::Remove(a) => remove(&store, a).await,
+        WebhooksAction::RotateSecret(a) => rotate_secret(settings, &store, a).await,
     }
+}
+
+impl WebhooksAction {
+    /// The actions that write to the store.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Self::Add(_) | Self::Update(_) | Self::Remove(_) | Self::RotateSecret(_)
+        )
+    }
+}
+
+async fn add(settings: &Settings, store: &Store, a: AddArgs) -> anyhow::Result<()> {
+    let new = NewWebhook {
+        url: parse_url(&a.url, settings).await?,
+        events: parse_events(&a.events)?,
+        format: a.format,
+        description: a.description,
+        rate_limit: a.rate_limit,
+    };
+    let webhook = store.create(&a.account, new).await?;
+    print_one(&webhook, a.json, true);
+    Ok(())
+}
+
+async fn list(store: &Store, account: &AccountId, json: bool) -> anyhow::Result<()> {
+    let snapshot = store.snapshot(account).await?;
+    if json {
+        let list: Vec<_> = snapshot.webhooks.iter().map(|w| w.to_json(false)).collect();
+        super::print_json(&serde_json::json!({ "webhooks": list }));
+    } else if snapshot.webhooks.is_empty() {
+        println!("account {account} has no webhooks");
+    } else {
+        print_table(&snapshot.webhooks);
+    }
+    Ok(())
+}
+
+async fn update(settings: &Settings, store: &Store, a: UpdateArgs) -> anyhow::Result<()> {
+    let account = store.account_of(&a.id).await?;
+    let patch = WebhookPatch {
+        url: match a.url.as_deref() {
+            Some(url) => Some(parse_url(url, settings).await?),
+            None => None,
+        },
+        events: a.events.as_deref().map(parse_events).transpose()?,
+        format: a.format,
+        enabled: a.enabled,
+        description: a.description,
+        rate_limit: a.rate_limit.map(|l| l.0),
+    };
+    let webhook = store.update(&account, &a.id, patch).await?;
+    print_one(&webhook, a.json, false);
+    Ok(())
+}
+
+async fn remove(store: &Store, a: IdArgs) -> anyhow::Result<()> {
+    let account = store.account_of(&a.id).await?;
+    store.delete(&account, &a.id).await?;
+    if a.json {
+        super::print_json(&serde_json::json!({"id": a.id, "deleted": true}));
+    } else {
+        println!("removed {}", a.id);
+    }
+    Ok(())
+}
+
+async fn rotate_secret(settings: &Settings, store: &Store, a: IdArgs) -> anyhow::Result<()> {
+    let account = store.account_of(&a.id).await?;
+    let webhook = store
+        .rotate_secret(&account, &a.id, settings.delivery.rotation_grace)
+        .await?;
+    print_one(&webhook, a.json, true);
     Ok(())
 }
 
@@ -291,59 +311,7 @@ fn print_status(s: &AccountStatus) {
         println!("account {} has no webhooks", s.account_id);
     }
     for w in &s.webhooks {
-        println!(
-            "{}  {}  {}",
-            w.id,
-            w.url,
-            state(w.enabled, &w.disabled_reason)
-        );
-        let rate = match w.success_rate.rate {
-            Some(r) => format!(
-                "{:.0}% ({} of the last {} attempts succeeded)",
-                r * 100.0,
-                w.success_rate.succeeded,
-                w.success_rate.attempts
-            ),
-            None => "no attempts logged".to_owned(),
-        };
-        println!("  success rate: {rate}");
-        if let Some(since) = &w.failing_since {
-            println!("  failing since: {since}");
-        }
-        if let Some(last) = &w.last_error {
-            let n = w.consecutive_failures;
-            println!("  last error: {last} ({n} failed attempts in a row)");
-        }
-        let reasons: Vec<String> = w
-            .dead_letters
-            .by_reason
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect();
-        println!(
-            "  dead letters: {}{}",
-            w.dead_letters.total,
-            match reasons.is_empty() {
-                true => String::new(),
-                false => format!(" ({})", reasons.join(", ")),
-            }
-        );
-        if !w.last_attempts.is_empty() {
-            let mut table = super::table(&["AT", "ATTEMPT", "EVENT", "TYPE", "STATUS", "ERROR"]);
-            for t in &w.last_attempts {
-                table.add_row(vec![
-                    t.at.clone(),
-                    t.attempt.to_string(),
-                    t.event_id.clone(),
-                    t.event_type.clone(),
-                    t.status.map_or("-".into(), |s| s.to_string()),
-                    t.error.clone().unwrap_or_else(|| "-".into()),
-                ]);
-            }
-            for line in table.to_string().lines() {
-                println!("  {line}");
-            }
-        }
+        print_webhook_status(w);
         println!();
     }
     let deleted = &s.dead_letters_of_deleted_webhooks;
@@ -351,11 +319,75 @@ fn print_status(s: &AccountStatus) {
         println!("dead letters of deleted webhooks: {}", deleted.total);
     }
     let pass = &s.dlq;
-    match (&pass.note, pass.complete) {
-        (None, _) => println!("dead letters counted over all {} in the queue", pass.read),
-        (Some(note), _) => println!(
+    match &pass.note {
+        None => println!("dead letters counted over all {} in the queue", pass.read),
+        Some(note) => println!(
             "dead letters counted over {} of {} in the queue: {note}",
             pass.read, pass.depth
         ),
+    }
+}
+
+/// One webhook: its state, success rate, since when it fails, its dead letters, last attempts.
+fn print_webhook_status(w: &WebhookStatus) {
+    println!(
+        "{}  {}  {}",
+        w.id,
+        w.url,
+        state(w.enabled, &w.disabled_reason)
+    );
+    println!("  success rate: {}", success_rate(w));
+    if let Some(since) = &w.failing_since {
+        println!("  failing since: {since}");
+    }
+    if let Some(last) = &w.last_error {
+        let n = w.consecutive_failures;
+        println!("  last error: {last} ({n} failed attempts in a row)");
+    }
+    let reasons: Vec<String> = w
+        .dead_letters
+        .by_reason
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    println!(
+        "  dead letters: {}{}",
+        w.dead_letters.total,
+        match reasons.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", reasons.join(", ")),
+        }
+    );
+    if !w.last_attempts.is_empty() {
+        print_last_attempts(w);
+    }
+}
+
+fn success_rate(w: &WebhookStatus) -> String {
+    match w.success_rate.rate {
+        Some(r) => format!(
+            "{:.0}% ({} of the last {} attempts succeeded)",
+            r * 100.0,
+            w.success_rate.succeeded,
+            w.success_rate.attempts
+        ),
+        None => "no attempts logged".to_owned(),
+    }
+}
+
+fn print_last_attempts(w: &WebhookStatus) {
+    let mut table = super::table(&["AT", "ATTEMPT", "EVENT", "TYPE", "STATUS", "ERROR"]);
+    for t in &w.last_attempts {
+        table.add_row(vec![
+            t.at.clone(),
+            t.attempt.to_string(),
+            t.event_id.clone(),
+            t.event_type.clone(),
+            t.status.map_or("-".into(), |s| s.to_string()),
+            t.error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    for line in table.to_string().lines() {
+        println!("  {line}");
     }
 }

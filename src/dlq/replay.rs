@@ -13,6 +13,11 @@
 //! sent; the republishes in flight are awaited and their letters acked, and everything else
 //! goes back to the queue in its order: run the same command again to continue, and no letter
 //! is sent twice.
+//!
+//! One file, though long: the plan (pure) and the pipelined I/O that carries it out share one
+//! invariant, a letter acked only after its republish is confirmed and settled in queue order,
+//! and reading them apart would hide where it holds. The selection it works through is in
+//! `super::selected`.
 
 use super::letter::{DeadLetter, DlqQueue};
 pub use super::plan::{plan, Candidate, Plan, Planner, Refusal, WebhookState};

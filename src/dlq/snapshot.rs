@@ -72,6 +72,9 @@
 //! letters costs it tens of megabytes while a command runs. Two `dlq` commands reading the same
 //! queue at once each see only what the other does not hold, and their returns may interleave:
 //! run one at a time.
+//!
+//! One file, though long: most of it is the paragraph above and the window logic it justifies;
+//! splitting it would separate the code from the reason it is written that way.
 
 use super::letter::{DeadLetter, DlqQueue};
 use super::DlqError;

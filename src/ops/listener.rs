@@ -15,6 +15,10 @@
 //!   them. Only when every connection has a request in hand is the newcomer closed at once.
 //! - an accept error (out of file descriptors, `EMFILE`) neither stops the listener nor spins:
 //!   the oldest idle connection is closed to free a descriptor and accepting resumes shortly.
+//!
+//! One file, though long: the slots, the accept loop and the per-connection task are one
+//! bookkeeping (a slot's idle and in-hand state decides evictions), which is easier to trust
+//! read together than split across files.
 
 use crate::config::ConnectionLimits;
 use axum::extract::ConnectInfo;
@@ -226,6 +230,12 @@ impl Slot {
         let last = self.epoch + Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
         tokio::time::Instant::from_std(last + limit)
     }
+
+    /// Idle for `limit` by now. Bytes may have moved while a timer slept: the deadline is
+    /// computed afresh.
+    fn idle_expired(&self, limit: Duration) -> bool {
+        self.is_idle() && self.idle_deadline(limit) <= tokio::time::Instant::now()
+    }
 }
 
 /// Counts a request in hand from the moment hyper hands it over until its response is ready.
@@ -366,12 +376,7 @@ impl Connection {
             inner: stream,
             slot: slot.clone(),
         });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
-        let mut conn = pin!(builder.serve_connection(io, service));
+        let mut conn = pin!(http1_builder(&limits).serve_connection(io, service));
         let mut draining = false;
         slot.started.store(true, Ordering::Release);
         loop {
@@ -392,10 +397,7 @@ impl Connection {
                 }
                 () = slot.evict.cancelled() => break,
                 () = tokio::time::sleep_until(idle_deadline) => {
-                    // Bytes may have moved while it slept: the deadline is computed afresh.
-                    if slot.is_idle()
-                        && slot.idle_deadline(limits.idle_timeout) <= tokio::time::Instant::now()
-                    {
+                    if slot.idle_expired(limits.idle_timeout) {
                         tracing::debug!(%peer, "closing an idle connection");
                         break;
                     }
@@ -403,6 +405,16 @@ impl Connection {
             }
         }
     }
+}
+
+/// HTTP/1.1 with keep-alive, and a bound on how long a request head may take to arrive.
+fn http1_builder(limits: &ConnectionLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
 }
 
 /// Marks its slot closed when dropped: declared before the connection, it is dropped after it,

@@ -97,67 +97,88 @@ pub struct Existing {
 /// its webhook and counts once).
 pub fn check_group(lines: &[Line], existing: &Existing) -> Result<(), Refusal> {
     for (i, line) in lines.iter().enumerate() {
-        if let Some(earlier) = lines[..i].iter().find(|l| l.id == line.id) {
-            return Err(refuse(
-                line,
-                format!("webhook {} is also on line {}", line.id, earlier.number),
-            ));
-        }
-        if let Some(earlier) = lines[..i].iter().find(|l| l.url == line.url) {
-            return Err(refuse(
-                line,
-                format!(
-                    "url {} is also the url of webhook {} on line {}: an account has one webhook per url",
-                    line.url, earlier.id, earlier.number
-                ),
-            ));
-        }
-        if let Some(Some(owner)) = existing.owners.get(i) {
-            if owner != line.account.as_str() {
-                return Err(refuse(
-                    line,
-                    format!(
-                        "webhook {} belongs to account {owner} in this store",
-                        line.id
-                    ),
-                ));
-            }
-        }
-        let in_file = |id: &str| lines.iter().any(|l| l.id.as_str() == id);
-        let clash = existing
-            .webhooks
-            .iter()
-            .find(|(id, url)| url.as_deref() == Some(line.url.as_str()) && !in_file(id));
-        if let Some((id, _)) = clash {
-            return Err(refuse(
-                line,
-                format!(
-                    "account {} already has webhook {id} for url {} in this store",
-                    line.account, line.url
-                ),
-            ));
-        }
+        check_against_earlier_lines(line, &lines[..i])?;
+        check_owner(line, existing.owners.get(i).and_then(Option::as_deref))?;
+        check_url_in_store(line, lines, existing)?;
     }
+    check_limit(lines, existing)
+}
+
+/// No id and no URL twice in the file.
+fn check_against_earlier_lines(line: &Line, earlier: &[Line]) -> Result<(), Refusal> {
+    if let Some(earlier) = earlier.iter().find(|l| l.id == line.id) {
+        return Err(refuse(
+            line,
+            format!("webhook {} is also on line {}", line.id, earlier.number),
+        ));
+    }
+    if let Some(earlier) = earlier.iter().find(|l| l.url == line.url) {
+        return Err(refuse(
+            line,
+            format!(
+                "url {} is also the url of webhook {} on line {}: an account has one webhook per url",
+                line.url, earlier.id, earlier.number
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// No id that the store's index gives another account.
+fn check_owner(line: &Line, owner: Option<&str>) -> Result<(), Refusal> {
+    match owner {
+        Some(owner) if owner != line.account.as_str() => Err(refuse(
+            line,
+            format!(
+                "webhook {} belongs to account {owner} in this store",
+                line.id
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// No URL of a stored webhook of the account that the file does not replace.
+fn check_url_in_store(line: &Line, lines: &[Line], existing: &Existing) -> Result<(), Refusal> {
+    let in_file = |id: &str| lines.iter().any(|l| l.id.as_str() == id);
+    let clash = existing
+        .webhooks
+        .iter()
+        .find(|(id, url)| url.as_deref() == Some(line.url.as_str()) && !in_file(id));
+    match clash {
+        Some((id, _)) => Err(refuse(
+            line,
+            format!(
+                "account {} already has webhook {id} for url {} in this store",
+                line.account, line.url
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// At most MAX_WEBHOOKS_PER_ACCOUNT once imported; the refusal names the first line past it.
+fn check_limit(lines: &[Line], existing: &Existing) -> Result<(), Refusal> {
     let kept = existing
         .webhooks
         .iter()
         .filter(|(id, _)| !lines.iter().any(|l| l.id.as_str() == id))
         .count();
-    if kept + lines.len() > MAX_WEBHOOKS_PER_ACCOUNT {
-        let line = &lines[MAX_WEBHOOKS_PER_ACCOUNT
-            .saturating_sub(kept)
-            .min(lines.len() - 1)];
-        return Err(refuse(
-            line,
-            format!(
-                "account {} would have {} webhooks ({kept} already in this store, {} in the file); an account has at most {MAX_WEBHOOKS_PER_ACCOUNT}",
-                line.account,
-                kept + lines.len(),
-                lines.len()
-            ),
-        ));
+    if kept + lines.len() <= MAX_WEBHOOKS_PER_ACCOUNT {
+        return Ok(());
     }
-    Ok(())
+    let line = &lines[MAX_WEBHOOKS_PER_ACCOUNT
+        .saturating_sub(kept)
+        .min(lines.len() - 1)];
+    Err(refuse(
+        line,
+        format!(
+            "account {} would have {} webhooks ({kept} already in this store, {} in the file); an account has at most {MAX_WEBHOOKS_PER_ACCOUNT}",
+            line.account,
+            kept + lines.len(),
+            lines.len()
+        ),
+    ))
 }
 
 /// Accounts and webhook ids met so far in a file, as 8-byte fingerprints: a repeat is refused

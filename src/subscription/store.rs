@@ -10,81 +10,34 @@
 //!
 //! - `<prefix>:secret-key-check` a value sealed with `redis.secret_key` ([`keycheck`]).
 //!
-//! The record's JSON and the sealing of its secrets are in `record`, the Lua scripts in
-//! `scripts`. With `redis.secret_key` set, secrets are sealed (XChaCha20-Poly1305, bound to the
-//! account and webhook id); secrets stored in plain text stay readable.
+//! This file reads and writes the webhooks. Opening a store (modes, options, the marker) is in
+//! `open`, the key names and plain commands other modules use in `access`, the errors in
+//! `error`, export and import in `backup`. The record's JSON and the sealing of its secrets are
+//! in `record`, the Lua scripts in `scripts`. With `redis.secret_key` set, secrets are sealed
+//! (XChaCha20-Poly1305, bound to the account and webhook id); secrets stored in plain text stay
+//! readable.
 
-use super::connection::{ConnectError, RedisConn};
-use super::marker::{self, Marker, StoreMissing};
+use super::connection::RedisConn;
 use super::record::{decode, encode, Sealer};
 pub use super::record::{RecordError, UnreadableWebhook};
 use super::scripts::{CONFLICT, CREATE, DELETE, DUPLICATE_URL, LIMIT_REACHED, NOT_FOUND};
 use super::scripts::{SNAPSHOT, UPDATE};
 use super::secret::Secret;
+use super::MAX_WEBHOOKS_PER_ACCOUNT as LIMIT;
 use super::{EventFilter, Format, PreviousSecret, RateLimit, Webhook, WebhookId, WebhookUrl};
-use super::{UrlError, MAX_WEBHOOKS_PER_ACCOUNT as LIMIT};
-use crate::config::SecretKey;
 use crate::event::AccountId;
 use chrono::Utc;
 pub use keycheck::KeyCheckError;
 use redis::AsyncCommands;
 use std::time::Duration;
 
+mod access;
 mod backup;
+mod error;
 mod keycheck;
+mod open;
 pub use backup::{ExportedAccount, ImportOutcome};
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("account {0} already has {LIMIT} webhooks, the most an account may have")]
-    LimitReached(AccountId),
-    #[error("account {account} already has a webhook for {url} ({existing})")]
-    DuplicateUrl {
-        account: AccountId,
-        url: String,
-        existing: String,
-    },
-    #[error("no webhook {0}")]
-    NotFound(WebhookId),
-    #[error("invalid webhook: {0}")]
-    Url(#[from] UrlError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    /// A stored record that cannot be read: a fact about the data, not an outage, so it is
-    /// never waited out.
-    #[error("a stored record is unreadable: {0}")]
-    Unreadable(#[from] RecordError),
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// `redis.min_replicas` was not met: the write is done on the primary, but a failover now
-    /// could lose it.
-    #[error("the write is on the Redis primary but unconfirmed: {confirmed} of the {wanted} replicas redis.min_replicas asks for acknowledged it within {timeout:?} (a failover now could lose it; check the replicas, then `webhooks list` or `show` before writing again)")]
-    Unconfirmed {
-        wanted: u32,
-        confirmed: u32,
-        timeout: Duration,
-    },
-    /// The store's marker is absent: new, lost, or not the store configured.
-    #[error(transparent)]
-    Missing(#[from] StoreMissing),
-}
-
-impl StoreError {
-    /// Whether Redis itself failed (worth waiting out), as opposed to a refusal or bad data.
-    pub fn is_outage(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Connect(_)
-        )
-    }
-}
-
-impl From<serde_json::Error> for StoreError {
-    fn from(e: serde_json::Error) -> Self {
-        StoreError::Unreadable(RecordError::Json(e))
-    }
-}
+pub use error::StoreError;
 
 /// What a merchant asks for when adding a webhook.
 #[derive(Clone, Debug)]
@@ -150,129 +103,6 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store on the single server at `url` (tests and tools; `from_settings` for every mode).
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let conn = RedisConn::single(url, timeout).await?;
-        Ok(Store::on(
-            conn,
-            prefix,
-            timeout,
-            marker::location_of_url(url),
-        ))
-    }
-
-    fn on(conn: RedisConn, prefix: &str, timeout: Duration, location: String) -> Store {
-        Store {
-            conn,
-            prefix: prefix.to_owned(),
-            location,
-            timeout,
-            sealer: None,
-            min_replicas: 0,
-        }
-    }
-
-    /// Makes create, update, rotate-secret, delete and import return only once `replicas`
-    /// replicas confirm the write (`redis.min_replicas`); 0: once the primary has it.
-    pub fn with_min_replicas(mut self, replicas: u32) -> Store {
-        self.min_replicas = replicas;
-        self
-    }
-
-    /// Waits until `redis.min_replicas` replicas have every write this store's connection made
-    /// so far, asking the master of each of `keys`' slots on a cluster (every master when
-    /// `keys` is empty). `WAIT` gets half the lookup timeout, so that its answer arrives
-    /// before the connection's own timeout.
-    ///
-    /// Limitation: `WAIT` counts the writes of the connection it is sent on. Should the
-    /// connection be replaced between the write and the `WAIT` (a reconnect), the new one has
-    /// made no write and the `WAIT` confirms at once; the write itself then most likely failed
-    /// with the connection and was reported.
-    pub(crate) async fn confirm(&self, keys: &[&str]) -> Result<(), StoreError> {
-        if self.min_replicas == 0 {
-            return Ok(());
-        }
-        let wait = self.timeout / 2;
-        let confirmed = self
-            .timed(self.conn.wait_replicas(keys, self.min_replicas, wait))
-            .await?;
-        if confirmed < self.min_replicas {
-            return Err(StoreError::Unconfirmed {
-                wanted: self.min_replicas,
-                confirmed,
-                timeout: wait,
-            });
-        }
-        Ok(())
-    }
-
-    /// Encrypts webhook secrets with `key` (`redis.secret_key`) when writing, and decrypts them
-    /// when reading. Without a key, secrets are written in plain text (the long-running
-    /// commands, worker and api, warn about it at start-up).
-    pub fn with_secret_key(mut self, key: Option<&SecretKey>) -> Store {
-        self.sealer = key.map(Sealer::new);
-        self
-    }
-
-    /// Connects with the `[redis]` settings: mode, URLs, TLS, prefix, lookup timeout and
-    /// secret key.
-    pub async fn from_settings(redis: &crate::config::RedisSettings) -> Result<Store, StoreError> {
-        let conn = RedisConn::connect(redis).await?;
-        Ok(Store::on(
-            conn,
-            &redis.prefix,
-            redis.lookup_timeout,
-            marker::location(redis),
-        )
-        .with_secret_key(redis.secret_key.as_ref())
-        .with_min_replicas(redis.min_replicas))
-    }
-
-    /// The connection, for what needs more than the store's operations (pub/sub).
-    pub fn redis(&self) -> &RedisConn {
-        &self.conn
-    }
-
-    /// Whether secrets are encrypted at rest.
-    pub fn seals_secrets(&self) -> bool {
-        self.sealer.is_some()
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Where this store's Redis is (address and database, no credentials), for messages.
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    /// The store's marker, `None` when it is missing.
-    pub async fn marker(&self) -> Result<Option<Marker>, StoreError> {
-        self.timed_store(marker::read(&self.conn, &self.prefix))
-            .await
-    }
-
-    /// The store's marker, or [`StoreError::Missing`] naming where it was looked for: what
-    /// everything but `store init` and `webhooks import --init-store` checks before working.
-    pub async fn require_marker(&self) -> Result<Marker, StoreError> {
-        self.marker().await?.ok_or_else(|| self.missing().into())
-    }
-
-    /// The error for a store without its marker.
-    pub fn missing(&self) -> StoreMissing {
-        StoreMissing {
-            location: self.location.clone(),
-            prefix: self.prefix.clone(),
-        }
-    }
-
-    /// Writes the marker unless one exists (`hookrelay store init`); `true` if this created it.
-    pub async fn init_marker(&self) -> Result<(Marker, bool), StoreError> {
-        self.timed_store(marker::init_reporting(&self.conn, &self.prefix))
-            .await
-    }
-
     async fn timed_store<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -280,85 +110,6 @@ impl Store {
         tokio::time::timeout(self.timeout, f)
             .await
             .unwrap_or(Err(StoreError::Timeout(self.timeout)))
-    }
-
-    /// The pub/sub channel on which every write announces "<account> <version>".
-    pub fn changes_channel(&self) -> String {
-        format!("{}:changes", self.prefix)
-    }
-
-    pub(crate) fn keys(&self, account: &AccountId) -> [String; 3] {
-        let base = format!("{}:{{{}}}", self.prefix, account);
-        [
-            format!("{base}:webhooks"),
-            format!("{base}:urls"),
-            format!("{base}:version"),
-        ]
-    }
-
-    /// The attempt log of one webhook (see `attempts`).
-    pub fn attempts_key(&self, account: &AccountId, id: &WebhookId) -> String {
-        format!("{}:{{{}}}:attempts:{}", self.prefix, account, id)
-    }
-
-    /// Since when (Unix seconds) a webhook's attempts fail without a success; absent if not.
-    pub fn failing_key(&self, account: &AccountId, id: &WebhookId) -> String {
-        format!("{}:{{{}}}:failing:{}", self.prefix, account, id)
-    }
-
-    /// The health record of one webhook: its failing period and the operational events decided
-    /// and not yet confirmed (see `health`).
-    pub fn health_key(&self, account: &AccountId, id: &WebhookId) -> String {
-        format!("{}:{{{}}}:health:{}", self.prefix, account, id)
-    }
-
-    /// The shared rate-limit state of one webhook (see `worker::rate_limit`).
-    pub fn rate_limit_key(&self, account: &AccountId, id: &WebhookId) -> String {
-        format!("{}:{{{}}}:rate:{}", self.prefix, account, id)
-    }
-
-    /// Runs one command whose reply is ignored.
-    pub async fn run_command(&self, cmd: &redis::Cmd) -> Result<(), StoreError> {
-        self.query_command(cmd).await
-    }
-
-    /// Runs one command and decodes its reply. A single-key command is what follows a slot
-    /// migration safely (see `attempts::write_webhook`).
-    pub async fn query_command<T: redis::FromRedisValue>(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.timed(cmd.query_async::<T>(&mut conn)).await
-    }
-
-    /// Runs a pipeline whose replies are ignored.
-    pub async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.timed(pipe.query_async::<()>(&mut conn)).await
-    }
-
-    /// Runs a pipeline and decodes its replies.
-    pub async fn query_pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.timed(pipe.query_async::<T>(&mut conn)).await
-    }
-
-    pub(crate) fn index_key(&self) -> String {
-        format!("{}:webhook-accounts", self.prefix)
-    }
-
-    async fn timed<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
     }
 
     /// All webhooks of an account and the version they are at, read atomically.
