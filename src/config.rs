@@ -8,6 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+mod telemetry;
+pub use telemetry::TelemetrySettings;
+
 /// The defaults, documented key by key in the repository's `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -35,6 +38,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub api: ApiSettings,
     pub ops: OpsSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +178,8 @@ pub struct DeliverySettings {
     /// Share of `max_in_flight` one account may hold.
     pub max_in_flight_per_account: usize,
     pub max_in_flight: usize,
+    /// Whether a merchant's request carries the attempt's W3C `traceparent` (and `tracestate`).
+    pub send_traceparent: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -247,6 +253,7 @@ struct Raw {
     log: RawLog,
     api: RawApi,
     ops: RawOps,
+    telemetry: telemetry::RawTelemetry,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +309,7 @@ struct RawDelivery {
     max_in_flight_per_origin: usize,
     max_in_flight_per_account: usize,
     max_in_flight: usize,
+    send_traceparent: bool,
 }
 
 #[derive(Deserialize)]
@@ -800,6 +808,7 @@ impl Settings {
                 )?,
                 allow_private_targets: raw.delivery.allow_private_targets,
                 allow_http: raw.delivery.allow_http,
+                send_traceparent: raw.delivery.send_traceparent,
                 max_in_flight: match raw.delivery.max_in_flight {
                     0 => return Err(invalid("delivery.max_in_flight", "must be at least 1")),
                     n => n,
@@ -911,6 +920,7 @@ impl Settings {
                     &raw.ops.idle_timeout,
                 )?,
             },
+            telemetry: raw.telemetry.parse()?,
         })
     }
 }

@@ -34,3 +34,4 @@ mod retries;
 mod store;
 mod subscriptions;
 mod targets;
+mod trace_context;
