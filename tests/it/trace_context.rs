@@ -344,3 +344,54 @@ async fn with_send_traceparent_false_the_merchant_gets_no_trace_header() {
     assert!(hits[0].headers.get("tracestate").is_none());
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_keeps_the_trace_and_its_replay_carries_it_to_the_merchant() {
+    use crate::helpers::dead_letters::{dlq, wait_for_depth};
+    use hookrelay::dlq::replay::ReplayOptions;
+    use hookrelay::dlq::{DlqQueue, Filter, Selection};
+    let app = spawn_app_with("200ms", &[]).await;
+    app.receiver.behave(
+        "/dying",
+        Behaviour::FailTimes {
+            times: 2,
+            status: 500,
+        },
+    );
+    app.add_webhook("dying", "/dying", &["*"], Format::Standard)
+        .await;
+    let upstream = upstream_context();
+    publish_in(&app, "dying", &upstream).await;
+    wait_for_depth(&app, &app.topology().dlq_deliveries(), 1).await;
+    let dlq = dlq(&app).await;
+    let letter = dlq
+        .list(DlqQueue::Deliveries, &Filter::default(), None)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        letter.trace.as_ref().map(|t| t.parent),
+        Some(upstream.parent)
+    );
+    let listed = serde_json::to_value(&letter).unwrap();
+    assert_eq!(listed["traceparent"], upstream.parent.to_string());
+
+    let selection = Selection {
+        ids: vec![letter.id.clone()],
+        ..Default::default()
+    };
+    let report = dlq
+        .replay(&selection, ReplayOptions::default(), &app.store)
+        .await
+        .unwrap();
+
+    assert_eq!(report.count("replayed"), 1);
+    let hits = app
+        .receiver
+        .wait_for("/dying", 3, Duration::from_secs(30))
+        .await;
+    assert_eq!(traceparent_of(&hits[2]), Some(upstream.parent));
+    assert_eq!(hits[2].headers["tracestate"], "upstream=1");
+    dlq.close().await;
+    app.cleanup().await;
+}
