@@ -955,6 +955,12 @@ mod tests {
         assert_eq!(s.api.failed_signin_window, Duration::from_secs(60));
         let loopback: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(s.api.trusted_proxies, loopback);
+        assert_eq!(
+            s.telemetry.otlp_endpoint, None,
+            "tracing export is off by default"
+        );
+        assert_eq!(s.telemetry.sampling_ratio, 1.0);
+        assert!(s.delivery.send_traceparent);
     }
 
     #[test]
