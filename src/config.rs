@@ -39,6 +39,7 @@ pub mod log;
 pub mod operational;
 pub mod ops;
 pub mod redis;
+pub mod telemetry;
 pub mod tls;
 pub mod value;
 pub mod worker;
@@ -51,6 +52,7 @@ pub use log::{LogFormat, LogSettings};
 pub use operational::OperationalSettings;
 pub use ops::OpsSettings;
 pub use redis::{RedisMode, RedisSettings, RedisTls, SecretKey};
+pub use telemetry::TelemetrySettings;
 pub use tls::{TlsConfig, TlsFiles};
 pub use value::MAX_DURATION;
 pub use worker::WorkerSettings;
@@ -123,6 +125,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub ops: OpsSettings,
     pub operational: OperationalSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// What the layers hold, one raw struct per section: each value parsed on its own, before the
@@ -138,6 +141,7 @@ struct Raw {
     api: api::RawApi,
     ops: ops::RawOps,
     operational: operational::RawOperational,
+    telemetry: telemetry::RawTelemetry,
 }
 
 impl Settings {
@@ -200,6 +204,7 @@ impl Settings {
             api: raw.api.settle()?,
             ops: raw.ops.settle()?,
             operational: raw.operational.settle(),
+            telemetry: raw.telemetry.settle()?,
         })
     }
 }
@@ -236,6 +241,12 @@ mod tests {
         assert_eq!(s.api.failed_signin_window, Duration::from_secs(60));
         let loopback: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(s.api.trusted_proxies, loopback);
+        assert_eq!(
+            s.telemetry.otlp_endpoint, None,
+            "tracing export is off by default"
+        );
+        assert_eq!(s.telemetry.sampling_ratio, 1.0);
+        assert!(s.delivery.send_traceparent);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Logging: `tracing` to stderr, as text or JSON (`log.format`), level from `RUST_LOG`.
+//! Logging and tracing: `tracing` to stderr, as text or JSON (`log.format`), level from
+//! `RUST_LOG`; and, when `[telemetry] otlp_endpoint` is set, the worker's spans exported over
+//! OTLP ([`otlp`]), continuing the W3C trace context that messages carry ([`context`]).
 //!
 //! JSON lines are flat: `timestamp`, `level`, `target`, `message`, then the event's own fields and
 //! the fields of every span it happened in (`event_id`, `account_id`, `webhook_id`, `attempt`)
@@ -6,25 +8,34 @@
 //! it. tracing-subscriber's JSON formatter nests span fields under `span`/`spans` and has no
 //! option to lift them, hence the small formatter below.
 
-use crate::config::LogFormat;
+pub mod context;
+pub mod otlp;
+
+use crate::config::{LogFormat, Settings};
 use serde_json::{Map, Value};
 use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber; later calls (tests) are ignored.
-pub fn init(format: LogFormat) {
+/// The log filter: `RUST_LOG`, else INFO.
+fn log_filter() -> EnvFilter {
     // lapin logs a channel the broker closed (e.g. NOT_FOUND for an exchange that was never
     // declared) at ERROR on `lapin::channel`, while the operation that met it returns the same
     // error to hookrelay, which reports it once in its own words: one line, not two.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off"));
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off"))
+}
+
+/// Installs the global subscriber, logs only; later calls (tests) are ignored.
+pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
@@ -34,6 +45,63 @@ pub fn init(format: LogFormat) {
             .event_format(FlatJson)
             .try_init(),
     };
+}
+
+/// What a process must shut down on exit: the trace exporter, if one was started.
+#[must_use = "call `shutdown` on exit, or the last batch of spans is lost"]
+pub struct Telemetry {
+    exporter: Option<otlp::Exporter>,
+}
+
+impl Telemetry {
+    /// Sends the spans still batched; a no-op without an exporter.
+    pub fn shutdown(self) {
+        if let Some(exporter) = &self.exporter {
+            exporter.shutdown();
+        }
+    }
+}
+
+/// Installs logging, and the OTLP exporter when `telemetry.otlp_endpoint` is set. Without an
+/// endpoint this is [`init`] exactly: the same subscriber, so telemetry off costs nothing.
+pub fn start(settings: &Settings) -> Telemetry {
+    let exporter = match otlp::Exporter::new(&settings.telemetry) {
+        Ok(Some(exporter)) => exporter,
+        Ok(None) => {
+            init(settings.log.format);
+            return Telemetry { exporter: None };
+        }
+        Err(e) => {
+            init(settings.log.format);
+            tracing::error!(error = %e, "traces will not be exported (telemetry.otlp_endpoint)");
+            return Telemetry { exporter: None };
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    // The log filter is the log layer's own, so that spans kept for export are not logged.
+    let logs = match settings.log.format {
+        LogFormat::Text => logs.with_filter(log_filter()).boxed(),
+        LogFormat::Json => logs
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .with_filter(log_filter())
+            .boxed(),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(exporter.layer())
+        .try_init();
+    if installed.is_err() {
+        // A subscriber was installed before (tests): nothing would reach this exporter.
+        exporter.shutdown();
+        return Telemetry { exporter: None };
+    }
+    Telemetry {
+        exporter: Some(exporter),
+    }
 }
 
 /// One JSON object per line, span fields lifted to the top level. Keys are never duplicated:

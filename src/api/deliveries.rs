@@ -80,7 +80,7 @@ pub async fn send_test(
         }
     };
     let event = PreparedEvent::new(examples::example_event(event_type, &account));
-    let report = state.deliverer.attempt(&webhook, &event).await;
+    let report = state.deliverer.attempt(&webhook, &event, 1, None).await;
     let record = report.to_record(1, &event);
     // Written at once rather than through the worker's batching log: the merchant looks at the
     // attempts right after this answer.

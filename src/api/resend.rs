@@ -42,7 +42,7 @@ impl Resender {
     /// Publishes `job` for a fresh round of attempts; Ok only once the broker confirmed it.
     pub async fn enqueue(&self, job: &DeliveryJob) -> Result<(), ResendError> {
         let publisher = self.publisher().await?;
-        job.publish_fresh(&publisher, &self.topology).await?;
+        job.publish_fresh(&publisher, &self.topology, None).await?;
         Ok(())
     }
 

@@ -14,7 +14,8 @@
 //!
 //! [`EventPublisher::connect`] is the library for upstream services: on a cluster it retries a
 //! publish that was not confirmed on the next node (at-least-once: nothing confirmed is lost, a
-//! retried one may arrive twice; receivers dedupe on `webhook-id`).
+//! retried one may arrive twice; receivers dedupe on `webhook-id`). Every event it publishes
+//! carries a W3C `traceparent` header: the caller's trace, or a new one (DESIGN §7).
 
 use super::connect::{Connector, NodeId};
 use super::socket::Severer;
@@ -22,12 +23,15 @@ use crate::event::{AccountId, Event, EventId, EventType};
 /// Re-exported: every publisher of a message names its headers from here.
 pub use crate::messages::headers::Headers;
 use crate::metrics::PublishFailure;
+use crate::telemetry::context::{TraceContext, TraceParent};
+use crate::telemetry::otlp;
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// How often a publish waiting for its confirm looks whether the broker blocks the connection.
 const BLOCKED_CHECK: Duration = Duration::from_millis(200);
@@ -332,6 +336,8 @@ impl NewEvent {
 pub struct EventPublisher {
     source: Source,
     exchange: String,
+    /// Share of new traces marked sampled (see [`EventPublisher::with_sampling_ratio`]).
+    sampling_ratio: f64,
 }
 
 #[derive(Clone)]
@@ -361,7 +367,16 @@ impl EventPublisher {
         EventPublisher {
             source: Source::Fixed(publisher),
             exchange: format!("{prefix}.events"),
+            sampling_ratio: 1.0,
         }
+    }
+
+    /// The share (0.0 to 1.0, default 1.0) of the new traces this publisher starts, for events
+    /// published outside any trace, that are marked sampled, by the same trace-id rule as a
+    /// worker's `telemetry.sampling_ratio`. An event published inside a trace keeps its flag.
+    pub fn with_sampling_ratio(mut self, ratio: f64) -> Self {
+        self.sampling_ratio = ratio.clamp(0.0, 1.0);
+        self
     }
 
     /// Connects its own connection and confirm channel through `connector` (the first usable
@@ -381,12 +396,33 @@ impl EventPublisher {
         Ok(EventPublisher {
             source: Source::Nodes(Arc::new(failover)),
             exchange: format!("{prefix}.events"),
+            sampling_ratio: 1.0,
         })
     }
 
-    /// Publishes one event and returns it as sent, once the broker confirmed it.
+    /// Publishes one event and returns it as sent, once the broker confirmed it. It carries the
+    /// caller's trace context (its current `tracing` span, when exported by a
+    /// tracing-opentelemetry layer, or OpenTelemetry's current context), or a new trace.
     pub async fn publish(&self, event: NewEvent) -> Result<Event, PublishError> {
+        self.publish_in_trace(event, None).await
+    }
+
+    /// As [`EventPublisher::publish`], continuing `trace` when given (a W3C context the caller
+    /// received, e.g. from an HTTP request), else the current one or a new one.
+    pub async fn publish_in_trace(
+        &self,
+        event: NewEvent,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, PublishError> {
         let event = event.into_event();
+        let span = tracing::debug_span!("publish", otel.kind = "producer",
+            messaging.destination.name = %self.exchange, event_id = %event.id,
+            hookrelay.publish = "event");
+        otlp::continue_from(&span, trace.as_ref());
+        let trace = otlp::outgoing(&span, trace.as_ref())
+            .or_else(otlp::current)
+            .unwrap_or_else(|| TraceContext::new(TraceParent::new_root_at(self.sampling_ratio)));
+        let headers = trace.to_amqp(Headers::default());
         let body = event.to_envelope_json();
         let outgoing = || Outgoing {
             exchange: &self.exchange,
@@ -394,12 +430,12 @@ impl EventPublisher {
             body: body.as_bytes(),
             message_id: Some(event.id.as_str()),
             content_type: "application/json",
-            headers: Headers::default(),
+            headers: headers.clone(),
             expiration_ms: None,
         };
         match &self.source {
-            Source::Fixed(publisher) => publisher.publish(outgoing()).await?,
-            Source::Nodes(failover) => failover.publish(outgoing).await?,
+            Source::Fixed(publisher) => publisher.publish(outgoing()).instrument(span).await?,
+            Source::Nodes(failover) => failover.publish(outgoing).instrument(span).await?,
         }
         Ok(event)
     }

@@ -190,9 +190,18 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         .block_on(run(cli.command, settings))
 }
 
-/// Runs one command with loaded settings.
+/// Runs one command with loaded settings; the spans still batched for export are sent before
+/// it returns, whatever its outcome.
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    crate::telemetry::init(settings.log.format);
+    let telemetry = crate::telemetry::start(&settings);
+    let result = run_command(command, settings).await;
+    // The exporter's own thread sends the last batch (within a few seconds); waiting for it
+    // blocks this runtime thread only at exit, when nothing else is left to run.
+    telemetry.shutdown();
+    result
+}
+
+async fn run_command(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Worker => {
             let shutdown = crate::shutdown::on_signal();

@@ -7,6 +7,7 @@ use crate::delivery::signing::Secret;
 use crate::event::{AccountId, Event, EventId, EventType, Limits};
 use crate::listen::{self, Secrets};
 use crate::subscription::store::Store;
+use crate::telemetry::context::{TraceContext, TraceParent};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::net::SocketAddr;
@@ -32,6 +33,16 @@ pub struct PublishArgs {
     /// Print the envelope instead of the id.
     #[arg(long)]
     json: bool,
+    /// Publish in this W3C trace (`00-<trace id>-<parent id>-<flags>`), e.g. the caller's;
+    /// default: a new trace, sampled as `telemetry.sampling_ratio` says.
+    #[arg(long, value_parser = parse_traceparent, conflicts_with = "check")]
+    traceparent: Option<TraceContext>,
+}
+
+fn parse_traceparent(text: &str) -> Result<TraceContext, String> {
+    TraceParent::parse(text.as_bytes())
+        .map(TraceContext::new)
+        .ok_or_else(|| "not a W3C traceparent like 00-<32 hex>-<16 hex>-01".to_owned())
 }
 
 pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
@@ -60,15 +71,17 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<(
         settings.amqp.publish_timeout,
     )
     .await
-    .context("connecting to RabbitMQ (amqp.url / amqp.urls)")?;
+    .context("connecting to RabbitMQ (amqp.url / amqp.urls)")?
+    .with_sampling_ratio(settings.telemetry.sampling_ratio);
+    let new = NewEvent {
+        id,
+        event_type,
+        account_id,
+        created_at: None,
+        data,
+    };
     let event = publisher
-        .publish(NewEvent {
-            id,
-            event_type,
-            account_id,
-            created_at: None,
-            data,
-        })
+        .publish_in_trace(new, args.traceparent)
         .await
         .map_err(|e| match e.is_not_declared() {
             true => NotDeclared(format!("exchange {}.events", settings.amqp.prefix)).into(),

@@ -26,6 +26,8 @@ pub struct DeliverySettings {
     pub disable_after: Duration,
     pub allow_private_targets: bool,
     pub allow_http: bool,
+    /// Whether a merchant's request carries the attempt's W3C `traceparent` (and `tracestate`).
+    pub send_traceparent: bool,
     pub max_in_flight_per_webhook: usize,
     /// Share of `max_in_flight` one target origin (scheme, host, port) may hold.
     pub max_in_flight_per_origin: usize,
@@ -47,6 +49,7 @@ pub(super) struct RawDelivery {
     disable_after: Period,
     allow_private_targets: bool,
     allow_http: bool,
+    send_traceparent: bool,
     max_in_flight_per_webhook: Count,
     max_in_flight_per_origin: Count,
     max_in_flight_per_account: Count,
@@ -66,6 +69,7 @@ impl RawDelivery {
             disable_after: self.disable_after.into(),
             allow_private_targets: self.allow_private_targets,
             allow_http: self.allow_http,
+            send_traceparent: self.send_traceparent,
             max_in_flight_per_webhook: self.max_in_flight_per_webhook.into(),
             max_in_flight_per_origin: self.max_in_flight_per_origin.into(),
             max_in_flight_per_account: self.max_in_flight_per_account.into(),

@@ -10,12 +10,15 @@ pub mod signing;
 use crate::config::DeliverySettings;
 use crate::subscription::attempts::{AttemptRecord, RESEND_MAX_BYTES};
 use crate::subscription::{Format, Webhook};
+use crate::telemetry::context::TraceContext;
+use crate::telemetry::otlp;
 use chrono::Utc;
 use format::{BodyTooLarge, PreparedEvent};
 use policy::Verdict;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How much of a response body is kept for the attempt log and the dead letter.
 pub const EXCERPT_BYTES: usize = 1024;
@@ -58,6 +61,8 @@ pub struct Deliverer {
     targets: guard::TargetPolicy,
     /// `delivery.max_in_flight`: bounds connections, and so memory, with large fan-outs.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// `delivery.send_traceparent`: requests carry the attempt's trace context.
+    send_traceparent: bool,
 }
 
 impl Deliverer {
@@ -77,29 +82,49 @@ impl Deliverer {
             client: builder.build()?,
             targets: guard::TargetPolicy::of(settings),
             in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
+            send_traceparent: settings.send_traceparent,
         })
     }
 
-    /// One attempt of `event` to `webhook`, signed now with the webhook's current secrets.
-    pub async fn attempt(&self, webhook: &Webhook, event: &PreparedEvent) -> AttemptReport {
+    /// Attempt number `number` of `event` to `webhook`, signed now with the webhook's current
+    /// secrets, in the trace `parent` (the context its message arrived with, if any).
+    pub async fn attempt(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        number: u32,
+        parent: Option<&TraceContext>,
+    ) -> AttemptReport {
         // Never closed, so acquiring cannot fail.
         let _slot = self
             .in_flight
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        // After the slot: the span times the request, not the wait for one.
+        let span = attempt_span(webhook, number);
+        let trace = otlp::outgoing(&span, parent).filter(|_| self.send_traceparent);
         // Boxed: the request's state (kilobytes) exists only while it is made, not in each of
         // the many attempts that wait for a slot (fan-out x prefetch of them).
-        Box::pin(self.send(webhook, event)).await
+        let report = Box::pin(self.send(webhook, event, trace.as_ref()))
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &report);
+        report
     }
 
-    async fn send(&self, webhook: &Webhook, event: &PreparedEvent) -> AttemptReport {
+    async fn send(
+        &self,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        trace: Option<&TraceContext>,
+    ) -> AttemptReport {
         let started = Instant::now();
         // The scheme and IP-literal hosts; host names are checked by the guard's resolver.
         if let Err(refusal) = self.targets.admits(webhook.url.as_url()) {
             return refused(refusal, started);
         }
-        let request = match self.request(webhook, event) {
+        let request = match self.request(webhook, event, trace) {
             Ok(request) => request,
             Err(e) => {
                 return AttemptReport {
@@ -143,11 +168,15 @@ impl Deliverer {
         &self,
         webhook: &Webhook,
         event: &PreparedEvent,
+        trace: Option<&TraceContext>,
     ) -> Result<reqwest::RequestBuilder, BodyTooLarge> {
         let now = Utc::now();
         let msg_id = event.event.id.as_str();
         let timestamp = now.timestamp();
-        let mut headers = HeaderMap::with_capacity(5);
+        let mut headers = HeaderMap::with_capacity(7);
+        if let Some(trace) = trace {
+            trace.to_http(&mut headers);
+        }
         let body = event.body(webhook.format)?;
         match webhook.format {
             Format::Standard => {
@@ -178,6 +207,45 @@ impl Deliverer {
             .headers(headers)
             .body(body))
     }
+}
+
+/// The span of one attempt (exported with `[telemetry]`, else disabled at no cost): the
+/// target's host and port, never the path or query, which may hold a merchant's token.
+fn attempt_span(webhook: &Webhook, number: u32) -> tracing::Span {
+    let url = webhook.url.as_url();
+    tracing::debug_span!(
+        "attempt",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        http.request.method = "POST",
+        server.address = url.host_str().unwrap_or(""),
+        server.port = url.port_or_known_default().unwrap_or(0),
+        http.response.status_code = tracing::field::Empty,
+        webhook_id = %webhook.id,
+        attempt = number,
+    )
+}
+
+/// The attempt's status on its span: OK for a delivery, ERROR with the cause otherwise.
+fn record_outcome(span: &tracing::Span, report: &AttemptReport) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(status) = report.status {
+        span.record("http.response.status_code", status);
+    }
+    if report.verdict == Verdict::Delivered {
+        span.record("otel.status_code", "OK");
+        return;
+    }
+    span.record("otel.status_code", "ERROR");
+    let cause = match (&report.error, report.status) {
+        (Some(error), _) => error.clone(),
+        (None, Some(status)) => format!("HTTP {status}"),
+        (None, None) => report.verdict.label().to_owned(),
+    };
+    span.record("otel.status_description", cause.as_str());
 }
 
 /// Header values here are ids, base64 and hex: always visible ASCII.

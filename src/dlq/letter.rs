@@ -9,6 +9,7 @@
 use super::headers::{int, text, Death};
 use crate::event::PoisonReason;
 use crate::messages::{header, DeadDelivery, DeliveryJob};
+use crate::telemetry::context::TraceContext;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
@@ -97,6 +98,14 @@ pub struct DeadLetter {
     /// The raw body of an events-queue letter, republished as it is on replay.
     #[serde(skip)]
     pub(crate) raw_body: Option<Vec<u8>>,
+    /// The W3C trace context it was dead-lettered in; a replay continues it. Listed as its
+    /// `traceparent`, to find the trace.
+    #[serde(rename = "traceparent", serialize_with = "traceparent")]
+    pub trace: Option<TraceContext>,
+}
+
+fn traceparent<S: Serializer>(t: &Option<TraceContext>, s: S) -> Result<S::Ok, S::Error> {
+    t.as_ref().map(|t| t.parent.to_string()).serialize(s)
 }
 
 fn rfc3339<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -118,9 +127,8 @@ impl DeadLetter {
         // Properties the client's parser could not read as sent (broker::properties) are the
         // reason a letter without ours was dead-lettered (before the parser was patched, the
         // broker did it past the delivery limit), and its other headers are not to be trusted.
-        let unreadable = crate::broker::properties::check(props, "")
-            .is_err()
-            .then(|| PoisonReason::InvalidProperties.as_str().to_owned());
+        let readable = crate::broker::properties::check(props, "").is_ok();
+        let unreadable = (!readable).then(|| PoisonReason::InvalidProperties.as_str().to_owned());
         // An empty reason (a hostile or broken header) says nothing: it reads as unknown.
         let reason = ours
             .or(unreadable)
@@ -158,6 +166,11 @@ impl DeadLetter {
             raw_body_base64: None,
             event: None,
             raw_body: None,
+            // Properties that could not be read are not trusted for this either.
+            trace: match readable {
+                true => TraceContext::from_amqp(Some(&headers)),
+                false => None,
+            },
         };
         match queue {
             DlqQueue::Deliveries => letter.read_delivery(&headers, body),

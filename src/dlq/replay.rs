@@ -29,6 +29,7 @@ use crate::event::{AccountId, Event};
 use crate::messages::DeliveryJob;
 use crate::subscription::store::{Store, StoreError};
 use crate::subscription::WebhookId;
+use crate::telemetry::context::TraceContext;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -163,15 +164,28 @@ pub struct ReplaySummary {
 
 /// What a letter is sent as.
 enum Resend {
-    Delivery(DeliveryJob),
-    Event { routing_key: String, body: Vec<u8> },
+    Delivery(DeliveryJob, Option<TraceContext>),
+    Event {
+        routing_key: String,
+        body: Vec<u8>,
+        trace: Option<TraceContext>,
+    },
 }
 
 impl Resend {
+    /// Sends it, in the dead letter's trace: the replayed delivery's spans join the trace that
+    /// dead-lettered it, days later if need be.
     async fn publish(self, publisher: Publisher, topology: Topology) -> Result<(), PublishError> {
         match self {
-            Resend::Delivery(job) => job.publish_fresh(&publisher, &topology).await,
-            Resend::Event { routing_key, body } => {
+            Resend::Delivery(job, trace) => {
+                job.publish_fresh(&publisher, &topology, trace.as_ref())
+                    .await
+            }
+            Resend::Event {
+                routing_key,
+                body,
+                trace,
+            } => {
                 publisher
                     .publish(Outgoing {
                         exchange: &topology.events_exchange(),
@@ -179,7 +193,10 @@ impl Resend {
                         body: &body,
                         message_id: None,
                         content_type: "application/json",
-                        headers: Headers::default(),
+                        headers: match &trace {
+                            Some(trace) => trace.to_amqp(Headers::default()),
+                            None => Headers::default(),
+                        },
                         expiration_ms: None,
                     })
                     .await
@@ -196,12 +213,16 @@ fn resend_of(letter: &DeadLetter) -> Option<(Resend, Option<(AccountId, WebhookI
             let url = letter.url.clone().unwrap_or_default();
             let account = event.account_id.clone();
             let job = DeliveryJob::fresh(&event, &webhook, &url);
-            Some((Resend::Delivery(job), Some((account, webhook))))
+            Some((
+                Resend::Delivery(job, letter.trace.clone()),
+                Some((account, webhook)),
+            ))
         }
         DlqQueue::Events => Some((
             Resend::Event {
                 routing_key: letter.routing_key.clone()?,
                 body: letter.raw_body.clone()?,
+                trace: letter.trace.clone(),
             },
             None,
         )),

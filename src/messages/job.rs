@@ -7,6 +7,7 @@ use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::event::{Event, Poison};
 use crate::subscription::WebhookId;
+use crate::telemetry::context::TraceContext;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -97,12 +98,15 @@ impl DeliveryJob {
         Self::new(&envelope, webhook_id, url, &History::new(Utc::now()))
     }
 
-    /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed.
+    /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed,
+    /// in the trace `trace` when given (a replay continues the dead letter's trace).
     pub async fn publish_fresh(
         &self,
         publisher: &Publisher,
         topology: &Topology,
+        trace: Option<&TraceContext>,
     ) -> Result<(), PublishError> {
+        let headers = Headers::default().int(header::ATTEMPTS, 0);
         publisher
             .publish(Outgoing {
                 exchange: "",
@@ -110,7 +114,10 @@ impl DeliveryJob {
                 body: &self.to_bytes(),
                 message_id: None,
                 content_type: "application/json",
-                headers: Headers::default().int(header::ATTEMPTS, 0),
+                headers: match trace {
+                    Some(trace) => trace.to_amqp(headers),
+                    None => headers,
+                },
                 expiration_ms: None,
             })
             .await

@@ -21,6 +21,8 @@ use crate::subscription::cache::{Found, SubscriptionCache, Webhooks};
 use crate::subscription::health::{Outcome, Subject};
 use crate::subscription::store::StoreError;
 use crate::subscription::Webhook;
+use crate::telemetry::context::TraceContext;
+use crate::telemetry::otlp;
 use backon::BackoffBuilder;
 use chrono::Utc;
 use futures_util::future::{join, join_all};
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 use tracing::Instrument;
 
 /// Why a message was not settled; it goes back to its queue.
@@ -78,13 +81,18 @@ struct Letter<'a> {
     dead_letter: Option<&'a str>,
     content_type: &'a str,
     expiration: Option<Duration>,
+    /// What it is, on its span: `retry`, `deferral` or `dead_letter`.
+    kind: &'static str,
+    /// The context the handled message arrived with, passed on when no span is exported.
+    trace: Option<&'a TraceContext>,
 }
 
 impl Ctx {
     /// An event from `<prefix>.events`.
     pub async fn handle_event(&self, delivery: &Delivery) -> Result<(), HandleError> {
         // Properties the client's parser could not read as sent (nested too deep, not UTF-8)
-        // park the message alone, whatever its body; none of them is copied into the letter.
+        // park the message alone, whatever its body; none of them is copied into the letter,
+        // and none is read as trace context.
         if let Err(unreadable) =
             properties::check(&delivery.properties, delivery.routing_key.as_str())
         {
@@ -92,15 +100,27 @@ impl Ctx {
                 reason: PoisonReason::InvalidProperties,
                 detail: unreadable.to_string(),
             };
-            return self.dead_letter_event(delivery, &poison).await;
+            return self.dead_letter_event(delivery, &poison, None).await;
         }
+        let trace = TraceContext::from_amqp(delivery.properties.headers().as_ref());
+        let span = consume_span(&self.topology, Topology::events_queue, delivery, 1);
+        otlp::continue_from(&span, trace.as_ref());
+        self.consume_event(delivery, trace.as_ref())
+            .instrument(span)
+            .await
+    }
+
+    async fn consume_event(
+        &self,
+        delivery: &Delivery,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), HandleError> {
         let event = match Event::parse(&delivery.data, delivery.routing_key.as_str(), self.limits) {
             Ok(event) => event,
-            Err(poison) => return self.dead_letter_event(delivery, &poison).await,
+            Err(poison) => return self.dead_letter_event(delivery, &poison, trace).await,
         };
-        let span =
-            tracing::debug_span!("event", event_id = %event.id, account_id = %event.account_id);
-        async {
+        record_event(&event);
+        {
             let webhooks = self.lookup(&event).await?;
             metrics::counter!("hookrelay_events_total").increment(1);
             let t = event.event_type;
@@ -121,7 +141,7 @@ impl Ctx {
             let history = History::new(Utc::now());
             let attempts = matching
                 .iter()
-                .map(|w| self.attempt_and_settle(w, &prepared, 1, &history));
+                .map(|w| self.attempt_and_settle(w, &prepared, 1, &history, trace));
             let refusals = unreadable.iter().map(|u| {
                 let dying = dying(
                     &prepared,
@@ -130,13 +150,11 @@ impl Ctx {
                     0,
                     &history,
                 );
-                self.publish_dead(DeadReason::WebhookUnreadable, dying)
+                self.publish_dead(DeadReason::WebhookUnreadable, dying, trace)
             });
             let (attempted, refused) = join(join_all(attempts), join_all(refusals)).await;
             attempted.into_iter().chain(refused).collect()
         }
-        .instrument(span)
-        .await
     }
 
     /// A delivery from `<prefix>.deliveries`, back from a delay queue for another attempt.
@@ -146,23 +164,47 @@ impl Ctx {
             properties::check(&delivery.properties, delivery.routing_key.as_str())
         {
             return self
-                .park_invalid_job(delivery, &unreadable.to_string())
+                .park_invalid_job(delivery, &unreadable.to_string(), None)
                 .await;
         }
         // A job without the header (written by an older version) counts as one attempt made.
         let attempts_made = int_header(delivery, header::ATTEMPTS).unwrap_or(1);
+        let trace = TraceContext::from_amqp(delivery.properties.headers().as_ref());
+        let attempt = attempts_made.saturating_add(1);
+        let span = consume_span(
+            &self.topology,
+            Topology::deliveries_queue,
+            delivery,
+            attempt,
+        );
+        otlp::continue_from(&span, trace.as_ref());
+        self.consume_retry(delivery, attempts_made, trace.as_ref())
+            .instrument(span)
+            .await
+    }
+
+    async fn consume_retry(
+        &self,
+        delivery: &Delivery,
+        attempts_made: u32,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), HandleError> {
         let deferrals = int_header(delivery, header::DEFERRALS).unwrap_or(0);
         let job: DeliveryJob = match serde_json::from_slice(&delivery.data) {
             Ok(job) => job,
-            Err(e) => return self.park_invalid_job(delivery, &e.to_string()).await,
+            Err(e) => return self.park_invalid_job(delivery, &e.to_string(), trace).await,
         };
         let event = match job.event() {
             Ok(event) => event,
-            Err(poison) => return self.park_invalid_job(delivery, &poison.to_string()).await,
+            Err(poison) => {
+                return self
+                    .park_invalid_job(delivery, &poison.to_string(), trace)
+                    .await
+            }
         };
-        let span = tracing::debug_span!("delivery", event_id = %event.id, account_id = %event.account_id,
-            webhook_id = %job.webhook_id, attempt = attempts_made.saturating_add(1));
-        async {
+        record_event(&event);
+        tracing::Span::current().record("webhook_id", job.webhook_id.as_str());
+        {
             let webhooks = self.lookup(&event).await?;
             // The job's envelope is what ingest accepted: reused as it is, never rebuilt.
             let history = job.history().deferred(deferrals);
@@ -172,7 +214,7 @@ impl Ctx {
                 Found::Readable(w) if w.enabled => {
                     let attempt = attempts_made.saturating_add(1);
                     return self
-                        .attempt_and_settle(w, &prepared, attempt, &history)
+                        .attempt_and_settle(w, &prepared, attempt, &history, trace)
                         .await;
                 }
                 Found::Readable(_) => DeadReason::WebhookDisabled,
@@ -187,10 +229,8 @@ impl Ctx {
                 attempts_made,
                 &history,
             );
-            self.publish_dead(reason, dying).await
+            self.publish_dead(reason, dying, trace).await
         }
-        .instrument(span)
-        .await
     }
 
     /// Reads the account's webhooks, waiting out a Redis outage while holding the message:
@@ -199,6 +239,15 @@ impl Ctx {
     /// (an unreadable record is reported in the result, not as an error), so this never waits
     /// out a permanent fault.
     async fn lookup(&self, event: &Event) -> Result<Webhooks, HandleError> {
+        let span = tracing::debug_span!("lookup", webhooks = Empty);
+        let found = self.lookup_waiting(event).instrument(span.clone()).await;
+        if let (false, Ok(webhooks)) = (span.is_disabled(), &found) {
+            span.record("webhooks", webhooks.iter().count());
+        }
+        found
+    }
+
+    async fn lookup_waiting(&self, event: &Event) -> Result<Webhooks, HandleError> {
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
@@ -242,31 +291,29 @@ impl Ctx {
         event: &PreparedEvent,
         attempt: u32,
         history: &History,
+        trace: Option<&TraceContext>,
     ) -> Result<(), HandleError> {
         let made = attempt.saturating_sub(1);
+        let deferral = Deferral {
+            webhook,
+            event,
+            attempts_made: made,
+            history,
+            trace,
+        };
         if let Some(next) = self.pace(webhook).await? {
-            return Box::pin(self.defer(webhook, event, made, history, next, Why::RateLimit)).await;
+            return Box::pin(self.defer(deferral, next, Why::RateLimit)).await;
         }
         let permit = match self.endpoints.admit(&Target::of(webhook)).await {
             Admission::Go(permit) => Some(permit),
             Admission::Defer => match self.schedule.deferral(history.deferrals, rand::random()) {
-                Some(next) => {
-                    return Box::pin(self.defer(
-                        webhook,
-                        event,
-                        made,
-                        history,
-                        next,
-                        Why::Endpoint,
-                    ))
-                    .await;
-                }
+                Some(next) => return Box::pin(self.defer(deferral, next, Why::Endpoint)).await,
                 // Without a delay queue there is nowhere to wait: the request is made anyway.
                 None => None,
             },
         };
         let _in_flight = crate::metrics::in_flight();
-        let report = self.deliverer.attempt(webhook, event).await;
+        let report = self.deliverer.attempt(webhook, event, attempt, trace).await;
         if let Some(permit) = permit {
             permit.judge(&report.verdict);
         }
@@ -298,7 +345,7 @@ impl Ctx {
                     &history,
                 );
                 let headers = Headers::default().int(header::ATTEMPTS, attempt.into());
-                Box::pin(self.publish_retry(&job, next, headers)).await
+                Box::pin(self.publish_retry(&job, next, headers, "retry", trace)).await
             }
             Settlement::Dead(reason) => {
                 if reason == DeadReason::Gone {
@@ -311,7 +358,7 @@ impl Ctx {
                     attempt,
                     &history,
                 );
-                Box::pin(self.publish_dead(reason, dying)).await
+                Box::pin(self.publish_dead(reason, dying, trace)).await
             }
         }
     }
@@ -347,13 +394,17 @@ impl Ctx {
     /// delivery waits in a delay queue without a request, and without counting an attempt.
     async fn defer(
         &self,
-        webhook: &Webhook,
-        event: &PreparedEvent,
-        attempts_made: u32,
-        history: &History,
+        deferral: Deferral<'_>,
         next: NextAttempt,
         why: Why,
     ) -> Result<(), HandleError> {
+        let Deferral {
+            webhook,
+            event,
+            attempts_made,
+            history,
+            trace,
+        } = deferral;
         let deferrals = match why {
             Why::Endpoint => {
                 metrics::counter!("hookrelay_deliveries_deferred_total").increment(1);
@@ -370,7 +421,8 @@ impl Ctx {
         let headers = Headers::default()
             .int(header::ATTEMPTS, attempts_made.into())
             .int(header::DEFERRALS, deferrals.into());
-        self.publish_retry(&job, next, headers).await
+        self.publish_retry(&job, next, headers, "deferral", trace)
+            .await
     }
 
     /// 410 Gone: the receiver wants no more deliveries, so the webhook is disabled.
@@ -407,6 +459,8 @@ impl Ctx {
         job: &DeliveryJob,
         next: NextAttempt,
         headers: Headers,
+        kind: &'static str,
+        trace: Option<&TraceContext>,
     ) -> Result<(), HandleError> {
         self.publish(Letter {
             queue: self.topology.retry_queue(next.step),
@@ -415,11 +469,18 @@ impl Ctx {
             dead_letter: None,
             content_type: "application/json",
             expiration: Some(next.expiration),
+            kind,
+            trace,
         })
         .await
     }
 
-    async fn publish_dead(&self, reason: DeadReason, dying: Dying<'_>) -> Result<(), HandleError> {
+    async fn publish_dead(
+        &self,
+        reason: DeadReason,
+        dying: Dying<'_>,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), HandleError> {
         let account = dying.event.account_id.clone();
         let dead = DeadDelivery::new(reason, dying);
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => reason.as_str())
@@ -434,6 +495,8 @@ impl Ctx {
             dead_letter: Some(&id),
             content_type: "application/json",
             expiration: None,
+            kind: "dead_letter",
+            trace,
         })
         .await?;
         Box::pin(self.announce_dead(&account, &dead, &id)).await;
@@ -478,6 +541,7 @@ impl Ctx {
         &self,
         delivery: &Delivery,
         poison: &Poison,
+        trace: Option<&TraceContext>,
     ) -> Result<(), HandleError> {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "events", "reason" => poison.reason.as_str())
             .increment(1);
@@ -490,13 +554,20 @@ impl Ctx {
             dead_letter: Some(&id),
             content_type: "application/octet-stream",
             expiration: None,
+            kind: "dead_letter",
+            trace,
         })
         .await
     }
 
     /// Only hookrelay writes the deliveries queue; a message there that is not a delivery job is
     /// a bug or a stray publish to look at, so it is parked as it is rather than dropped.
-    async fn park_invalid_job(&self, delivery: &Delivery, detail: &str) -> Result<(), HandleError> {
+    async fn park_invalid_job(
+        &self,
+        delivery: &Delivery,
+        detail: &str,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), HandleError> {
         metrics::counter!("hookrelay_dead_letters_total", "queue" => "deliveries", "reason" => DeadReason::InvalidJob.as_str())
             .increment(1);
         tracing::error!(detail, "not a delivery job; dead-lettered as invalid_job");
@@ -508,11 +579,21 @@ impl Ctx {
             dead_letter: Some(&id),
             content_type: "application/octet-stream",
             expiration: None,
+            kind: "dead_letter",
+            trace,
         })
         .await
     }
 
+    /// Publishes a follow-up, confirmed, carrying the trace on: the publish span's own context
+    /// when traces are exported, else the context the handled message arrived with.
     async fn publish(&self, letter: Letter<'_>) -> Result<(), HandleError> {
+        let span = tracing::debug_span!("publish", otel.kind = "producer",
+            messaging.destination.name = %letter.queue, hookrelay.publish = letter.kind);
+        let headers = match otlp::outgoing(&span, letter.trace) {
+            Some(trace) => trace.to_amqp(letter.headers),
+            None => letter.headers,
+        };
         self.publisher
             .publish(Outgoing {
                 exchange: "",
@@ -520,10 +601,11 @@ impl Ctx {
                 body: letter.body,
                 message_id: letter.dead_letter,
                 content_type: letter.content_type,
-                headers: letter.headers,
+                headers,
                 // Expirations are at most the largest step (days): milliseconds fit a u64.
                 expiration_ms: letter.expiration.map(|e| e.as_millis() as u64),
             })
+            .instrument(span)
             .await?;
         Ok(())
     }
@@ -541,6 +623,40 @@ fn health_outcome(report: &AttemptReport) -> Outcome {
             (None, None) => "failed".to_owned(),
         }),
         Verdict::Refused | Verdict::BodyTooLarge => Outcome::Nothing,
+    }
+}
+
+/// A delivery deferred without an attempt, for [`Ctx::defer`].
+#[derive(Clone, Copy)]
+struct Deferral<'a> {
+    webhook: &'a Webhook,
+    event: &'a PreparedEvent,
+    attempts_made: u32,
+    history: &'a History,
+    trace: Option<&'a TraceContext>,
+}
+
+/// The span of one message's handling (exported with `[telemetry]`, else disabled at no cost);
+/// the event's fields are recorded once its body is read. `attempt` is the attempt it leads to.
+/// The queue's name is made only for an enabled span (field values are evaluated lazily).
+fn consume_span(
+    topology: &Topology,
+    queue: fn(&Topology) -> String,
+    delivery: &Delivery,
+    attempt: u32,
+) -> tracing::Span {
+    tracing::debug_span!("consume", otel.kind = "consumer",
+        messaging.destination.name = %queue(topology),
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        event_id = Empty, account_id = Empty, webhook_id = Empty, attempt)
+}
+
+/// The event's fields on the current (consume) span; nothing to do when it is disabled.
+fn record_event(event: &Event) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("event_id", event.id.as_str());
+        span.record("account_id", event.account_id.as_str());
     }
 }
 

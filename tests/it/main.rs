@@ -35,3 +35,4 @@ mod retries;
 mod store;
 mod subscriptions;
 mod targets;
+mod trace_context;
