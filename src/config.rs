@@ -19,6 +19,49 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// The most work-queue partitions: far past what a 9-node cluster uses (docs/partitions.md), and
+/// small enough that probing for partitions left over from a larger count stays cheap.
+pub const MAX_PARTITIONS: u16 = 64;
+
+fn parse_partitions(n: u16) -> Result<u16, ConfigError> {
+    if !(1..=MAX_PARTITIONS).contains(&n) {
+        return Err(invalid(
+            "amqp.partitions",
+            format!("must be 1 to {MAX_PARTITIONS}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `"0,2"` → `[0, 2]`; empty → every partition. Each must exist under `amqp.partitions`.
+fn parse_worker_partitions(text: &str, of: u16) -> Result<Option<Vec<u16>>, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut chosen = Vec::new();
+    for part in text.split(',') {
+        let n: u16 = part.trim().parse().map_err(|_| {
+            invalid(
+                "worker.partitions",
+                format!("{part:?} is not a partition number (e.g. \"0,2\")"),
+            )
+        })?;
+        if n >= of {
+            return Err(invalid(
+                "worker.partitions",
+                format!(
+                    "partition {n} does not exist: amqp.partitions is {of} (0 to {})",
+                    of.saturating_sub(1)
+                ),
+            ));
+        }
+        chosen.push(n);
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    Ok(Some(chosen))
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -58,6 +101,8 @@ pub struct AmqpSettings {
     /// How long a worker's follow-up publish may wait for its confirm while the broker blocks
     /// publishers (memory or disk alarm), before it is abandoned.
     pub blocked_timeout: Duration,
+    /// `amqp.partitions`: work queues per kind (1 = the unnumbered names of DESIGN §4).
+    pub partitions: u16,
 }
 
 /// The PEM files of a `[….tls]` section; empty strings for unset.
@@ -189,6 +234,8 @@ pub struct WorkerSettings {
     pub max_in_flight_bytes: u32,
     /// How often a running worker reads the store's marker (DESIGN §5 "The store").
     pub store_check_interval: Duration,
+    /// `worker.partitions`: the partitions this worker consumes, ascending (all when unset).
+    pub partitions: Option<Vec<u16>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +309,7 @@ struct RawAmqp {
     reconnect_timeout: String,
     heartbeat: String,
     blocked_timeout: String,
+    partitions: u16,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +361,7 @@ struct RawWorker {
     cache_ttl: String,
     max_in_flight_bytes: u64,
     store_check_interval: String,
+    partitions: String,
 }
 
 #[derive(Deserialize)]
@@ -779,6 +828,7 @@ impl Settings {
                 )?,
                 heartbeat: parse_heartbeat(&raw.amqp.heartbeat)?,
                 blocked_timeout: parse_duration("amqp.blocked_timeout", &raw.amqp.blocked_timeout)?,
+                partitions: parse_partitions(raw.amqp.partitions)?,
             },
             redis: parse_redis(raw.redis)?,
             delivery: DeliverySettings {
@@ -855,6 +905,7 @@ impl Settings {
                     }
                     d => d,
                 },
+                partitions: parse_worker_partitions(&raw.worker.partitions, raw.amqp.partitions)?,
             },
             log: LogSettings { format },
             api: ApiSettings {
@@ -924,6 +975,32 @@ mod tests {
             None,
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn one_partition_is_the_default_and_a_worker_takes_every_partition_unless_told() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.amqp.partitions, 1);
+        assert_eq!(s.worker.partitions, None);
+        let s = load(&[
+            ("HOOKRELAY__AMQP__PARTITIONS", "4"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "2, 0,2"),
+        ])
+        .unwrap();
+        assert_eq!(s.worker.partitions, Some(vec![0, 2]));
+    }
+
+    #[test]
+    fn partitions_out_of_range_are_refused_naming_the_key() {
+        for (key, value, named) in [
+            ("HOOKRELAY__AMQP__PARTITIONS", "0", "amqp.partitions"),
+            ("HOOKRELAY__AMQP__PARTITIONS", "65", "amqp.partitions"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "1", "worker.partitions"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "0,x", "worker.partitions"),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,6 @@ mod webhooks;
 
 use crate::config::Settings;
 use crate::event::EventType;
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -245,23 +244,30 @@ async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()>
         .await
         .map_err(exit::Unavailable::rabbitmq)?
         .connection;
-    let channel = conn.create_channel().await?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring (a queue that exists with other arguments is refused by RabbitMQ)")?;
+    crate::broker::partitions::prepare(&topology, &conn).await?;
     if json {
         let queues: Vec<_> = topology
             .all_queues()
             .into_iter()
             .map(|q| serde_json::json!({"name": q, "type": "quorum"}))
             .collect();
+        let hash: Vec<_> = topology.all_exchanges()[1..]
+            .iter()
+            .map(|x| serde_json::json!({"name": x, "type": crate::broker::topology::HASH_EXCHANGE_TYPE}))
+            .collect();
         print_json(&serde_json::json!({
             "exchange": {"name": topology.events_exchange(), "type": "topic"},
+            "hash_exchanges": hash,
             "queues": queues,
         }));
     } else {
         println!("exchange {} (topic)", topology.events_exchange());
+        for x in &topology.all_exchanges()[1..] {
+            println!(
+                "exchange {x} ({})",
+                crate::broker::topology::HASH_EXCHANGE_TYPE
+            );
+        }
         for q in topology.all_queues() {
             println!("queue {q} (quorum)");
         }

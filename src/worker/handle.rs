@@ -457,7 +457,14 @@ impl Ctx {
     }
 
     async fn publish(&self, letter: Letter<'_>) -> Result<(), HandleError> {
-        let id = letter.dead_letter.then(dead_letter_id);
+        // Partitioned, a retry's delay queue dead-letters it into the deliveries hash exchange,
+        // which hashes the message_id: without one, every retry would land on one partition.
+        let id = if letter.dead_letter {
+            Some(dead_letter_id())
+        } else {
+            (self.topology.is_partitioned() && letter.expiration.is_some())
+                .then(crate::messages::job::partition_key)
+        };
         self.publisher
             .publish(Outgoing {
                 exchange: "",

@@ -29,6 +29,7 @@ mod isolation;
 mod listen;
 mod metrics;
 mod nodes;
+mod partitions;
 mod rate_limit;
 mod retries;
 mod store;
