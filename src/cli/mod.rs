@@ -133,6 +133,9 @@ pub struct BenchArgs {
     /// Skip measuring the broker's ceiling.
     #[arg(long)]
     skip_ceiling: bool,
+    /// Run twice, with 1 and with N work-queue partitions (amqp.partitions), and compare.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=64))]
+    partitions: Option<u16>,
     /// Make the first N webhooks hang (never answer), to measure endpoint isolation.
     #[arg(long, default_value_t = 0)]
     hanging: usize,
@@ -227,6 +230,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 skip_ceiling: a.skip_ceiling,
                 hanging: a.hanging,
                 cache_accounts: a.cache_accounts,
+                partitions: a.partitions,
                 json: a.json,
             };
             crate::bench::run(settings, options).await
