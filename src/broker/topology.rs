@@ -334,8 +334,10 @@ async fn bind_queue(
 enum Placing {
     /// No argument: the broker's default (the declaring connection's node), as before partitions.
     Default,
-    /// `x-queue-leader-locator: balanced` (RabbitMQ 3.10 and 4.x): the node with the fewest
-    /// leaders, so N partitions' leaders spread over the cluster.
+    /// `x-queue-leader-locator: balanced`: the node with the fewest leaders, so N partitions'
+    /// leaders spread over the cluster. Accepted by 3.10.8 but not acted on there: in
+    /// `scripts/brokers.sh partitions` all three leaders were on the declaring connection's node
+    /// (3.10 places quorum leaders client-local); later versions document the argument.
     Balanced,
 }
 
