@@ -13,8 +13,12 @@
 #            steady stream of `hookrelay publish` (also through amqp.urls); the node leading the
 #            events queue is stopped mid-stream and started again. Prints published, delivered,
 #            lost (must be 0), duplicates and the recovery time.
+#   partitions  after cluster, on its nodes: amqp.partitions = 3 refused without the
+#            consistent-hash plugin (exit 78), then with it the three events leaders on three
+#            nodes, two workers, a stream of publishes, the leader of events.0 stopped 8 s.
+#            Prints confirmed, delivered, lost (must be 0) and duplicates (about 30 s).
 #
-# Usage: scripts/brokers.sh [tls] [cluster]       (default: both; run as root, like faults.sh)
+# Usage: scripts/brokers.sh [tls] [cluster] [partitions]   (default: all; run as root, like faults.sh)
 # Environment: BROKERS_KEEP=1 keeps the temporary directory (logs, certificates, receipts);
 #              BROKERS_BENCH_PAIRS=N runs the plain/TLS bench pair N times (default 1), with
 #              BROKERS_BENCH_EVENTS events each (default 3000);
@@ -33,7 +37,7 @@ readonly ROOT
 readonly LOCK_FILE=/tmp/hookrelay-brokers.lock
 HOOKRELAY_BIN=${HOOKRELAY_BIN:-${BROKERS_BIN:-}}
 PARTS=("$@")
-[[ ${#PARTS[@]} -gt 0 ]] || PARTS=(tls cluster)
+[[ ${#PARTS[@]} -gt 0 ]] || PARTS=(tls cluster partitions)
 
 T_START=$SECONDS
 log() { printf 'brokers: [%3ds] %s\n' "$((SECONDS - T_START))" "$*"; }
@@ -411,6 +415,64 @@ log.console = false"
   log "quorum_status $PREFIX.events after the restart: $members members"
 }
 
+# After part_cluster, on the same three nodes: amqp.partitions = 3 is refused without the
+# consistent-hash plugin (exit 78), then, with it, the partitions' leaders are on three nodes and a
+# node stopped mid-stream loses no confirmed event.
+part_partitions() {
+  ((${#PORT[@]} == 3)) || die "part partitions runs after part cluster (brokers.sh cluster partitions)"
+  log "=== part partitions: amqp.partitions = 3 on the cluster, a node stopped mid-stream"
+  local keep=$PREFIX out rc=0 node p leaders=() spread
+  export HOOKRELAY__AMQP__PREFIX=$PREFIX-p HOOKRELAY__REDIS__PREFIX=$PREFIX-p HOOKRELAY__AMQP__PARTITIONS=3
+  out=$("$BIN" topology declare 2>&1) || rc=$?
+  log "without the plugin: exit $rc: $(tail -n 1 <<<"$out" | cut -c1-200)"
+  ((rc == 78)) && grep -q 'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' <<<"$out" ||
+    fail "partitions: without the plugin, exit $rc (wanted 78 naming the plugin)"
+  for node in "${CLUSTER[@]}"; do
+    rabbit "$node" rabbitmq-plugins -n "$node" -q enable rabbitmq_consistent_hash_exchange >/dev/null ||
+      die "could not enable the plugin on $node"
+  done
+  "$BIN" topology declare >>"$WORK/cli.log" 2>&1 || die "topology declare failed; see $WORK/cli.log"
+  for p in 0 1 2; do leaders+=("$(leader_of "$PREFIX-p.events.$p" "${CLUSTER[0]}")"); done
+  spread=$(printf '%s\n' "${leaders[@]}" | sort -u | grep -c . || true)
+  log "leaders of events.0..2: ${leaders[*]} ($spread nodes)"
+  ((spread == 3)) || fail "partitions: the three events leaders are on $spread node(s), not 3"
+  receiver_start partitions
+  for p in 1 2; do
+    worker_start "$WORK/worker-p$p.log" || die "partitioned worker $p did not start"
+  done
+  STOP_FILE="$WORK/stop-p"
+  local publishers=()
+  for p in 1 2; do
+    publisher_loop "p$p" "$WORK/published-p$p.txt" 8<&- &
+    publishers+=($!)
+  done
+  CHILDREN+=("${publishers[@]}")
+  sleep 4
+  log "stopping ${leaders[0]} (leader of events.0) mid-stream; publishing on for 8 s"
+  node_stop "${leaders[0]}"
+  sleep 8
+  node_start "${leaders[0]}"
+  node_wait "${leaders[0]}"
+  sleep 3
+  : >"$STOP_FILE"
+  wait "${publishers[@]}" 2>/dev/null || true
+  cat "$WORK"/published-p*.txt >"$WORK/published-p.txt"
+  awk '$4 == 0 { print $1 }' "$WORK/published-p.txt" | sort -u >"$WORK/confirmed-p.ids"
+  wait_until 60 all_delivered partitions "$WORK/confirmed-p.ids" || true
+  sleep 2
+  local confirmed delivered unique lost
+  confirmed=$(wc -l <"$WORK/confirmed-p.ids")
+  delivered=$(grep -c '"webhook_id"' "$WORK/partitions.receipts" || true)
+  unique=$(delivered_ids partitions | wc -l)
+  lost=$(comm -23 "$WORK/confirmed-p.ids" <(delivered_ids partitions) | wc -l)
+  printf '\n| scenario | confirmed | delivered | lost | duplicates |\n|---|---|---|---|---|\n'
+  printf '| 3 partitions on 3 nodes, %s stopped 8 s | %s | %s | %s | %s |\n\n' \
+    "${leaders[0]%@*}" "$confirmed" "$delivered" "$lost" "$((delivered - unique))"
+  ((lost == 0)) || fail "partitions: $lost confirmed events were not delivered"
+  export HOOKRELAY__AMQP__PREFIX=$keep HOOKRELAY__REDIS__PREFIX=$keep
+  unset HOOKRELAY__AMQP__PARTITIONS
+}
+
 main() {
   take_run_lock "$LOCK_FILE"
   command -v rabbitmq-server >/dev/null && command -v redis-cli >/dev/null ||
@@ -433,7 +495,8 @@ main() {
     case $part in
       tls) part_tls ;;
       cluster) part_cluster ;;
-      *) die "unknown part $part (tls, cluster)" ;;
+      partitions) part_partitions ;;
+      *) die "unknown part $part (tls, cluster, partitions)" ;;
     esac
   done
   finish_run "all checks passed"

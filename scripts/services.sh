@@ -199,6 +199,16 @@ ensure_management() {
     warn "rabbitmq: could not enable rabbitmq_management (no UI; sweep.sh cannot delete exchanges)"
 }
 
+# amqp.partitions > 1 routes through the consistent-hash exchange type; a worker refuses to start
+# without it. Enabling a plugin is additive and needs no restart. Optional here: only partitioned
+# set-ups (and their tests) need it, so a failure is a warning.
+ensure_consistent_hash() {
+  as_rabbit rabbitmq-plugins -q is_enabled rabbitmq_consistent_hash_exchange >/dev/null 2>&1 &&
+    return 0
+  as_rabbit rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null ||
+    warn "rabbitmq: could not enable rabbitmq_consistent_hash_exchange (amqp.partitions > 1 will refuse to start)"
+}
+
 ensure_rabbit() {
   local started="" version
   if ! rabbit_running; then
@@ -215,6 +225,7 @@ ensure_rabbit() {
   fi
   ensure_guest
   ensure_management
+  ensure_consistent_hash
   version=$(as_rabbit rabbitmq-diagnostics -q server_version 2>/dev/null) || version=""
   log "rabbitmq: ready (${version:-unknown version}$started)"
 }

@@ -44,7 +44,7 @@ pub mod tls;
 pub mod value;
 pub mod worker;
 
-pub use amqp::{AmqpSettings, Node};
+pub use amqp::{AmqpSettings, Node, MAX_PARTITIONS};
 pub use api::ApiSettings;
 pub use delivery::{DeliverySettings, MAX_RETRY_STEP};
 pub use listener::ConnectionLimits;
@@ -195,11 +195,13 @@ impl Settings {
 
     /// Each section's checks across its keys, in the order of the file.
     fn validate(raw: Raw) -> Result<Settings, ConfigError> {
+        let amqp = raw.amqp.settle()?;
+        let partitions = amqp.partitions;
         Ok(Settings {
-            amqp: raw.amqp.settle()?,
+            amqp,
             redis: raw.redis.settle()?,
             delivery: raw.delivery.settle()?,
-            worker: raw.worker.settle()?,
+            worker: raw.worker.settle(partitions)?,
             log: raw.log.settle()?,
             api: raw.api.settle()?,
             ops: raw.ops.settle()?,
@@ -220,6 +222,32 @@ mod tests {
             None,
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn one_partition_is_the_default_and_a_worker_takes_every_partition_unless_told() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.amqp.partitions, 1);
+        assert_eq!(s.worker.partitions, None);
+        let s = load(&[
+            ("HOOKRELAY__AMQP__PARTITIONS", "4"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "2, 0,2"),
+        ])
+        .unwrap();
+        assert_eq!(s.worker.partitions, Some(vec![0, 2]));
+    }
+
+    #[test]
+    fn partitions_out_of_range_are_refused_naming_the_key() {
+        for (key, value, named) in [
+            ("HOOKRELAY__AMQP__PARTITIONS", "0", "amqp.partitions"),
+            ("HOOKRELAY__AMQP__PARTITIONS", "65", "amqp.partitions"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "1", "worker.partitions"),
+            ("HOOKRELAY__WORKER__PARTITIONS", "0,x", "worker.partitions"),
+        ] {
+            let err = load(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The broker's own ceiling, measured the same way every time: a temporary durable quorum
-//! queue, persistent messages of the bench's body size, publisher confirms with 512 in flight,
-//! one consumer with prefetch 256 acking each message.
+//! The broker's own ceiling, measured the same way every time: temporary durable quorum
+//! queues (one, or one per partition with `bench --partitions`, leaders placed `balanced`),
+//! persistent messages of the bench's body size spread round-robin over them, publisher
+//! confirms with 512 in flight, one consumer per queue with prefetch 256 acking each message.
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -18,21 +19,39 @@ pub async fn measure(
     prefix: &str,
     n: usize,
     body_bytes: usize,
+    partitions: u16,
 ) -> anyhow::Result<f64> {
     let conn = connector
         .connect("hookrelay bench ceiling")
         .await?
         .connection;
-    let queue = format!("{prefix}.ceiling");
-    let publish = declare(&conn, &queue).await?;
-    let consuming = consume(&conn, &queue, n).await?;
+    let queues: Vec<String> = (0..partitions.max(1))
+        .map(|p| format!("{prefix}.ceiling.{p}"))
+        .collect();
+    let mut publish = None;
+    let mut consuming = Vec::new();
+    for (i, queue) in queues.iter().enumerate() {
+        publish = Some(declare(&conn, queue).await?);
+        // The first queues take one more when n does not divide evenly.
+        let share = n / queues.len() + usize::from(i < n % queues.len());
+        consuming.push(consume(&conn, queue, share).await?);
+    }
+    let publish = publish.expect("at least one queue");
     let started = Instant::now();
-    publish_all(&publish, &queue, n, body_bytes).await?;
-    let (seen, finished) = consuming.await??;
-    anyhow::ensure!(seen == n, "the ceiling consumer saw {seen} of {n}");
-    let _ = publish
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
+    publish_all(&publish, &queues, n, body_bytes).await?;
+    let mut finished = started;
+    let mut seen = 0;
+    for c in consuming {
+        let (count, at) = c.await??;
+        seen += count;
+        finished = finished.max(at);
+    }
+    anyhow::ensure!(seen == n, "the ceiling consumers saw {seen} of {n}");
+    for queue in &queues {
+        let _ = publish
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
     let _ = conn.close(200, "done".into()).await;
     Ok(n as f64 / (finished - started).as_secs_f64())
 }
@@ -44,6 +63,11 @@ async fn declare(conn: &Connection, queue: &str) -> anyhow::Result<Channel> {
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
+    // As the partitions of amqp.partitions: on a cluster, leaders on different nodes.
+    args.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString(LongString::from(b"balanced".to_vec())),
     );
     publish
         .queue_declare(
@@ -95,14 +119,15 @@ async fn consume(
 /// one must be acked.
 async fn publish_all(
     publish: &Channel,
-    queue: &str,
+    queues: &[String],
     n: usize,
     body_bytes: usize,
 ) -> anyhow::Result<()> {
     let body = vec![b'x'; body_bytes.max(1)];
     let confirms = futures_util::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
             let body = &body;
+            let queue = queues[i % queues.len()].as_str();
             async move {
                 publish
                     .basic_publish(

@@ -50,6 +50,9 @@ pub struct BenchOptions {
     pub hanging: usize,
     /// Measure only the subscription cache's memory after this many distinct accounts.
     pub cache_accounts: Option<usize>,
+    /// `--partitions N`: run twice, with 1 and with N work-queue partitions (`amqp.partitions`,
+    /// the ceiling over as many quorum queues), and print both.
+    pub partitions: Option<u16>,
     pub json: bool,
 }
 
@@ -87,16 +90,64 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let shutdown = CancellationToken::new();
-    let mut bench = Bench::setup(&settings, &opts, shutdown.clone()).await?;
-    let result = scenarios::measure(&mut bench, &settings).await;
-    bench.teardown().await;
-    shutdown.cancel();
-    let report = result?;
+    if let Some(n) = opts.partitions {
+        return compare_partitions(settings, opts, n).await;
+    }
+    let report = run_once(&settings, &opts).await?;
     if opts.json {
         crate::print_json(&report);
     } else {
         scenarios::print_report(&report);
+    }
+    Ok(())
+}
+
+/// One whole run (set up, measure, tear down) on `settings`' partition count.
+async fn run_once(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<serde_json::Value> {
+    let shutdown = CancellationToken::new();
+    let mut bench = Bench::setup(settings, opts, shutdown.clone()).await?;
+    let result = scenarios::measure(&mut bench, settings).await;
+    bench.teardown().await;
+    shutdown.cancel();
+    result
+}
+
+/// `bench --partitions N`: the same scenario with 1 and with N partitions, one after the
+/// other on fresh prefixes, so both see the same machine (and the same other load).
+async fn compare_partitions(settings: Settings, opts: BenchOptions, n: u16) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for partitions in [1, n] {
+        eprintln!("bench with amqp.partitions = {partitions}…");
+        let mut settings = settings.clone();
+        settings.amqp.partitions = partitions;
+        let mut report = run_once(&settings, &opts).await?;
+        report["partitions"] = serde_json::json!(partitions);
+        reports.push(report);
+    }
+    if opts.json {
+        crate::print_json(&serde_json::json!({ "runs": reports }));
+        return Ok(());
+    }
+    for r in &reports {
+        println!("--- amqp.partitions = {} ---", r["partitions"]);
+        scenarios::print_report(r);
+    }
+    println!("partitions  broker ceiling msgs/s  events/s  deliveries/s  load average");
+    for r in &reports {
+        println!(
+            "{:>10}  {:>21.0}  {:>8.0}  {:>12.0}  {}",
+            r["partitions"],
+            r["broker_ceiling_msgs_per_sec"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["throughput"]["events_per_sec"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["throughput"]["deliveries_per_sec"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["load_average"],
+        );
     }
     Ok(())
 }
@@ -137,7 +188,7 @@ impl Bench {
             .connect("hookrelay bench")
             .await?
             .connection;
-        topology.declare(&conn.create_channel().await?).await?;
+        crate::broker::partitions::prepare(&topology, &conn).await?;
         let publisher = Publisher::new(&conn, settings.amqp.publish_timeout).await?;
         let store = Store::from_settings(&settings.redis)
             .await
@@ -334,10 +385,7 @@ impl Bench {
             for q in self.topology.all_queues() {
                 let _ = channel.queue_delete(q.into(), Default::default()).await;
             }
-            for exchange in [
-                self.topology.events_exchange(),
-                self.topology.operational_exchange(),
-            ] {
+            for exchange in self.topology.all_exchanges() {
                 let _ = channel
                     .exchange_delete(exchange.into(), Default::default())
                     .await;

@@ -45,6 +45,10 @@ fn worker_command(exe: &std::path::Path, settings: &Settings) -> Command {
             &settings.amqp.tls_files.key_file,
         )
         .env("HOOKRELAY__AMQP__PREFIX", &settings.amqp.prefix)
+        .env(
+            "HOOKRELAY__AMQP__PARTITIONS",
+            settings.amqp.partitions.to_string(),
+        )
         .envs(settings.redis.to_env())
         .env("HOOKRELAY__DELIVERY__ALLOW_HTTP", "true")
         .env("HOOKRELAY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")

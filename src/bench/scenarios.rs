@@ -121,6 +121,7 @@ pub(super) async fn measure(bench: &mut Bench, base: &Settings) -> anyhow::Resul
                 &bench.settings.amqp.prefix,
                 n,
                 opts.payload_bytes,
+                bench.settings.amqp.partitions,
             )
             .await?,
         )
@@ -295,7 +296,8 @@ fn print_setup(r: &Value) {
         }
     );
     if let Some(c) = r["broker_ceiling_msgs_per_sec"].as_f64() {
-        println!("broker ceiling (quorum queue, confirms {IN_FLIGHT} in flight, prefetch 256): {c:.0} msgs/s");
+        let queues = r["partitions"].as_u64().unwrap_or(1);
+        println!("broker ceiling ({queues} quorum queue(s), confirms {IN_FLIGHT} in flight, prefetch 256 each): {c:.0} msgs/s");
     }
 }
 

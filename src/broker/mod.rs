@@ -4,6 +4,7 @@
 pub mod acks;
 pub mod connect;
 pub mod headers;
+pub mod partitions;
 pub mod properties;
 pub mod publisher;
 pub mod socket;

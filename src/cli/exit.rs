@@ -9,7 +9,7 @@
 //! | 65 | data refused: an invalid URL or event list, the 10-webhook limit, a duplicate URL, an envelope `publish --check` refuses, a bad line of an import |
 //! | 69 | service unavailable: RabbitMQ or Redis cannot be reached |
 //! | 75 | temporary failure: the broker or Redis failed or timed out mid-command, or fewer replicas than `redis.min_replicas` confirmed a write; try again |
-//! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points; the exchanges and queues not declared |
+//! | 78 | configuration: an invalid or unreadable configuration; no store (marker) where it points; the exchanges and queues not declared; `amqp.partitions` > 1 without the consistent-hash plugin, or a change of it that would leave messages behind |
 //! | 130 | interrupted by SIGINT or SIGTERM (after saying how far it got) |
 
 use crate::config::ConfigError;
@@ -110,6 +110,13 @@ fn status_of_type(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         || cause.is::<crate::subscription::backup::Refusal>()
     {
         return Some(DATA);
+    }
+    // The consistent-hash plugin missing, or a change of amqp.partitions that would strand
+    // messages: set-up steps, like a topology never declared.
+    if let Some(e) = cause.downcast_ref::<crate::broker::partitions::TopologyError>() {
+        if e.is_permanent() {
+            return Some(CONFIG);
+        }
     }
     if cause.is::<lapin::Error>()
         || cause.is::<crate::broker::publisher::PublishError>()

@@ -13,7 +13,6 @@ mod webhooks;
 
 use crate::config::Settings;
 use crate::event::EventType;
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -140,6 +139,9 @@ pub struct BenchArgs {
     /// Skip measuring the broker's ceiling.
     #[arg(long)]
     skip_ceiling: bool,
+    /// Run twice, with 1 and with N work-queue partitions (amqp.partitions), and compare.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=64))]
+    partitions: Option<u16>,
     /// Make the first N webhooks hang (never answer), to measure endpoint isolation.
     #[arg(long, default_value_t = 0)]
     hanging: usize,
@@ -243,6 +245,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<()>
                 skip_ceiling: a.skip_ceiling,
                 hanging: a.hanging,
                 cache_accounts: a.cache_accounts,
+                partitions: a.partitions,
                 json: a.json,
             };
             crate::bench::run(settings, options).await
@@ -260,25 +263,32 @@ async fn declare_topology(settings: &Settings, json: bool) -> anyhow::Result<()>
         .await
         .map_err(exit::Unavailable::rabbitmq)?
         .connection;
-    let channel = conn.create_channel().await?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring (a queue that exists with other arguments is refused by RabbitMQ)")?;
+    crate::broker::partitions::prepare(&topology, &conn).await?;
     if json {
         let queues: Vec<_> = topology
             .all_queues()
             .into_iter()
             .map(|q| serde_json::json!({"name": q, "type": "quorum"}))
             .collect();
+        let hash: Vec<_> = topology.all_exchanges()[2..]
+            .iter()
+            .map(|x| serde_json::json!({"name": x, "type": crate::broker::topology::HASH_EXCHANGE_TYPE}))
+            .collect();
         print_json(&serde_json::json!({
             "exchange": {"name": topology.events_exchange(), "type": "topic"},
             "operational_exchange": {"name": topology.operational_exchange(), "type": "topic"},
+            "hash_exchanges": hash,
             "queues": queues,
         }));
     } else {
         println!("exchange {} (topic)", topology.events_exchange());
         println!("exchange {} (topic)", topology.operational_exchange());
+        for x in &topology.all_exchanges()[2..] {
+            println!(
+                "exchange {x} ({})",
+                crate::broker::topology::HASH_EXCHANGE_TYPE
+            );
+        }
         for q in topology.all_queues() {
             println!("queue {q} (quorum)");
         }

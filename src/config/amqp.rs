@@ -10,6 +10,10 @@ use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
 
+/// The most work-queue partitions: far past what a 9-node cluster uses (docs/partitions.md), and
+/// small enough that probing for partitions left over from a larger count stays cheap.
+pub const MAX_PARTITIONS: u16 = 64;
+
 #[derive(Clone, Debug)]
 pub struct AmqpSettings {
     pub url: String,
@@ -31,6 +35,8 @@ pub struct AmqpSettings {
     /// How long a worker's follow-up publish may wait for its confirm while the broker blocks
     /// publishers (memory or disk alarm), before it is abandoned.
     pub blocked_timeout: Duration,
+    /// `amqp.partitions`: work queues per kind (1 = the unnumbered names of DESIGN §4).
+    pub partitions: u16,
 }
 
 /// `[amqp]` as the layers hold it, every value already in its range. `url` stays text: it is
@@ -48,6 +54,8 @@ pub(super) struct RawAmqp {
     reconnect_timeout: Period,
     heartbeat: Heartbeat,
     blocked_timeout: Period,
+    /// 1 to [`MAX_PARTITIONS`].
+    partitions: Bounded<1, { MAX_PARTITIONS as u64 }>,
 }
 
 const AMQP_TLS: TlsKeys = TlsKeys {
@@ -72,6 +80,8 @@ impl RawAmqp {
             reconnect_timeout: self.reconnect_timeout.into(),
             heartbeat: self.heartbeat.0,
             blocked_timeout: self.blocked_timeout.into(),
+            // At most MAX_PARTITIONS (64): it fits a u16.
+            partitions: self.partitions.get() as u16,
         })
     }
 

@@ -98,8 +98,9 @@ impl DeliveryJob {
         Self::new(&envelope, webhook_id, url, &History::new(Utc::now()))
     }
 
-    /// Publishes this job straight to `<prefix>.deliveries` with no attempt counted, confirmed,
-    /// in the trace `trace` when given (a replay continues the dead letter's trace).
+    /// Publishes this job straight to `<prefix>.deliveries` (partitioned: through the deliveries
+    /// hash exchange, with a fresh `message_id` to hash) with no attempt counted, confirmed, in
+    /// the trace `trace` when given (a replay continues the dead letter's trace).
     pub async fn publish_fresh(
         &self,
         publisher: &Publisher,
@@ -107,12 +108,14 @@ impl DeliveryJob {
         trace: Option<&TraceContext>,
     ) -> Result<(), PublishError> {
         let headers = Headers::default().int(header::ATTEMPTS, 0);
+        let (exchange, routing_key) = topology.deliveries_route();
+        let id = topology.is_partitioned().then(partition_key);
         publisher
             .publish(Outgoing {
-                exchange: "",
-                routing_key: &topology.deliveries_queue(),
+                exchange: &exchange,
+                routing_key: &routing_key,
                 body: &self.to_bytes(),
-                message_id: None,
+                message_id: id.as_deref(),
                 content_type: "application/json",
                 headers: match trace {
                     Some(trace) => trace.to_amqp(headers),
@@ -132,4 +135,11 @@ impl DeliveryJob {
         // Strings, numbers and a raw value already known to be JSON: serialization cannot fail.
         serde_json::to_vec(self).expect("a job serializes")
     }
+}
+
+/// The `message_id` of a delivery job bound for the deliveries partitions: the hash exchange
+/// hashes it (`Topology`), so it only has to differ between jobs. Random rather than the event
+/// or webhook id, so that the retries of one busy endpoint spread over every partition.
+pub fn partition_key() -> String {
+    format!("job_{}", crate::random_token(20))
 }

@@ -594,12 +594,17 @@ impl Ctx {
             Some(trace) => trace.to_amqp(letter.headers),
             None => letter.headers,
         };
+        // Partitioned, a retry's delay queue dead-letters it into the deliveries hash exchange,
+        // which hashes the message_id: without one, every retry would land on one partition.
+        let retry_key = (self.topology.is_partitioned() && letter.expiration.is_some())
+            .then(crate::messages::job::partition_key);
+        let message_id = letter.dead_letter.or(retry_key.as_deref());
         self.publisher
             .publish(Outgoing {
                 exchange: "",
                 routing_key: &letter.queue,
                 body: letter.body,
-                message_id: letter.dead_letter,
+                message_id,
                 content_type: letter.content_type,
                 headers,
                 // Expirations are at most the largest step (days): milliseconds fit a u64.

@@ -1,5 +1,5 @@
-//! The worker: declares the topology, consumes `<prefix>.events` and `<prefix>.deliveries` with a
-//! bounded prefetch, and handles each message in its own task, so a slow endpoint holds only its
+//! The worker: declares the topology, consumes `<prefix>.events` and `<prefix>.deliveries` (or
+//! their partitions, `amqp.partitions`) with a bounded prefetch, and handles each message in its own task, so a slow endpoint holds only its
 //! own messages. A lost broker connection is reopened with backoff (not ready meanwhile); past
 //! `amqp.reconnect_timeout` the worker gives up with an error so its supervisor restarts it.
 //! Without the store's marker it does not start, and while the marker is missing it takes no
@@ -117,6 +117,8 @@ impl Parts {
         let permanent = |e: &anyhow::Error| {
             e.downcast_ref::<crate::broker::ConnectError>()
                 .is_some_and(|e| e.is_permanent())
+                || e.downcast_ref::<crate::broker::partitions::TopologyError>()
+                    .is_some_and(|e| e.is_permanent())
         };
         let attempt = open.retry(backoff).when(|e| !permanent(e)).notify(|e, wait| {
             tracing::warn!(error = %format!("{e:#}"), ?wait, "broker unavailable; reconnecting");

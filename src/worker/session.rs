@@ -1,5 +1,7 @@
 //! One connection session with the broker: two connections (consume, publish), the topology
-//! declared, a confirmed publisher, and a consumer per work queue. A session ends on shutdown or
+//! declared, a confirmed publisher, and a consumer (on a channel of its own) per work queue:
+//! with `amqp.partitions` N > 1, one per partition this worker takes (`worker.partitions`),
+//! `amqp.prefetch` split between those of one kind. A session ends on shutdown or
 //! when anything of it is lost; the worker then opens a new one. Messages whose handlers were
 //! cut off are not lost: unacked, the broker hands them out again.
 //!
@@ -17,10 +19,11 @@ use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::config::Settings;
 use anyhow::Context;
+use futures_util::stream::{self, SelectAll};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionStatus, Consumer, Event};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +52,7 @@ enum Queue {
 struct Consuming {
     queue: Queue,
     channel: Channel,
-    consumer: Consumer,
+    tag: ShortString,
     acks: AckBatcher,
     /// Ends once every handle to `acks` is gone and the last acks are sent.
     flushed: JoinHandle<()>,
@@ -61,6 +64,9 @@ pub struct Session {
     consume_conn: Connection,
     publish_conn: Connection,
     consumers: Vec<Consuming>,
+    /// Every consumer's deliveries, tagged with the index of its [`Consuming`]; a consumer the
+    /// broker ended yields `None` once.
+    incoming: SelectAll<Tagged>,
     /// Follows `connection.blocked`/`unblocked` on the publish connection.
     blocked: JoinHandle<()>,
     /// Ends (with the reason) when the broker stops answering the consume connection.
@@ -110,12 +116,7 @@ impl Session {
         ));
         let (consume_conn, node) = (first.connection, first.node);
         tracing::info!(node = %connector.node(node), version = %first.version, "connected to RabbitMQ");
-        let declare = consume_conn.create_channel().await?;
-        topology
-            .declare(&declare)
-            .await
-            .context("declaring the exchanges and queues")?;
-        let _ = declare.close(200, "declared".into()).await;
+        crate::broker::partitions::prepare(topology, &consume_conn).await?;
         let publisher = Publisher::new(&publish_conn, settings.amqp.publish_timeout)
             .await?
             .holding_while_blocked(settings.amqp.blocked_timeout, publish.severer);
@@ -125,29 +126,22 @@ impl Session {
             consume_conn.status().clone(),
             settings.amqp.heartbeat,
         ));
-        let prefetch = settings.amqp.prefetch;
-        let consumers = vec![
-            consume(
-                &consume_conn,
-                Queue::Events,
-                &topology.events_queue(),
-                prefetch,
-            )
-            .await?,
-            consume(
-                &consume_conn,
-                Queue::Deliveries,
-                &topology.deliveries_queue(),
-                prefetch,
-            )
-            .await?,
-        ];
+        let taken = taken_partitions(topology.partitions, settings.worker.partitions.as_deref());
+        let mut consumers = Vec::new();
+        let mut incoming = SelectAll::new();
+        for (queue, name, prefetch) in work_queues(topology, &taken, settings.amqp.prefetch) {
+            let (consuming, consumer) = consume(&consume_conn, queue, &name, prefetch).await?;
+            incoming.push(tagged(consumers.len(), consumer));
+            consumers.push(consuming);
+        }
+        tracing::info!(partitions = ?taken, of = topology.partitions, "consuming");
         Ok((
             Session {
                 node,
                 consume_conn,
                 publish_conn,
                 consumers,
+                incoming,
                 blocked,
                 silence,
                 pauses: pauses.clone(),
@@ -169,15 +163,13 @@ impl Session {
     ) -> Ended {
         let mut watch = tokio::time::interval(WATCH);
         let mut pause = self.pauses.watch();
-        let (first, rest) = self.consumers.split_at_mut(1);
-        let (events, deliveries) = (&mut first[0], &mut rest[0]);
         loop {
             // Paused, the consumers are not read: what the broker sent waits in them, unacked, and
             // goes back to the queue if the session ends. Two reasons pause: the store's marker is
             // missing (`store_ok`), or the broker blocks publishers (`pause`).
             let store_paused = !*store_ok.borrow_and_update();
             let taking = *pause.borrow_and_update() == 0 && !store_paused;
-            let (queue, next, acks) = tokio::select! {
+            let (index, next) = tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 silent = &mut self.silence => {
                     return Ended::Lost(silent.unwrap_or_else(|e| anyhow::anyhow!("the broker probe failed: {e}")));
@@ -194,9 +186,12 @@ impl Session {
                 }
                 _ = store_ok.changed(), if store_paused => continue,
                 _ = pause.changed() => continue,
-                next = events.consumer.next(), if taking => (events.queue, next, &events.acks),
-                next = deliveries.consumer.next(), if taking => (deliveries.queue, next, &deliveries.acks),
+                next = self.incoming.next(), if taking => match next {
+                    Some(tagged) => tagged,
+                    None => return Ended::Lost(anyhow::anyhow!("no consumer is left")),
+                },
             };
+            let (queue, acks) = (self.consumers[index].queue, &self.consumers[index].acks);
             match next {
                 Some(Ok(delivery)) => {
                     let bytes = tokio::select! {
@@ -230,7 +225,7 @@ impl Session {
         for c in &self.consumers {
             let cancel = c
                 .channel
-                .basic_cancel(c.consumer.tag(), BasicCancelOptions::default());
+                .basic_cancel(c.tag.clone(), BasicCancelOptions::default());
             // A broker that is gone cannot answer; closing the channel later does the same.
             let _ = tokio::time::timeout(ABANDON_TIMEOUT, cancel).await;
         }
@@ -340,12 +335,47 @@ async fn probe(channel: Channel, status: ConnectionStatus, heartbeat: Duration) 
     }
 }
 
+/// A consumer's deliveries, then `None` once when the broker ended it, tagged with its index.
+/// `Sync` as well, because the session is borrowed across awaits of the worker's task.
+type Tagged = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = (usize, Option<lapin::Result<Delivery>>)> + Send + Sync>,
+>;
+
+/// The partitions this worker takes: `worker.partitions` (checked against `amqp.partitions`
+/// when the settings were read), or every one.
+fn taken_partitions(partitions: u16, chosen: Option<&[u16]>) -> Vec<u16> {
+    match chosen {
+        Some(chosen) => chosen.iter().copied().filter(|p| *p < partitions).collect(),
+        None => (0..partitions).collect(),
+    }
+}
+
+/// Each work queue to consume with its prefetch: `prefetch` is the worker's total per kind,
+/// split evenly over the partitions taken (the first ones get the remainder), and at least 1
+/// each, since 0 would mean "unlimited" to the broker.
+fn work_queues(topology: &Topology, taken: &[u16], prefetch: u16) -> Vec<(Queue, String, u16)> {
+    let k = taken.len().max(1) as u16;
+    let share = |i: usize| (prefetch / k + u16::from((i as u16) < prefetch % k)).max(1);
+    let mut queues = Vec::new();
+    for (i, p) in taken.iter().enumerate() {
+        queues.push((Queue::Events, topology.events_queue_of(*p), share(i)));
+    }
+    for (i, p) in taken.iter().enumerate() {
+        queues.push((
+            Queue::Deliveries,
+            topology.deliveries_queue_of(*p),
+            share(i),
+        ));
+    }
+    queues
+}
+
 async fn consume(
     conn: &Connection,
     queue: Queue,
     name: &str,
     prefetch: u16,
-) -> anyhow::Result<Consuming> {
+) -> anyhow::Result<(Consuming, Consumer)> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -359,13 +389,22 @@ async fn consume(
         )
         .await?;
     let (acks, flushed) = AckBatcher::start(channel.clone());
-    Ok(Consuming {
+    let consuming = Consuming {
         queue,
         channel,
-        consumer,
+        tag: consumer.tag(),
         acks,
         flushed,
-    })
+    };
+    Ok((consuming, consumer))
+}
+
+/// `consumer`'s deliveries tagged with `index`, ending with one `None` for the end.
+fn tagged(index: usize, consumer: Consumer) -> Tagged {
+    let deliveries = consumer
+        .map(move |d| (index, Some(d)))
+        .chain(stream::once(std::future::ready((index, None))));
+    Box::pin(deliveries)
 }
 
 /// The bytes of the messages being handled (`worker.max_in_flight_bytes`), shared by the
@@ -416,4 +455,66 @@ async fn handle_one(
         }
     };
     acks.settle(delivery.delivery_tag, settle);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_is_split_over_the_partitions_taken_so_the_total_stays_amqp_prefetch() {
+        let t = Topology::new("hr", &[], 20).with_partitions(4);
+        let taken = taken_partitions(4, None);
+        let queues = work_queues(&t, &taken, 1022);
+        let events: Vec<_> = queues
+            .iter()
+            .filter(|(q, ..)| matches!(q, Queue::Events))
+            .collect();
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[0].1, "hr.events.0");
+        assert_eq!(
+            events.iter().map(|(.., n)| u32::from(*n)).sum::<u32>(),
+            1022
+        );
+        assert_eq!(
+            events.iter().map(|(.., n)| *n).collect::<Vec<_>>(),
+            [256, 256, 255, 255]
+        );
+        assert_eq!(queues.len(), 8);
+    }
+
+    #[test]
+    fn a_worker_limited_to_some_partitions_consumes_only_those() {
+        let t = Topology::new("hr", &[], 20).with_partitions(4);
+        let taken = taken_partitions(4, Some(&[0, 2]));
+        let names: Vec<_> = work_queues(&t, &taken, 10)
+            .into_iter()
+            .map(|(_, name, n)| (name, n))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("hr.events.0".to_owned(), 5),
+                ("hr.events.2".to_owned(), 5),
+                ("hr.deliveries.0".to_owned(), 5),
+                ("hr.deliveries.2".to_owned(), 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn one_partition_consumes_the_unnumbered_queues_with_the_whole_prefetch() {
+        let t = Topology::new("hr", &[], 20);
+        let names: Vec<_> = work_queues(&t, &taken_partitions(1, None), 1024)
+            .into_iter()
+            .map(|(_, name, n)| (name, n))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("hr.events".to_owned(), 1024),
+                ("hr.deliveries".to_owned(), 1024)
+            ]
+        );
+    }
 }

@@ -246,11 +246,7 @@ pub async fn spawn_app_with(schedule: &str, extra: &[(&str, &str)]) -> TestApp {
 
 impl TestApp {
     pub fn topology(&self) -> Topology {
-        Topology::new(
-            &self.prefix,
-            &self.settings.delivery.retry_schedule,
-            self.settings.amqp.delivery_limit,
-        )
+        Topology::from_settings(&self.settings)
     }
 
     /// Adds a webhook to `account` pointing at the receiver's `path`.
@@ -462,10 +458,7 @@ impl TestApp {
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in [
-            self.topology().events_exchange(),
-            self.topology().operational_exchange(),
-        ] {
+        for exchange in self.topology().all_exchanges() {
             let _ = channel
                 .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await;

@@ -30,6 +30,7 @@ mod listen;
 mod metrics;
 mod nodes;
 mod operational;
+mod partitions;
 mod rate_limit;
 mod retries;
 mod store;
