@@ -2,10 +2,10 @@
 //! [`LOG_SIZE`] attempts of each webhook in a Redis list `<prefix>:{A}:attempts:<webhook>`, each
 //! in the [`compact`] encoding. Written off the hot path: handlers encode each record once and
 //! hand it to a bounded channel (dropping, and counting, when it is full rather than slowing
-//! deliveries), and one task writes them in batches, each webhook's records and its "failing
-//! since" mark as one script on the account's slot (safe while a Redis Cluster slot migrates,
-//! see [`write_webhook`]). A write that fails is counted (`hookrelay_attempt_log_errors_total`)
-//! and dropped.
+//! deliveries), and one task writes them in batches: on one node (single or Sentinel) a whole
+//! batch as one script; on a cluster each webhook's records and its "failing since" mark as one
+//! script on the account's slot (safe while a slot migrates, see [`write_webhook`]). A write
+//! that fails is counted (`hookrelay_attempt_log_errors_total`) and dropped.
 
 pub mod compact;
 
@@ -67,6 +67,36 @@ return tonumber(redis.call('GET', KEYS[2]))
 
 /// Hashed once: each write sends only its SHA1 (EVALSHA).
 static WRITE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE));
+
+/// [`WRITE`] for every webhook of a batch at once, where all keys are on one node (single or
+/// Sentinel; never on a cluster, where a script's keys must share a slot). KEYS: attempts list
+/// and failing mark of each webhook. ARGV: last index kept, then per webhook its mode, time,
+/// record count and records. Returns each webhook's mark, -1 when it is not failing.
+const WRITE_ALL: &str = r#"
+local keep = tonumber(ARGV[1])
+local marks = {}
+local a = 2
+for i = 1, #KEYS, 2 do
+  local mode, at, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  redis.call('LPUSH', KEYS[i], unpack(ARGV, a + 3, a + 2 + n))
+  redis.call('LTRIM', KEYS[i], 0, keep)
+  local mark = -1
+  if mode == 'c' then
+    redis.call('DEL', KEYS[i + 1])
+  elseif mode == 's' then
+    redis.call('SET', KEYS[i + 1], at)
+    mark = tonumber(at)
+  else
+    redis.call('SET', KEYS[i + 1], at, 'NX')
+    mark = tonumber(redis.call('GET', KEYS[i + 1]))
+  end
+  marks[#marks + 1] = mark
+  a = a + 3 + n
+end
+return marks
+"#;
+
+static WRITE_ALL_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WRITE_ALL));
 
 /// A batch's records of one webhook are one script's arguments; Lua's stack holds about 8,000.
 const MAX_RECORDS_PER_WRITE: usize = 512;
@@ -186,6 +216,9 @@ async fn write_batch(
             .or_default()
             .push(record);
     }
+    if store.one_node() {
+        return write_all(store, by_webhook).await;
+    }
     let writes = by_webhook
         .into_iter()
         .map(|((account, webhook), records)| async move {
@@ -229,6 +262,40 @@ async fn write_webhook(
         invocation.arg(&record.bytes);
     }
     store.invoke(&invocation).await
+}
+
+/// The whole batch as one script ([`WRITE_ALL`]), on a store whose keys are all on one node.
+async fn write_all(
+    store: &Store,
+    by_webhook: HashMap<(AccountId, WebhookId), Vec<Entry>>,
+) -> (Vec<(AccountId, WebhookId, i64)>, Option<(u64, StoreError)>) {
+    let webhooks: Vec<_> = by_webhook.into_iter().collect();
+    let mut invocation = WRITE_ALL_SCRIPT.prepare_invoke();
+    invocation.arg(LOG_SIZE - 1);
+    for ((account, webhook), records) in &webhooks {
+        let (mode, at) = failing_mark(records).args();
+        invocation
+            .key(store.attempts_key(account, webhook))
+            .key(store.failing_key(account, webhook))
+            .arg(mode)
+            .arg(at)
+            .arg(records.len());
+        for record in records {
+            invocation.arg(&record.bytes);
+        }
+    }
+    match store.invoke::<Vec<i64>>(&invocation).await {
+        Ok(marks) => {
+            let failing = webhooks
+                .into_iter()
+                .zip(marks)
+                .filter(|(_, mark)| *mark >= 0)
+                .map(|(((account, webhook), _), mark)| (account, webhook, mark))
+                .collect();
+            (failing, None)
+        }
+        Err(e) => (Vec::new(), Some((webhooks.len() as u64, e))),
+    }
 }
 
 async fn disable_long_failing(

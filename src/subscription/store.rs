@@ -488,6 +488,11 @@ impl Store {
         self.timed(invocation.invoke_async(&mut conn)).await
     }
 
+    /// Whether every key is on one node (not a cluster): see [`RedisConn::one_node`].
+    pub(crate) fn one_node(&self) -> bool {
+        self.conn.one_node()
+    }
+
     /// Runs a prepared script invocation (its keys on one slot), as [`Store::run`] does: on a
     /// cluster it follows ASK and is retried on TRYAGAIN.
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
