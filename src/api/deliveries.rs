@@ -84,7 +84,7 @@ pub async fn send_test(
     let record = report.to_record(1, &event);
     // Written at once rather than through the worker's batching log: the merchant looks at the
     // attempts right after this answer.
-    attempts::append_now(&state.store, &account, &id, &record).await?;
+    attempts::append_now(&state.store, &account, &id, &record.entry()).await?;
     tracing::info!(account_id = %account, webhook_id = %id, event_id = %record.event_id,
         status = ?report.status, "example event sent");
     Ok(Json(TestResult {

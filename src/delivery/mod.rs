@@ -8,6 +8,7 @@ pub mod policy;
 pub mod signing;
 
 use crate::config::DeliverySettings;
+use crate::subscription::attempts::compact::{Entry, Fields};
 use crate::subscription::attempts::{AttemptRecord, RESEND_MAX_BYTES};
 use crate::subscription::{Format, Webhook};
 use crate::telemetry::context::TraceContext;
@@ -51,6 +52,26 @@ impl AttemptReport {
             response_excerpt: self.response_excerpt.clone(),
             event: (envelope.get().len() <= RESEND_MAX_BYTES).then(|| envelope.to_owned()),
         }
+    }
+}
+
+impl AttemptReport {
+    /// The same record as [`AttemptReport::to_record`], encoded for the attempt log straight
+    /// from the report and the event, without copying them into an owned record first.
+    pub fn log_entry(&self, attempt: u32, event: &PreparedEvent) -> Entry {
+        let envelope = event.envelope();
+        Fields {
+            at: Utc::now(),
+            attempt,
+            event_id: event.event.id.as_str(),
+            event_type: event.event.event_type.label(),
+            status: self.status,
+            error: self.error.as_deref(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            response_excerpt: &self.response_excerpt,
+            event: (envelope.get().len() <= RESEND_MAX_BYTES).then_some(envelope),
+        }
+        .encode()
     }
 }
 

@@ -12,23 +12,65 @@ pub use crate::subscription::secret::{Secret, SecretError};
 
 /// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
 pub fn standard_signature(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.key()).expect("HMAC takes a key of any length");
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+    let mut signature = String::with_capacity(SIGNATURE_LEN);
+    push_standard_signature(&mut signature, secret, msg_id, timestamp, body);
+    signature
+}
+
+/// `v1,` and 44 characters of base64.
+const SIGNATURE_LEN: usize = 47;
+
+/// Appends `v1,<base64 ...>` to `out`, with the key's schedule computed once per secret.
+fn push_standard_signature(
+    out: &mut String,
+    secret: &Secret,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) {
+    let mut digits = [0u8; 20];
+    let mac = secret.mac(&[
+        msg_id.as_bytes(),
+        b".",
+        decimal(timestamp, &mut digits),
+        b".",
+        body,
+    ]);
+    out.push_str("v1,");
+    B64.encode_string(mac, out);
+}
+
+/// `n` in decimal, written at the end of `buf` (20 bytes hold any i64 with its sign), without
+/// the formatting machinery.
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        start -= 1;
+        buf[start] = b'-';
+    }
+    &buf[start..]
 }
 
 /// The `webhook-signature` header: the current secret's signature, then during a rotation the
 /// previous one's, space separated.
 pub fn standard_header(secrets: &[&Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    secrets
-        .iter()
-        .map(|s| standard_signature(s, msg_id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut header = String::with_capacity(secrets.len() * (SIGNATURE_LEN + 1));
+    for (i, secret) in secrets.iter().enumerate() {
+        if i > 0 {
+            header.push(' ');
+        }
+        push_standard_signature(&mut header, secret, msg_id, timestamp, body);
+    }
+    header
 }
 
 /// Checks a `webhook-signature` header: any `v1,` entry matching any of `secrets`.
@@ -93,6 +135,28 @@ mod tests {
                 br#"{"email":"test@example.com","username":"test_user"}"#
             ),
             "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn timestamps_are_written_in_decimal_as_to_string_writes_them() {
+        for n in [0, 7, 10, 1_614_265_330, -1, -42, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_rotation_header_holds_both_signatures_space_separated() {
+        let current = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let previous = Secret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let header = standard_header(&[&current, &previous], "msg_1", 1614265330, b"{}");
+        assert_eq!(
+            header,
+            format!(
+                "{} {}",
+                standard_signature(&current, "msg_1", 1614265330, b"{}"),
+                standard_signature(&previous, "msg_1", 1614265330, b"{}")
+            )
         );
     }
 

@@ -1,18 +1,23 @@
 //! A webhook secret (DESIGN §3): `whsec_<base64>` of a 24 to 64-byte key. It belongs to the
 //! webhook; [`crate::delivery::signing`] signs with it.
 
+mod schedule;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+pub use schedule::KeySchedule;
 use std::fmt;
 
 const SECRET_PREFIX: &str = "whsec_";
 
 /// A webhook secret `whsec_<base64>` whose key is 24 to 64 bytes. The string form is kept too:
-/// the InPlayer signature is keyed with the whole string.
+/// the InPlayer signature is keyed with the whole string. The key's HMAC schedule is computed
+/// once, here, rather than in every signature.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     text: String,
     key: Vec<u8>,
+    schedule: KeySchedule,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,6 +41,7 @@ impl Secret {
         }
         Ok(Secret {
             text: text.to_owned(),
+            schedule: KeySchedule::new(&key),
             key,
         })
     }
@@ -46,6 +52,7 @@ impl Secret {
         Secret {
             text: format!("{SECRET_PREFIX}{}", B64.encode(key)),
             key: key.to_vec(),
+            schedule: KeySchedule::new(&key),
         }
     }
 
@@ -56,6 +63,11 @@ impl Secret {
     /// The HMAC key of the Standard Webhooks signature (the decoded part after `whsec_`).
     pub fn key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// HMAC-SHA256 keyed with [`Secret::key`], of the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.schedule.mac(parts)
     }
 }
 

@@ -245,6 +245,21 @@ impl Store {
         self.timed(invocation.invoke_async(&mut conn)).await
     }
 
+    /// Whether every key is on one node (not a cluster): see [`RedisConn::one_node`].
+    pub(crate) fn one_node(&self) -> bool {
+        self.conn.one_node()
+    }
+
+    /// Runs a prepared script invocation (its keys on one slot), as [`Store::run`] does: on a
+    /// cluster it follows ASK and is retried on TRYAGAIN.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(invocation.invoke_async(&mut conn)).await
+    }
+
     async fn set_index(&self, id: &WebhookId, account: &AccountId) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         self.timed(conn.hset::<_, _, _, ()>(self.index_key(), id.as_str(), account.as_str()))

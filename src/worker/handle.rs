@@ -449,9 +449,9 @@ impl Ctx {
             .record(report.duration.as_secs_f64());
         tracing::debug!(webhook_id = %webhook.id, attempt, status = ?report.status,
             error = ?report.error, "attempt");
-        let record = report.to_record(attempt, event);
+        let entry = report.log_entry(attempt, event);
         self.attempt_log
-            .record(&webhook.account_id, &webhook.id, record);
+            .record(&webhook.account_id, &webhook.id, entry);
     }
 
     async fn publish_retry(

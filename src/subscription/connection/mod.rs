@@ -98,6 +98,12 @@ pub enum RedisConn {
 }
 
 impl RedisConn {
+    /// Whether every key lives on one node (single or Sentinel): then a script may touch any
+    /// keys, where on a cluster its keys must share a slot.
+    pub fn one_node(&self) -> bool {
+        !matches!(self, RedisConn::Cluster { .. })
+    }
+
     /// Connects as `[redis]` says and checks every serving node's version.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisConn, ConnectError> {
         // The redis crate builds its rustls configuration with the process-wide crypto provider,
