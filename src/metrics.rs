@@ -30,8 +30,8 @@ pub const STORE_OK: &str = "hookrelay_store_ok";
 pub const BROKER_BLOCKED: &str = "hookrelay_broker_blocked";
 pub const PUBLISH_FAILURES: &str = "hookrelay_publish_failures_total";
 pub const CIRCUITS_OPENED: &str = "hookrelay_circuits_opened_total";
-/// Defined beside the events it counts, so that `operational` need not import this module.
-pub const OPERATIONAL_EVENTS: &str = crate::operational::PUBLISHED_METRIC;
+/// By `type`; its series are created at 0 by `operational` (the types are its own).
+pub const OPERATIONAL_EVENTS: &str = "hookrelay_operational_events_total";
 pub const CACHE_HITS: &str = "hookrelay_cache_hits_total";
 pub const CACHE_MISSES: &str = "hookrelay_cache_misses_total";
 pub const ATTEMPT_LOG_DROPPED: &str = "hookrelay_attempt_log_dropped_total";
@@ -240,9 +240,6 @@ pub fn worker_started(topology: &crate::broker::topology::Topology) {
     for step in &topology.retry_steps {
         let step = crate::broker::topology::duration_name(*step);
         metrics::counter!(RETRIES, "step" => step).increment(0);
-    }
-    for (kind, _) in crate::operational::TYPES {
-        metrics::counter!(OPERATIONAL_EVENTS, "type" => kind).increment(0);
     }
     for target in worker_publish_targets(topology) {
         for reason in PublishFailure::ALL {

@@ -39,7 +39,7 @@ pub const TYPES: [(&str, &str); 4] = [
 ];
 
 /// Operational events published and confirmed, by `type` (described in `metrics`).
-pub const PUBLISHED_METRIC: &str = "hookrelay_operational_events_total";
+const PUBLISHED_METRIC: &str = crate::metrics::OPERATIONAL_EVENTS;
 
 /// Why an operational event was not published (it stays pending, or is only logged).
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,12 @@ struct HeadData {
 }
 
 impl Operational {
+    /// Also creates the published-events counter of every type at 0 (a worker's counters exist
+    /// from its start: see `metrics::worker_started`).
     pub fn from_settings(store: Store, settings: &crate::config::Settings) -> Self {
+        for (kind, _) in TYPES {
+            metrics::counter!(PUBLISHED_METRIC, "type" => kind).increment(0);
+        }
         Operational {
             store,
             exchange: crate::broker::topology::Topology::from_settings(settings)

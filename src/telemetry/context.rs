@@ -7,7 +7,7 @@
 //! anything into a merchant's request beyond a well-formed `traceparent` and a short, printable
 //! `tracestate`.
 
-use crate::broker::publisher::Headers;
+use crate::messages::headers::Headers;
 use lapin::types::{AMQPValue, FieldTable};
 use std::fmt;
 
