@@ -12,6 +12,7 @@ use crate::broker::publisher::{Headers, Outgoing, PublishError, Publisher};
 use crate::event::AccountId;
 use crate::subscription::health::{self, Outcome, Subject};
 use crate::subscription::store::{Store, StoreError};
+use crate::subscription::WebhookId;
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
 
@@ -60,7 +61,20 @@ pub struct Operational {
     /// How long a decided event is left to the worker that decided it (see `health`).
     pub lease: Duration,
     pub dead_letter_events: bool,
+    /// Webhooks whose health record this worker saw without a failing period or an event to
+    /// publish, for [`HEALTHY_FOR`]: a success of one of them changes nothing, so it skips the
+    /// script (a Redis round trip per delivery otherwise, a third of a delivery's work).
+    healthy: moka::sync::Cache<WebhookId, ()>,
 }
+
+/// How long a success is taken on trust. Bounds what the skip can delay: the end of a failing
+/// period another worker started (shown by `webhooks status`), or a pending event of a worker
+/// that crashed (taken at the first script run after its lease).
+const HEALTHY_FOR: Duration = Duration::from_secs(2);
+
+/// Webhooks remembered as healthy: far more than one worker delivers to within `HEALTHY_FOR`;
+/// past it the least used are forgotten (and merely run the script again).
+const HEALTHY_MAX: u64 = 100_000;
 
 /// The id and type of a decided body, read back to route and confirm it.
 #[derive(serde::Deserialize)]
@@ -93,6 +107,10 @@ impl Operational {
             disable_after: settings.delivery.disable_after,
             lease: settings.amqp.publish_timeout * 2,
             dead_letter_events: settings.operational.dead_letter_events,
+            healthy: moka::sync::Cache::builder()
+                .max_capacity(HEALTHY_MAX)
+                .time_to_live(HEALTHY_FOR)
+                .build(),
         }
     }
 
@@ -100,6 +118,13 @@ impl Operational {
     /// whose lease ran out). Never fails the delivery: an event not published stays pending
     /// in Redis and is taken again by a later attempt, so errors are only logged.
     pub async fn observe(&self, publisher: &Publisher, subject: &Subject<'_>, outcome: &Outcome) {
+        let success = matches!(outcome, Outcome::Succeeded);
+        if success && self.healthy.contains_key(subject.webhook) {
+            return;
+        }
+        if !success {
+            self.healthy.invalidate(subject.webhook);
+        }
         let decided = match health::observe(
             &self.store,
             subject,
@@ -115,6 +140,9 @@ impl Operational {
                 return;
             }
         };
+        if success && decided.events.is_empty() && decided.disabled.is_none() {
+            self.healthy.insert(subject.webhook.clone(), ());
+        }
         if !decided.events.is_empty() {
             failpoint_after_decide().await;
         }
