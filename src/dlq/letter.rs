@@ -128,13 +128,7 @@ impl DeadLetter {
         // reason a letter without ours was dead-lettered (before the parser was patched, the
         // broker did it past the delivery limit), and its other headers are not to be trusted.
         let readable = crate::broker::properties::check(props, "").is_ok();
-        let unreadable = (!readable).then(|| PoisonReason::InvalidProperties.as_str().to_owned());
-        // An empty reason (a hostile or broken header) says nothing: it reads as unknown.
-        let reason = ours
-            .or(unreadable)
-            .or_else(|| death.as_ref().and_then(|d| d.reason.clone()))
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "unknown".to_owned());
+        let reason = reason(ours, readable, death.as_ref());
         let timestamp = props
             .timestamp()
             .and_then(|t| Utc.timestamp_opt(t as i64, 0).single());
@@ -142,7 +136,27 @@ impl DeadLetter {
             (DeadLetteredBy::Hookrelay, Some(id)) => id.as_str().to_owned(),
             _ => derived_id(body, death.as_ref(), timestamp),
         };
-        let mut letter = DeadLetter {
+        let mut letter = DeadLetter::bare(id, queue, reason, by);
+        letter.dead_lettered_at = match by {
+            DeadLetteredBy::Hookrelay => timestamp,
+            DeadLetteredBy::Broker => death.as_ref().and_then(|d| d.time),
+        };
+        // Properties that could not be read are not trusted for this either.
+        letter.trace = match readable {
+            true => TraceContext::from_amqp(Some(&headers)),
+            false => None,
+        };
+        match queue {
+            DlqQueue::Deliveries => letter.read_delivery(&headers, body),
+            DlqQueue::Events => letter.read_event(&headers, death.as_ref(), body),
+        }
+        letter
+    }
+
+    /// A letter that knows only who dead-lettered it and why: every field the body and the
+    /// other headers fill is `None` until they are read.
+    fn bare(id: String, queue: DlqQueue, reason: String, by: DeadLetteredBy) -> DeadLetter {
+        DeadLetter {
             id,
             queue,
             event_id: None,
@@ -156,27 +170,15 @@ impl DeadLetter {
             last_error: None,
             first_attempt_at: None,
             last_attempt_at: None,
-            dead_lettered_at: match by {
-                DeadLetteredBy::Hookrelay => timestamp,
-                DeadLetteredBy::Broker => death.as_ref().and_then(|d| d.time),
-            },
+            dead_lettered_at: None,
             dead_lettered_by: by,
             error: None,
             routing_key: None,
             raw_body_base64: None,
             event: None,
             raw_body: None,
-            // Properties that could not be read are not trusted for this either.
-            trace: match readable {
-                true => TraceContext::from_amqp(Some(&headers)),
-                false => None,
-            },
-        };
-        match queue {
-            DlqQueue::Deliveries => letter.read_delivery(&headers, body),
-            DlqQueue::Events => letter.read_event(&headers, death.as_ref(), body),
+            trace: None,
         }
-        letter
     }
 
     /// The letter without its event and body: what a report keeps once the letter was sent.
@@ -265,6 +267,17 @@ impl DeadLetter {
         self.event_type = field("type");
         self.account_id = field("account_id");
     }
+}
+
+/// Why a letter was dead-lettered: our `hookrelay-reason`, else properties the client could not
+/// read, else the broker's `x-death` reason. An empty reason (a hostile or broken header) says
+/// nothing: it reads as unknown.
+fn reason(ours: Option<String>, readable: bool, death: Option<&Death>) -> String {
+    let unreadable = (!readable).then(|| PoisonReason::InvalidProperties.as_str().to_owned());
+    ours.or(unreadable)
+        .or_else(|| death.and_then(|d| d.reason.clone()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {

@@ -283,8 +283,8 @@ impl Ctx {
         }
     }
 
-    /// Admit → attempt → log → one `match` that publishes what follows from attempt number
-    /// `attempt` (1 = the first).
+    /// Admit → attempt → log → observe the endpoint's health → follow up (one `match` that
+    /// publishes what follows from attempt number `attempt`, 1 = the first).
     async fn attempt_and_settle(
         &self,
         webhook: &Webhook,
@@ -323,6 +323,15 @@ impl Ctx {
         self.log_attempt(webhook, event, attempt, &report);
         // Before the follow-up, so that the message is acked only after its decision was
         // published (or left pending in Redis for a later attempt to publish).
+        self.observe_health(webhook, &report).await;
+        let history = history.after(report.status, report.error.as_deref());
+        let settlement = settle(&report.verdict, attempt, &self.schedule, rand::random());
+        self.follow_up(settlement, webhook, event, attempt, &history, trace)
+            .await
+    }
+
+    /// Tells the operational events what the attempt says about the endpoint's health.
+    async fn observe_health(&self, webhook: &Webhook, report: &AttemptReport) {
         Box::pin(self.operational.observe(
             &self.publisher,
             &Subject {
@@ -330,20 +339,28 @@ impl Ctx {
                 webhook: &webhook.id,
                 url: webhook.url.as_str(),
             },
-            &health_outcome(&report),
+            &health_outcome(report),
         ))
         .await;
-        let history = history.after(report.status, report.error.as_deref());
-        match settle(&report.verdict, attempt, &self.schedule, rand::random()) {
+    }
+
+    /// Publishes what follows from attempt number `attempt`: nothing once delivered, the job
+    /// again in a delay queue for a retry, or the dead delivery (disabling a gone webhook first).
+    async fn follow_up(
+        &self,
+        settlement: Settlement,
+        webhook: &Webhook,
+        event: &PreparedEvent,
+        attempt: u32,
+        history: &History,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), HandleError> {
+        match settlement {
             Settlement::Delivered => Ok(()),
             Settlement::Retry(next) => {
                 crate::metrics::retry_scheduled(next.step);
-                let job = DeliveryJob::new(
-                    event.envelope(),
-                    &webhook.id,
-                    webhook.url.as_str(),
-                    &history,
-                );
+                let job =
+                    DeliveryJob::new(event.envelope(), &webhook.id, webhook.url.as_str(), history);
                 let headers = Headers::default().int(header::ATTEMPTS, attempt.into());
                 Box::pin(self.publish_retry(&job, next, headers, "retry", trace)).await
             }
@@ -356,7 +373,7 @@ impl Ctx {
                     webhook.id.as_str(),
                     webhook.url.as_str(),
                     attempt,
-                    &history,
+                    history,
                 );
                 Box::pin(self.publish_dead(reason, dying, trace)).await
             }

@@ -72,6 +72,68 @@ struct Parts {
 }
 
 impl Parts {
+    fn new(
+        settings: Settings,
+        subscriptions: Subscriptions,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Parts> {
+        let Subscriptions {
+            store,
+            cache,
+            redis_ok,
+            store_state,
+        } = subscriptions;
+        Ok(Parts {
+            store_state,
+            connector: Connector::new(&settings.amqp),
+            topology: Topology::from_settings(&settings),
+            cache,
+            deliverer: Deliverer::new(&settings.delivery)?,
+            rate_limits: RateLimits::new(
+                store.clone(),
+                settings.delivery.max_in_flight_per_webhook,
+            ),
+            attempt_log: AttemptLog::start(store.clone()),
+            operational: crate::operational::Operational::from_settings(store, &settings),
+            endpoints: Endpoints::new(
+                Caps {
+                    webhook: settings.delivery.max_in_flight_per_webhook,
+                    origin: settings.delivery.max_in_flight_per_origin,
+                    account: settings.delivery.max_in_flight_per_account,
+                },
+                // The circuit's cool-down: the first retry step, when a probe would retry anyway.
+                settings
+                    .delivery
+                    .retry_schedule
+                    .first()
+                    .copied()
+                    .unwrap_or(Duration::from_secs(5))
+                    .max(Duration::from_secs(1)),
+            ),
+            redis_ok,
+            in_hand: InHand::new(settings.worker.max_in_flight_bytes),
+            pauses: pause::Pauses::default(),
+            shutdown,
+            settings,
+        })
+    }
+
+    /// Ready (`/readyz`) while consuming, following subscription changes, with Redis answering
+    /// and the store's marker there.
+    fn health(&self, consuming: Arc<AtomicBool>) -> Health {
+        let (cache, redis_ok, store_state) = (
+            self.cache.clone(),
+            self.redis_ok.clone(),
+            self.store_state.clone(),
+        );
+        Health::new(move || {
+            consuming.load(Ordering::Acquire)
+                && cache.is_live()
+                && redis_ok.load(Ordering::Acquire)
+                && store_state.is_ok()
+        })
+    }
+
     fn ctx(&self, publisher: crate::broker::publisher::Publisher) -> Arc<Ctx> {
         let d = &self.settings.delivery;
         Arc::new(Ctx {
@@ -136,6 +198,33 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
     crate::metrics::worker_started(&crate::broker::topology::Topology::from_settings(&settings));
+    let subscriptions = follow_subscriptions(&settings, &shutdown).await?;
+    let parts = Parts::new(settings, subscriptions, shutdown.clone())?;
+    let first = parts.open_session().await?;
+
+    let consuming = Arc::new(AtomicBool::new(true));
+    let health = parts.health(consuming.clone());
+    let ops_addr = ops::serve(&parts.settings.ops, health, shutdown.clone()).await?;
+    tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
+    let task = tokio::spawn(run(parts, first, consuming));
+    Ok(RunningWorker { ops_addr, task })
+}
+
+/// The Redis side of a worker, followed from the start: the store, its cache, whether Redis
+/// answers, and whether the store's marker is there.
+struct Subscriptions {
+    store: Store,
+    cache: Arc<SubscriptionCache>,
+    redis_ok: Arc<AtomicBool>,
+    store_state: Arc<StoreState>,
+}
+
+/// Connects to Redis and requires its marker, then follows it: subscription changes into the
+/// cache, a PING probe, and a watch on the marker.
+async fn follow_subscriptions(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Subscriptions> {
     let store = Store::from_settings(&settings.redis)
         .await
         .context("connecting to Redis (redis.url)")?;
@@ -171,57 +260,12 @@ pub async fn start(
             .clone()
             .watch(settings.worker.store_check_interval, shutdown.clone()),
     );
-    let parts = Parts {
-        store_state,
-        connector: Connector::new(&settings.amqp),
-        topology: Topology::from_settings(&settings),
+    Ok(Subscriptions {
+        store,
         cache,
-        deliverer: Deliverer::new(&settings.delivery)?,
-        rate_limits: RateLimits::new(store.clone(), settings.delivery.max_in_flight_per_webhook),
-        attempt_log: AttemptLog::start(store.clone()),
-        operational: crate::operational::Operational::from_settings(store, &settings),
-        endpoints: Endpoints::new(
-            Caps {
-                webhook: settings.delivery.max_in_flight_per_webhook,
-                origin: settings.delivery.max_in_flight_per_origin,
-                account: settings.delivery.max_in_flight_per_account,
-            },
-            // The circuit's cool-down: the first retry step, when a probe would retry anyway.
-            settings
-                .delivery
-                .retry_schedule
-                .first()
-                .copied()
-                .unwrap_or(Duration::from_secs(5))
-                .max(Duration::from_secs(1)),
-        ),
         redis_ok,
-        in_hand: InHand::new(settings.worker.max_in_flight_bytes),
-        pauses: pause::Pauses::default(),
-        shutdown: shutdown.clone(),
-        settings,
-    };
-    let first = parts.open_session().await?;
-
-    let consuming = Arc::new(AtomicBool::new(true));
-    let health = Health::new({
-        let (consuming, cache, redis_ok, store_state) = (
-            consuming.clone(),
-            parts.cache.clone(),
-            parts.redis_ok.clone(),
-            parts.store_state.clone(),
-        );
-        move || {
-            consuming.load(Ordering::Acquire)
-                && cache.is_live()
-                && redis_ok.load(Ordering::Acquire)
-                && store_state.is_ok()
-        }
-    });
-    let ops_addr = ops::serve(&parts.settings.ops, health, shutdown.clone()).await?;
-    tracing::info!(%ops_addr, prefix = %parts.settings.amqp.prefix, "worker consuming; ops endpoints listening");
-    let task = tokio::spawn(run(parts, first, consuming));
-    Ok(RunningWorker { ops_addr, task })
+        store_state,
+    })
 }
 
 /// PINGs Redis every half heartbeat (`amqp.heartbeat`: one liveness bound for both), so that

@@ -174,16 +174,10 @@ impl Session {
                 silent = &mut self.silence => {
                     return Ended::Lost(silent.unwrap_or_else(|e| anyhow::anyhow!("the broker probe failed: {e}")));
                 }
-                _ = watch.tick() => {
-                    if !self.consume_conn.status().connected() || !self.publish_conn.status().connected() {
-                        return Ended::Lost(anyhow::anyhow!("a broker connection was closed"));
-                    }
-                    // Closed after a publish was abandoned: the next session has a new one.
-                    if !ctx.publisher.channel().status().connected() {
-                        return Ended::Lost(anyhow::anyhow!("the publish channel was closed"));
-                    }
-                    continue;
-                }
+                _ = watch.tick() => match self.connection_lost(ctx) {
+                    Some(lost) => return Ended::Lost(lost),
+                    None => continue,
+                },
                 _ = store_ok.changed(), if store_paused => continue,
                 _ = pause.changed() => continue,
                 next = self.incoming.next(), if taking => match next {
@@ -191,22 +185,9 @@ impl Session {
                     None => return Ended::Lost(anyhow::anyhow!("no consumer is left")),
                 },
             };
-            let (queue, acks) = (self.consumers[index].queue, &self.consumers[index].acks);
-            match next {
-                Some(Ok(delivery)) => {
-                    let bytes = tokio::select! {
-                        // Unsettled, the message goes back to the queue with the channel.
-                        _ = shutdown.cancelled() => return Ended::Shutdown,
-                        bytes = in_hand.take(delivery.data.len()) => bytes,
-                    };
-                    tracker.spawn(handle_one(
-                        delivery,
-                        queue,
-                        ctx.clone(),
-                        acks.clone(),
-                        bytes,
-                    ));
-                }
+            let queue = self.consumers[index].queue;
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => {
                     return Ended::Lost(
                         anyhow::Error::new(e).context(format!("consuming {queue:?}")),
@@ -215,8 +196,52 @@ impl Session {
                 None => {
                     return Ended::Lost(anyhow::anyhow!("the broker ended the {queue:?} consumer"))
                 }
+            };
+            if let Err(ended) = self
+                .hand_off(delivery, index, ctx, in_hand, tracker, shutdown)
+                .await
+            {
+                return ended;
             }
         }
+    }
+
+    /// Why the session is lost, if a connection or the publish channel closed.
+    fn connection_lost(&self, ctx: &Ctx) -> Option<anyhow::Error> {
+        if !self.consume_conn.status().connected() || !self.publish_conn.status().connected() {
+            return Some(anyhow::anyhow!("a broker connection was closed"));
+        }
+        // Closed after a publish was abandoned: the next session has a new one.
+        if !ctx.publisher.channel().status().connected() {
+            return Some(anyhow::anyhow!("the publish channel was closed"));
+        }
+        None
+    }
+
+    /// Waits for the message's size in `in_hand`, then gives it to a handler task of its own.
+    async fn hand_off(
+        &self,
+        delivery: Delivery,
+        index: usize,
+        ctx: &Arc<Ctx>,
+        in_hand: &InHand,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Ended> {
+        let bytes = tokio::select! {
+            // Unsettled, the message goes back to the queue with the channel.
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            bytes = in_hand.take(delivery.data.len()) => bytes,
+        };
+        let consuming = &self.consumers[index];
+        tracker.spawn(handle_one(
+            delivery,
+            consuming.queue,
+            ctx.clone(),
+            consuming.acks.clone(),
+            bytes,
+        ));
+        Ok(())
     }
 
     /// Stops the broker from sending more: what was prefetched but not started goes back
