@@ -88,7 +88,7 @@ top_inclusive() {
     awk '/file:function/ {table = 1; getline; next} table && NF' |
     grep -Ev 'libc-start|libc_start_call_main|\(below main\)|ld-linux|lang_start|rust_begin_short_backtrace|hookrelay::main|cli::main|run_main|\?\?\?:main |block_on|enter_runtime|LocalKey<T>::with|run_task|task::raw::poll|Harness<T,S>::poll|Core<T,S>::poll' |
     sed -E 's#^ *[0-9,]+ \( *([0-9.]+%)\) +#\1  #; s#/root/\.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##; s# \[[^]]*\]$##' |
-    head -n 15
+    awk 'NR <= 15' # not head: head's early exit would fail the pipeline (SIGPIPE, status 141)
 }
 
 "$BIN" topology declare --json >"$OUT/topology.json"
