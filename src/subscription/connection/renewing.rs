@@ -88,6 +88,12 @@ impl<S: Source> Renewing<S> {
             Err(e) if S::is_lost(e) => e,
             Err(_) => return,
         };
+        self.forget(generation, e);
+    }
+
+    /// Forgets connection `generation` (if it is still the current one): the next command
+    /// opens a new one.
+    fn forget(&self, generation: u64, e: &dyn std::fmt::Display) {
         let mut current = self.0.current.lock().unwrap();
         if current.as_ref().is_some_and(|(g, _)| *g == generation) {
             *current = None;
@@ -100,11 +106,35 @@ impl<S: Source> Renewing<S> {
     }
 }
 
+/// A command sent on connection `generation` and not yet answered. Dropped unanswered — its
+/// caller's timeout (the store's, as long as the client's own response timeout) gave up on it —
+/// it counts as a timeout, which makes the connection lost like any other: otherwise a cluster
+/// connection that keeps asking a dead master would be kept for as long as every command
+/// outlives its caller's patience, and a failover never followed.
+struct Unanswered<'a, S: Source> {
+    renewing: &'a Renewing<S>,
+    generation: u64,
+}
+
+impl<S: Source> Drop for Unanswered<'_, S> {
+    fn drop(&mut self) {
+        self.renewing.forget(
+            self.generation,
+            &"a command got no answer before its caller gave up on it",
+        );
+    }
+}
+
 impl<S: Source> ConnectionLike for Renewing<S> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (generation, mut conn) = self.connection().await?;
+            let unanswered = Unanswered {
+                renewing: &*self,
+                generation,
+            };
             let result = conn.req_packed_command(cmd).await;
+            std::mem::forget(unanswered);
             self.settle(generation, &result);
             result
         })
@@ -118,7 +148,12 @@ impl<S: Source> ConnectionLike for Renewing<S> {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let (generation, mut conn) = self.connection().await?;
+            let unanswered = Unanswered {
+                renewing: &*self,
+                generation,
+            };
             let result = conn.req_packed_commands(pipeline, offset, count).await;
+            std::mem::forget(unanswered);
             self.settle(generation, &result);
             result
         })
