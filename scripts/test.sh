@@ -21,7 +21,7 @@ cat <<'EOF'
                                            deploy/ checks (scripts/deploy-check.sh)
      openssl python3 curl jq redis-tools util-linux
                                            fault, broker and Redis node scripts
-   About 30 minutes on 2 cores once installed (21 once built) (build, deploy checks, bench smoke run, faults,
+   About 30 minutes on 2 cores once installed, 21 once built (build, deploy checks, bench smoke run, faults,
    brokers, Redis nodes, then the test suite).
 EOF
 
