@@ -193,30 +193,10 @@ impl Topology {
         if self.is_partitioned() {
             self.declare_hash_exchanges(channel).await?;
         }
-        channel
-            .exchange_declare(
-                self.events_exchange().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        // Durable like the events exchange; hookrelay binds nothing to it: the platform's
-        // consumers bind their own queues (with the routing keys they want).
-        channel
-            .exchange_declare(
-                self.operational_exchange().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_topic(channel, &self.events_exchange()).await?;
+        // hookrelay binds nothing to the operational exchange: the platform's consumers bind
+        // their own queues (with the routing keys they want).
+        declare_topic(channel, &self.operational_exchange()).await?;
         let work_limit = self.delivery_limit;
         for p in 0..self.partitions {
             let placing = self.placing();
@@ -343,6 +323,21 @@ async fn bind_queue(
             exchange.into(),
             key.into(),
             QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A durable topic exchange (the events and the operational ones).
+async fn declare_topic(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await

@@ -116,6 +116,13 @@ struct Unanswered<'a, S: Source> {
     generation: u64,
 }
 
+impl<S: Source> Unanswered<'_, S> {
+    /// The command got its answer (or its error, which `settle` judges): nothing to forget.
+    fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl<S: Source> Drop for Unanswered<'_, S> {
     fn drop(&mut self) {
         self.renewing.forget(
@@ -134,7 +141,7 @@ impl<S: Source> ConnectionLike for Renewing<S> {
                 generation,
             };
             let result = conn.req_packed_command(cmd).await;
-            std::mem::forget(unanswered);
+            unanswered.answered();
             self.settle(generation, &result);
             result
         })
@@ -153,7 +160,7 @@ impl<S: Source> ConnectionLike for Renewing<S> {
                 generation,
             };
             let result = conn.req_packed_commands(pipeline, offset, count).await;
-            std::mem::forget(unanswered);
+            unanswered.answered();
             self.settle(generation, &result);
             result
         })
